@@ -1,0 +1,30 @@
+# Two commands a newcomer needs: `make demo` (train and sample Shakespeare) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU wheel version; an unpinned torch would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint install bench clean
+
+$(BIN)/gptlab: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/gptlab
+
+install: $(BIN)/gptlab
+
+demo: install
+	$(BIN)/gptlab train --preset=demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,150 @@
+"""GPTConfig: every architecture switch in one validated dataclass, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+
+
+def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
+    """Hidden size that gives SwiGLU (3 matrices) the parameters of a 4x GELU MLP (2 matrices)."""
+    hidden = int(8 * n_embd / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class GPTConfig:
+    """All of the model's architecture. The defaults are GPT-2 (124M)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024  # longest sequence seen in training; the size of learned position tables
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True; Llama: False)
+    tie_embeddings: bool = True  # lm_head shares the token embedding matrix
+    n_kv_head: int | None = None  # None -> n_head (MHA); 1 -> multi-query; else grouped-query
+    pos_emb: str = "learned"  # "learned" (GPT-2) or "rope"
+    rope_theta: float = 10000.0
+    window: int | None = None  # sliding window: query i sees keys j with i - window < j <= i
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu"
+    mlp_hidden: int | None = None  # None -> 4*n_embd for gelu, ~8/3*n_embd (multiple of 64) for swiglu
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else _swiglu_hidden(self.n_embd)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field and what it may be."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head", "mlp_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"allowed n_head: divisors of {self.n_embd}"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}); "
+                f"allowed n_kv_head: {[d for d in range(1, self.n_head + 1) if self.n_head % d == 0]}"
+            )
+        if self.pos_emb not in POS_EMBS:
+            raise ValueError(f"pos_emb must be one of {POS_EMBS}, got {self.pos_emb!r}")
+        if self.pos_emb == "rope":
+            if self.head_dim % 2:
+                raise ValueError(
+                    f"pos_emb='rope' needs an even head dim (n_embd / n_head), got {self.head_dim}; "
+                    "change n_embd or n_head"
+                )
+            if not self.rope_theta > 0:
+                raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.window is not None and (
+            isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1
+        ):
+            raise ValueError(f"window must be None (full causal attention) or an integer >= 1, got {self.window!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        """A copy with some fields changed (and validated). Derived defaults are recomputed."""
+        d = self.to_dict()
+        if "mlp" in changes or "n_embd" in changes:
+            d.setdefault("mlp_hidden", None)
+            if "mlp_hidden" not in changes:
+                d["mlp_hidden"] = None
+        if "n_head" in changes and "n_kv_head" not in changes and self.n_kv_head == self.n_head:
+            d["n_kv_head"] = None
+        d.update(changes)
+        return GPTConfig.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig field(s) {unknown}; allowed fields: {sorted(names)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> GPTConfig:
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); restore or re-save the config") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a JSON object of GPTConfig fields")
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; allowed presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The original GPT-2 family (OpenAI, 2019).
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    # GPT-2 size, with the changes that Llama/Mistral-style models made.
+    "gpt2-modern": dict(
+        n_layer=12, n_head=12, n_embd=768, n_kv_head=4, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False
+    ),
+    # Small models for CPU work. vocab_size is set by the tokenizer when training.
+    "char-small": dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+    "baby": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+    "tiny": dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64),
+}

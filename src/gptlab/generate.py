@@ -1,0 +1,143 @@
+"""KV cache and sampling.
+
+The cache holds n_kv_head heads per layer (GQA/MQA shrink it), preallocated once. With a sliding window it is
+a rolling buffer of `window` slots: position p lives in slot p % window, so memory stays flat however long
+the generation. RoPE is applied before keys are cached, so slot order does not matter to attention.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import window_mask
+
+if TYPE_CHECKING:
+    from .model import GPT
+
+
+class KVCache(nn.Module):
+    """Keys and values of one attention layer for all past positions (or the last `window` of them)."""
+
+    def __init__(
+        self, batch: int, n_kv_head: int, head_dim: int, max_len: int, window: int | None,
+        dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.size = max_len if window is None else min(window, max_len)
+        self.rolling = self.size < max_len  # only a window shorter than the generation needs to wrap around
+        shape = (batch, n_kv_head, self.size, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
+        """Store k, v (B, Hkv, T, D) for positions pos..pos+T-1 and attend q (B, H, T, D) over the cache."""
+        T = q.size(2)
+        gqa = q.size(1) != k.size(1)
+        if not self.rolling:
+            self.k[:, :, pos : pos + T] = k
+            self.v[:, :, pos : pos + T] = v
+            keys, values = self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+            if T == 1:  # one new token sees every cached position (window >= max_len here)
+                return F.scaled_dot_product_attention(q, keys, values, enable_gqa=gqa)
+            mask = window_mask(T, pos + T, self.window, q_offset=pos, device=q.device)
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
+
+        if T == 1:
+            # The buffer holds exactly the last `window` positions: all visible, no mask.
+            slot = pos % self.size
+            self.k[:, :, slot] = k[:, :, 0]
+            self.v[:, :, slot] = v[:, :, 0]
+            n = min(pos + 1, self.size)
+            return F.scaled_dot_product_attention(q, self.k[:, :, :n], self.v[:, :, :n], enable_gqa=gqa)
+
+        # A chunk of several tokens: gather the cached positions it can see, in order, then the chunk itself.
+        n_prev = min(pos, self.size - 1)
+        slots = torch.arange(pos - n_prev, pos, device=q.device) % self.size
+        keys = torch.cat([self.k.index_select(2, slots), k], dim=2)
+        values = torch.cat([self.v.index_select(2, slots), v], dim=2)
+        mask = window_mask(T, n_prev + T, self.window, q_offset=n_prev, device=q.device)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
+        keep = min(T, self.size)  # only the last `window` new positions can ever be seen again
+        slots = torch.arange(pos + T - keep, pos + T, device=q.device) % self.size
+        self.k.index_copy_(2, slots, k[:, :, T - keep :])
+        self.v.index_copy_(2, slots, v[:, :, T - keep :])
+        return y
+
+
+def make_caches(model: GPT, batch: int, max_len: int) -> list[KVCache]:
+    """One preallocated cache per layer, in the model's dtype and device."""
+    c = model.config
+    p = next(model.parameters())
+    return [
+        KVCache(batch, c.n_kv_head, c.head_dim, max_len, c.window, dtype=p.dtype, device=p.device)
+        for _ in range(c.n_layer)
+    ]
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+
+
+def sample(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids (B, 1) from last-position logits (B, vocab)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token once the tokens ranked above it already hold top_p of the mass (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+    top_p: float | None = None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Prompt idx (B, T) followed by max_new_tokens sampled tokens, (B, T + max_new_tokens)."""
+    check_sampling_args(temperature, top_k, top_p)
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"the prompt must be a (batch, length >= 1) tensor of token ids, got shape {tuple(idx.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    B, T = idx.shape
+    total = T + max_new_tokens
+    cfg = model.config
+    if cfg.pos_emb == "learned" and total > cfg.block_size:
+        raise ValueError(
+            f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} is past block_size={cfg.block_size}, "
+            "the last position a learned-position model has; ask for fewer tokens"
+        )
+    was_training = model.training
+    model.eval()
+    out = torch.empty(B, total, dtype=idx.dtype, device=idx.device)
+    out[:, :T] = idx
+    caches = make_caches(model, B, total)
+    logits, _ = model(idx, cache=caches, input_pos=0, last_only=True)
+    for pos in range(T, total):
+        nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
+        out[:, pos : pos + 1] = nxt
+        if pos + 1 < total:
+            logits, _ = model(nxt, cache=caches, input_pos=pos, last_only=True)
+    model.train(was_training)
+    return out

@@ -1,0 +1,247 @@
+"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm and SwiGLU as config switches.
+
+Read top to bottom: norms, rotary embeddings, attention, MLP, block, GPT.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import sliding_window_attention
+from .config import GPTConfig
+
+if TYPE_CHECKING:
+    from .generate import KVCache
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021) in the "rotate half" layout used by Llama/Mistral.
+
+    Channel c of a head is paired with channel c + head_dim/2, and each pair is rotated by the angle
+    pos * theta^(-2c/head_dim): a true 2-D rotation per pair, so q·k depends only on the offset.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape (T, head_dim) for integer positions (T,)."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, D) by the angles behind cos/sin (T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention with n_kv_head K/V heads shared by groups of query heads (MHA, GQA or MQA)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.window = config.window
+        self.dropout = config.dropout
+        # One fused projection: [q (n_head heads) | k (n_kv_head heads) | v (n_kv_head heads)].
+        qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        input_pos: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
+        # Each head keeps its own channels: (B, T, heads*hd) -> (B, heads, T, hd). Query heads are never merged.
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        if cache is not None:
+            y = cache.attend(q, k, v, input_pos)
+        elif self.window is not None and self.window < T:
+            y = sliding_window_attention(q, k, v, self.window, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            # enable_gqa lets SDPA map query head h to K/V head h // (n_head / n_kv_head) without copies.
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """GPT-2's GELU MLP, or SwiGLU: silu(x W_gate) * (x W_up), projected back."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        # For SwiGLU, c_fc holds [W_gate | W_up] fused into one matmul.
+        fc_out = 2 * config.mlp_hidden if self.swiglu else config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope=None, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, input_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer. With the default GPTConfig it is exactly GPT-2 (124M)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=make_norm(config),
+            )
+        )
+        if config.pos_emb == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            self.rotary = Rotary(config.head_dim, config.rope_theta)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2*n_layer), since each layer adds two of them.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, tied weights counted once; non_embedding drops token and position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: list[KVCache] | None = None,
+        input_pos: int = 0,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and the mean cross-entropy against targets (ignore index -1), or None.
+
+        With a KV cache (see generate.py), idx holds the tokens at positions input_pos.. and the cache
+        supplies the earlier ones. last_only computes logits for the last position only (sampling).
+        """
+        B, T = idx.shape
+        end = input_pos + T
+        if self.config.pos_emb == "learned" and end > self.config.block_size:
+            raise ValueError(
+                f"sequence reaches position {end}, past block_size={self.config.block_size} of this "
+                "learned-position model; shorten the input (learned positions cannot extrapolate)"
+            )
+        pos = torch.arange(input_pos, end, device=idx.device)
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = self.rotary(pos)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache[i] if cache is not None else None, input_pos)
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue idx (B, T) by max_new_tokens tokens with a KV cache; temperature 0 is greedy."""
+        from .generate import generate
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, generator=generator)
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path, **kwargs) -> GPT:
+        """Load a Hugging Face GPT-2 / Llama / Mistral checkpoint, or a gptlab directory (see hf.py)."""
+        from .hf import load_pretrained
+
+        return load_pretrained(path_or_name, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write safetensors + config.json; vanilla GPT-2 configs are written in HF GPT-2 format."""
+        from .hf import save_pretrained
+
+        save_pretrained(self, directory)
