@@ -1,0 +1,591 @@
+"""Hugging Face checkpoints: load GPT-2, Llama and Mistral weights into GPT, and save GPT-2 in HF format.
+
+Loading reads a directory holding config.json and model.safetensors (or a sharded
+model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which cannot
+run code). config.json's model_type picks the key mapping:
+
+  gpt2            HF GPT2LMHeadModel, with or without the "transformer." prefix (the hub's original files
+                  have none). Its Conv1D weights are stored (in, out) and are transposed into nn.Linear.
+  llama, mistral  q/k/v projections fused into attn.c_attn, gate/up into mlp.c_fc; RoPE is in the same
+                  "rotate half" layout as ours, so q/k need no permutation.
+  gptlab          our own state dict, written by save_pretrained for configs GPT-2 cannot express.
+
+Loading is strict: every parameter must be present with the right shape, and unknown tensors are an
+error. Every problem with a checkpoint raises CheckpointError (a ValueError) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import GPTConfig
+from .model import GPT
+
+__all__ = [
+    "CheckpointError",
+    "SUPPORTED_MODEL_TYPES",
+    "config_from_hf",
+    "hf_gpt2_config",
+    "is_hf_gpt2_compatible",
+    "load_pretrained",
+    "save_pretrained",
+]
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gptlab")
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+BIN_NAME = "pytorch_model.bin"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+WEIGHT_NAMES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, BIN_NAME, BIN_INDEX_NAME)
+
+# HF GPT-2 stores these as Conv1D, weight shape (in, out): the transpose of nn.Linear's (out, in).
+_CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+# Buffers that old checkpoints carry and that hold no learned state.
+_IGNORABLE = {
+    "gpt2": re.compile(r"(.*\.)?h\.\d+\.attn\.(bias|masked_bias)"),
+    "llama": re.compile(r".*rotary_emb\.inv_freq"),
+    "mistral": re.compile(r".*rotary_emb\.inv_freq"),
+    "gptlab": re.compile(r"(?!)"),
+}
+_LOCAL_HINT = "pass a local directory containing config.json and model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file or tensor and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def _get(hf: dict[str, Any], key: str, default: Any = None) -> Any:
+    value = hf.get(key, default)
+    return default if value is None else value
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+    """rope_theta from transformers 4 (top-level rope_theta, rope_scaling) or 5 (rope_parameters)."""
+    params = hf.get("rope_parameters")
+    scaling = hf.get("rope_scaling")
+    theta = hf.get("rope_theta")
+    for block_name, block in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            raise CheckpointError(f"{block_name} must be an object or null, got {block!r}")
+        rope_type = block.get("rope_type", block.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(
+                f"{block_name} has rope_type {rope_type!r}: only 'default' RoPE is supported (no scaled "
+                "variants such as linear, dynamic, yarn, llama3); use a checkpoint without RoPE scaling"
+            )
+        if block.get("rope_theta") is not None:
+            theta = block["rope_theta"]
+    return float(10000.0 if theta is None else theta)
+
+
+def _config_gpt2(hf: dict[str, Any]) -> GPTConfig:
+    act = _get(hf, "activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(
+            f"activation_function {act!r} is not supported: gptlab's GPT-2 MLP uses the tanh GELU "
+            "('gelu_new' or 'gelu_pytorch_tanh')"
+        )
+    if not _get(hf, "scale_attn_weights", True) or _get(hf, "scale_attn_by_inverse_layer_idx", False):
+        raise CheckpointError(
+            "scale_attn_weights=false / scale_attn_by_inverse_layer_idx=true are not supported: "
+            "gptlab scales attention by 1/sqrt(head_dim) only"
+        )
+    if _get(hf, "add_cross_attention", False):
+        raise CheckpointError("add_cross_attention=true is not supported: gptlab is decoder-only")
+    n_embd = _get(hf, "n_embd", 768)
+    return GPTConfig(
+        vocab_size=_get(hf, "vocab_size", 50257),
+        block_size=_get(hf, "n_positions", 1024),
+        n_layer=_get(hf, "n_layer", 12),
+        n_head=_get(hf, "n_head", 12),
+        n_embd=n_embd,
+        bias=True,
+        tie_embeddings=bool(_get(hf, "tie_word_embeddings", True)),
+        pos_emb="learned",
+        norm="layernorm",
+        norm_eps=float(_get(hf, "layer_norm_epsilon", 1e-5)),
+        mlp="gelu",
+        mlp_hidden=_get(hf, "n_inner", 4 * n_embd),
+    )
+
+
+def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
+    act = _get(hf, "hidden_act", "silu")
+    if act != "silu":
+        raise CheckpointError(f"hidden_act {act!r} is not supported: gptlab's SwiGLU uses 'silu'")
+    for key in ("attention_bias", "mlp_bias"):
+        if _get(hf, key, False):
+            raise CheckpointError(f"{key}=true is not supported: Llama/Mistral models load with bias=False")
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
+        if key not in hf:
+            raise CheckpointError(f"{key} is missing; a {model_type} config.json needs it")
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and (n_head * head_dim != n_embd):
+        raise CheckpointError(
+            f"head_dim={head_dim} but hidden_size/num_attention_heads = {n_embd}/{n_head}: gptlab needs "
+            "head_dim == hidden_size / num_attention_heads"
+        )
+    window = hf.get("sliding_window") if model_type == "mistral" else None
+    if model_type == "mistral" and hf.get("use_sliding_window") is False:
+        window = None
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=_get(hf, "max_position_embeddings", 2048),
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_embd=n_embd,
+        n_kv_head=_get(hf, "num_key_value_heads", n_head),
+        bias=False,
+        tie_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
+        pos_emb="rope",
+        rope_theta=_rope_theta(hf),
+        window=window,
+        norm="rmsnorm",
+        norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
+        mlp="swiglu",
+        mlp_hidden=hf["intermediate_size"],
+    )
+
+
+def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
+    """The GPTConfig for a Hugging Face config.json (gpt2, llama, mistral) or a gptlab one.
+
+    Raises CheckpointError naming the field for anything gptlab cannot represent.
+    """
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"the config must be a JSON object, got {type(hf_config).__name__}")
+    model_type = hf_config.get("model_type")
+    try:
+        if model_type == "gpt2":
+            return _config_gpt2(hf_config)
+        if model_type in ("llama", "mistral"):
+            return _config_llama(hf_config, model_type)
+        if model_type == "gptlab":
+            fields = hf_config.get("gptlab")
+            if not isinstance(fields, dict):
+                raise CheckpointError('a gptlab config.json needs a "gptlab" object of GPTConfig fields')
+            return GPTConfig.from_dict(fields)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"the {model_type} config does not give a valid GPTConfig: {_one_line(e)}") from None
+    raise CheckpointError(
+        f"unknown model_type {model_type!r}; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
+    """Whether config is plain GPT-2, so that the HF GPT-2 format (GPT2LMHeadModel) represents it exactly."""
+    return not _gpt2_mismatches(config)
+
+
+def _gpt2_mismatches(config: GPTConfig) -> list[str]:
+    wanted = dict(
+        pos_emb="learned", window=None, norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True,
+        n_kv_head=config.n_head, mlp_hidden=4 * config.n_embd,
+    )
+    return [f"{k}={getattr(config, k)!r} (GPT-2: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+
+
+def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
+    """The HF GPT-2 config.json for a plain GPT-2 GPTConfig (ValueError for any other)."""
+    bad = _gpt2_mismatches(config)
+    if bad:
+        raise ValueError(f"not a GPT-2 config, HF GPT-2 format cannot hold it: {', '.join(bad)}")
+    special = 50256 if config.vocab_size > 50256 else None  # <|endoftext|> of the GPT-2 tokenizer
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": special,
+        "eos_token_id": special,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _one_line(e: BaseException | str) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    """A local checkpoint directory: path_or_name itself, or a Hugging Face Hub download."""
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(
+                f"{path} is a file, not a checkpoint directory; pass the directory that holds config.json "
+                "and the weights"
+            )
+        return path
+    name = str(path_or_name)
+    looks_local = (
+        isinstance(path_or_name, Path)
+        or name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?", name)
+    )
+    if looks_local:
+        raise CheckpointError(
+            f"checkpoint directory {name} does not exist; {_LOCAL_HINT} (or a Hugging Face Hub id such as 'gpt2')"
+        )
+    return _download(name)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _download(repo_id: str) -> Path:
+    """config.json and the weights of a Hub repo (model*.safetensors, else pytorch_model*.bin)."""
+
+    def fail(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"({reason}); {_LOCAL_HINT}"
+        )
+
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise fail("huggingface_hub is not installed") from None
+    offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    kwargs = dict(local_files_only=offline, etag_timeout=5)
+    try:
+        local = Path(snapshot_download(
+            repo_id, allow_patterns=[CONFIG_NAME, "model*.safetensors", SAFETENSORS_INDEX_NAME], **kwargs
+        ))
+        if not (local / SAFETENSORS_NAME).exists() and not (local / SAFETENSORS_INDEX_NAME).exists():
+            local = Path(snapshot_download(
+                repo_id, allow_patterns=[CONFIG_NAME, "pytorch_model*.bin", BIN_INDEX_NAME], **kwargs
+            ))
+    except Exception as e:  # offline, unknown repo, gated repo, network errors: all one message
+        reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else _one_line(e)
+        raise fail(reason) from None
+    return local
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {CONFIG_NAME}; a checkpoint directory needs config.json next to the weights "
+            "(save it with save_pretrained)"
+        )
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({_one_line(e)}); restore or re-save it") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(hf).__name__}")
+    return hf
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-download or re-save it") from None
+    except Exception as e:  # SafetensorError and friends: truncated header, data past the end, garbage
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({_one_line(e)}); it is truncated or corrupt, "
+            "re-download or re-save it"
+        ) from None
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-download or re-save it") from None
+    except Exception as e:  # UnpicklingError for anything beyond plain tensors; corrupt zip; EOF
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} cannot be loaded safely with torch.load(weights_only=True) ({_one_line(first)}); "
+            "it is corrupt or holds more than tensors (possibly code); convert it to model.safetensors "
+            "from a trusted source"
+        ) from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        raise CheckpointError(
+            f"{path} does not hold a flat state dict (name -> tensor); save model.state_dict() there"
+        )
+    return obj
+
+
+def _load_index(path: Path, loader: Callable[[Path], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is not a valid shard index ({_one_line(e)}); it needs a \"weight_map\" of tensor -> file"
+        ) from None
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        shard = path.parent / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"{path} names shard {name!r} outside the checkpoint directory")
+        tensors.update(loader(shard))
+    return tensors
+
+
+def _load_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    for name in WEIGHT_NAMES:
+        path = directory / name
+        if path.is_file():
+            if name == SAFETENSORS_NAME:
+                return _load_safetensors(path), path
+            if name == SAFETENSORS_INDEX_NAME:
+                return _load_index(path, _load_safetensors), path
+            if name == BIN_NAME:
+                return _load_bin(path), path
+            return _load_index(path, _load_bin), path
+    raise CheckpointError(
+        f"{directory} has no weights file (looked for {', '.join(WEIGHT_NAMES)}); put the weights there "
+        "as model.safetensors"
+    )
+
+
+# One source tensor: its name in the checkpoint and the shape it must have.
+_Source = tuple[str, tuple[int, ...]]
+# How one of our tensors is made: its sources and the function that combines them.
+_Plan = tuple[list[_Source], Callable[[list[torch.Tensor]], torch.Tensor]]
+
+
+def _single(t: list[torch.Tensor]) -> torch.Tensor:
+    return t[0]
+
+
+def _transpose(t: list[torch.Tensor]) -> torch.Tensor:
+    return t[0].t()
+
+
+def _concat(t: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(t, dim=0)
+
+
+def _plan_gpt2(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfig) -> _Plan:
+    if key == "lm_head.weight":
+        return [("lm_head.weight", shape)], _single
+    name = prefix + key.removeprefix("transformer.")
+    if _CONV1D.fullmatch(key.removeprefix("transformer.")):
+        return [(name, shape[::-1])], _transpose
+    return [(name, shape)], _single
+
+
+_LLAMA_SIMPLE = {
+    "transformer.wte.weight": "model.embed_tokens.weight",
+    "transformer.ln_f.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_LLAMA_LAYER = {
+    "ln_1.weight": "input_layernorm.weight",
+    "ln_2.weight": "post_attention_layernorm.weight",
+    "attn.c_proj.weight": "self_attn.o_proj.weight",
+    "mlp.c_proj.weight": "mlp.down_proj.weight",
+}
+
+
+def _plan_llama(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfig) -> _Plan:
+    if key in _LLAMA_SIMPLE:
+        return [(_LLAMA_SIMPLE[key], shape)], _single
+    m = re.fullmatch(r"transformer\.h\.(\d+)\.(.+)", key)
+    if m is None:
+        raise CheckpointError(f"internal: no Llama tensor maps to {key}")  # a model change this file misses
+    layer, rest = f"model.layers.{m.group(1)}.", m.group(2)
+    if rest in _LLAMA_LAYER:
+        return [(layer + _LLAMA_LAYER[rest], shape)], _single
+    C, hd = config.n_embd, config.head_dim
+    if rest == "attn.c_attn.weight":
+        q, kv = (config.n_head * hd, C), (config.n_kv_head * hd, C)
+        return [(layer + "self_attn.q_proj.weight", q), (layer + "self_attn.k_proj.weight", kv),
+                (layer + "self_attn.v_proj.weight", kv)], _concat
+    if rest == "mlp.c_fc.weight":
+        h = (config.mlp_hidden, C)
+        return [(layer + "mlp.gate_proj.weight", h), (layer + "mlp.up_proj.weight", h)], _concat
+    raise CheckpointError(f"internal: no Llama tensor maps to {key}")
+
+
+def _plan_gptlab(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfig) -> _Plan:
+    return [(key, shape)], _single
+
+
+_PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "gptlab": _plan_gptlab}
+
+
+def _convert(
+    model_type: str, config: GPTConfig, expected: dict[str, tuple[int, ...]], src: dict[str, torch.Tensor],
+    file: Path, dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """Our state dict from the checkpoint's tensors, strictly: all present, right shapes, nothing left over."""
+    prefix = ""
+    if model_type == "gpt2":
+        prefix = "" if "wte.weight" in src and "transformer.wte.weight" not in src else "transformer."
+    plan = _PLANS[model_type]
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for key, shape in expected.items():
+        sources, combine = plan(key, shape, prefix, config)
+        parts = []
+        for name, want in sources:
+            if name not in src:
+                raise CheckpointError(
+                    f"{file} has no tensor {name!r} (needed for {key}); the checkpoint is incomplete or "
+                    f"does not match {CONFIG_NAME}"
+                )
+            got = tuple(src[name].shape)
+            if got != tuple(want):
+                raise CheckpointError(
+                    f"tensor {name!r} in {file} has shape {got}, expected {tuple(want)} from {CONFIG_NAME}; "
+                    "the weights do not match the config"
+                )
+            parts.append(src[name])
+            used.add(name)
+        t = combine(parts)
+        out[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+    ignorable = _IGNORABLE[model_type]
+    leftover = sorted(
+        n for n in src
+        if n not in used and not ignorable.fullmatch(n) and not (config.tie_embeddings and n == "lm_head.weight")
+    )
+    if leftover:
+        more = f" and {len(leftover) - 5} more" if len(leftover) > 5 else ""
+        raise CheckpointError(
+            f"{file} has unexpected tensor(s) {leftover[:5]}{more} that a {model_type} model with this "
+            f"{CONFIG_NAME} does not use; the weights do not match the config"
+        )
+    return out
+
+
+def _build(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
+    """GPT holding `state`, without spending time on a random init that would be overwritten."""
+    with torch.device("meta"):
+        model = GPT(config)
+    if config.tie_embeddings:
+        state = {**state, "lm_head.weight": state["transformer.wte.weight"]}
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight
+    if config.pos_emb == "rope" and hasattr(model, "rotary"):
+        model.rotary = type(model.rotary)(config.head_dim, config.rope_theta)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        # Some non-persistent buffer we do not know how to rebuild: take the slow path.
+        model = GPT(config)
+        model.load_state_dict({k: v for k, v in state.items()}, strict=True)
+    return model
+
+
+def load_pretrained(
+    path_or_name: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> GPT:
+    """A GPT from a checkpoint directory or a Hugging Face Hub id, in eval mode.
+
+    path_or_name: a directory with config.json and model.safetensors (or model.safetensors.index.json,
+    or pytorch_model.bin), or a Hub id such as "gpt2" (downloaded with huggingface_hub when online).
+    dtype: floating dtype of the parameters (default: torch's default dtype, float32). device: where to
+    put the model (default: CPU).
+    """
+    directory = _resolve(path_or_name)
+    cfg_path = directory / CONFIG_NAME
+    hf = _read_config(directory)
+    try:
+        config = config_from_hf(hf)
+    except CheckpointError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    model_type = hf["model_type"]
+    src, file = _load_weights(directory)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    state = _convert(model_type, config, expected, src, file, dtype or torch.get_default_dtype())
+    del src
+    model = _build(config, state)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------- saving
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """write(tmp) to a temporary file next to path, then rename it over path: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: GPT, directory: str | Path) -> None:
+    """Write config.json and model.safetensors to directory (created if needed).
+
+    A plain GPT-2 config is written in Hugging Face GPT-2 format (transformers.GPT2LMHeadModel loads it);
+    any other config in gptlab format: our own tensor names and {"model_type": "gptlab", "gptlab": {...}}.
+    A tied lm_head is not stored.
+    """
+    from safetensors.torch import save_file
+
+    config = model.config
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    tensors: dict[str, torch.Tensor] = {}
+    if is_hf_gpt2_compatible(config):
+        hf_config = hf_gpt2_config(config)
+        for key, t in state.items():
+            t = t.detach().cpu()
+            if _CONV1D.fullmatch(key.removeprefix("transformer.")):
+                t = t.t()
+            tensors[key] = t.contiguous().clone()
+    else:
+        hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}
+        tensors = {key: t.detach().cpu().contiguous().clone() for key, t in state.items()}
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    _atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    text = json.dumps(hf_config, indent=2) + "\n"
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
