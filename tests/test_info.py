@@ -1,0 +1,295 @@
+"""`gptlab info`: every analytic number checked against a real model, cache, optimizer or FLOP counter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from gptlab import GPT, GPTConfig
+from gptlab.attention import window_mask
+from gptlab.generate import make_caches
+from gptlab.info import format_compare, format_report, keys_per_query, main, model_stats
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def small(**kw) -> GPTConfig:
+    return GPTConfig(**{**dict(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=64), **kw})
+
+
+CONFIGS = {
+    "gpt2": GPTConfig.from_preset("gpt2"),
+    "gpt2-modern": GPTConfig.from_preset("gpt2-modern"),
+    "gpt2-untied": GPTConfig.from_preset("gpt2", tie_embeddings=False),
+    "tiny-window-mqa": GPTConfig.from_preset("tiny", window=8, n_kv_head=1, pos_emb="rope"),
+    "tiny-swiglu-bias-layernorm": GPTConfig.from_preset("tiny", mlp="swiglu", n_kv_head=2),
+    "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
+}
+
+
+def meta_model(cfg: GPTConfig) -> GPT:
+    with torch.device("meta"):  # shapes only: a 124M model in milliseconds
+        return GPT(cfg)
+
+
+def real_param_table(model: GPT) -> dict[str, int]:
+    """Parameters per component, summed over named_parameters() (which lists a tied weight once)."""
+    c = model.config
+    hd = c.head_dim
+    out = dict.fromkeys(("wte", "wpe", "q", "k", "v", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "norms",
+                         "lm_head"), 0)
+    for name, p in model.named_parameters():
+        if name == "transformer.wte.weight":
+            out["wte"] += p.numel()
+        elif name == "transformer.wpe.weight":
+            out["wpe"] += p.numel()
+        elif ".attn.c_attn." in name:  # rows: [q | k | v]
+            rows = p.shape[0]
+            per_row = p.numel() // rows
+            q_rows, kv_rows = c.n_head * hd, c.n_kv_head * hd
+            assert rows == q_rows + 2 * kv_rows
+            out["q"] += q_rows * per_row
+            out["k"] += kv_rows * per_row
+            out["v"] += kv_rows * per_row
+        elif ".attn.c_proj." in name:
+            out["attn_out"] += p.numel()
+        elif ".mlp.c_fc." in name:  # SwiGLU: rows [gate | up]
+            if c.mlp == "swiglu":
+                out["mlp_gate"] += p.numel() // 2
+                out["mlp_up"] += p.numel() // 2
+            else:
+                out["mlp_up"] += p.numel()
+        elif ".mlp.c_proj." in name:
+            out["mlp_down"] += p.numel()
+        elif ".ln_" in name:
+            out["norms"] += p.numel()
+        elif name == "lm_head.weight":
+            out["lm_head"] += p.numel()
+        else:
+            raise AssertionError(f"parameter {name} is in no component of the table")
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parameter_table_matches_instantiated_model(name):
+    cfg = CONFIGS[name]
+    model = meta_model(cfg)
+    s = model_stats(cfg)
+    assert s.params == real_param_table(model)
+    assert s.total_params == model.num_params()
+    assert s.non_embedding_params == model.num_params(non_embedding=True)
+    if cfg.tie_embeddings:
+        assert s.params["lm_head"] == 0
+
+
+def test_gpt2_numbers():
+    s = model_stats(GPTConfig.from_preset("gpt2"))
+    assert s.total_params == 124_439_808
+    assert s.kv_bytes_per_token == 2 * 12 * 12 * 64 * 4  # 72 KiB per token in fp32
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch,context", [(1, 64), (3, 5)])
+def test_kv_cache_bytes_match_allocated_caches(name, dtype, batch, context):
+    cfg = CONFIGS[name]
+    model = meta_model(cfg).to(TORCH_DTYPES[dtype])
+    caches = make_caches(model, batch, context)
+    allocated = sum(b.nbytes for cache in caches for b in cache.buffers())
+    s = model_stats(cfg, context=context, batch=batch, dtype=dtype)
+    assert s.kv_cache_bytes == allocated
+    positions = caches[0].k.shape[2]
+    assert s.kv_cache_positions == positions
+    assert s.kv_bytes_per_token == allocated // (batch * positions)
+    if cfg.window is None:
+        assert s.kv_bytes_per_token == allocated / (batch * context)
+
+
+def test_gqa_and_mqa_shrink_the_cache_by_the_group_size():
+    mha = model_stats(GPTConfig.from_preset("gpt2"))
+    for n_kv_head in (1, 2, 3, 4, 6, 12):
+        gqa = model_stats(GPTConfig.from_preset("gpt2", n_kv_head=n_kv_head))
+        assert mha.kv_cache_bytes == gqa.kv_cache_bytes * 12 // n_kv_head
+
+
+@pytest.mark.parametrize("T", [1, 7, 64])
+@pytest.mark.parametrize("window", [None, 1, 4, 7, 100])
+def test_keys_per_query_counts_the_visible_keys_of_the_mask(T, window):
+    visible = window_mask(T, T, window).sum().item()
+    assert keys_per_query(T, window) == pytest.approx(visible / T)
+    s = model_stats(small(window=window), context=T)
+    assert s.flops_attention_per_token == pytest.approx(4 * 2 * 64 * visible / T)
+
+
+def counted_flops(model: GPT, idx: torch.Tensor, backward: bool) -> tuple[int, int]:
+    """(matmul FLOPs, attention FLOPs) that torch's FlopCounterMode counts; SDPA runs as explicit matmuls."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        _, loss = model(idx, idx)
+        if backward:
+            loss.backward()
+    by_module = counter.get_flop_counts()
+    total = counter.get_total_flops()
+    # The math SDPA path is two bmm per layer; every Linear is an mm or addmm.
+    ops = by_module["Global"]
+    bmm = sum(n for op, n in ops.items() if "bmm" in str(op))
+    assert sum(ops.values()) == total
+    return total - bmm, bmm
+
+
+@pytest.mark.parametrize("cfg", [
+    small(),
+    small(pos_emb="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
+    small(n_kv_head=1, mlp_hidden=100),
+])
+def test_flops_match_torch_flop_counter(cfg):
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    B, T = 2, 16
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    s = model_stats(cfg, context=T, batch=B)
+    matmul, attention = counted_flops(model, idx, backward=False)
+    assert matmul == B * T * s.flops_matmul_per_token
+    # The math kernel computes the full T x T score matrix and masks it: T keys per query, not T_eff.
+    assert attention == B * T * 4 * cfg.n_layer * T * cfg.n_embd
+    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * cfg.n_embd * (T + 1) / 2)
+    # A training step is 3 x forward: the backward pass does two products for every forward product.
+    train_matmul, train_attention = counted_flops(model, idx, backward=True)
+    assert train_matmul == 3 * matmul
+    assert train_attention == 3 * attention
+    assert s.flops_train_per_token == 3 * s.flops_forward_per_token
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_adamw_memory_matches_a_real_optimizer_step(dtype):
+    cfg = small(pos_emb="rope", n_kv_head=2, mlp="swiglu")
+    torch.manual_seed(0)
+    model = GPT(cfg).to(TORCH_DTYPES[dtype])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    idx = torch.randint(0, 97, (2, 16))
+    model(idx, idx)[1].backward()
+    opt.step()
+    params = list(model.parameters())  # tied weights once
+    s = model_stats(cfg, context=16, batch=2, dtype=dtype)
+    assert s.weights_bytes == sum(p.nbytes for p in params)
+    assert s.grads_bytes == sum(p.grad.nbytes for p in params)
+    moments = sum(st[k].nbytes for st in opt.state.values() for k in ("exp_avg", "exp_avg_sq"))
+    assert s.adamw_bytes == moments
+
+
+def saved_activation_bytes(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, targets)
+    return sum(seen.values())
+
+
+ACTIVATION_CASES = [
+    (kw, dtype)
+    for kw in (
+        {},
+        dict(pos_emb="rope", n_kv_head=2),
+        dict(norm="rmsnorm", mlp="swiglu", bias=False),
+        dict(pos_emb="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu", tie_embeddings=False),
+    )
+    for dtype in ("fp32", "bf16")
+] + [(dict(window=8, pos_emb="rope"), "fp32")]  # the sliding-window kernel saves q, k, v, out, lse too
+
+
+@pytest.mark.parametrize("kw,dtype", ACTIVATION_CASES)
+def test_activation_estimate_matches_tensors_saved_for_backward(kw, dtype):
+    cfg = small(**kw)
+    torch.manual_seed(0)
+    model = GPT(cfg).to(TORCH_DTYPES[dtype]).train()
+    B, T = 2, 32
+    idx, targets = torch.randint(0, 97, (B, T)), torch.randint(0, 97, (B, T))
+    measured = saved_activation_bytes(model, idx, targets)
+    estimate = model_stats(cfg, context=T, batch=B, dtype=dtype).activation_bytes
+    assert abs(estimate - measured) <= 0.02 * measured, (estimate, measured)
+
+
+# --- the report and the command line ---------------------------------------------------------------------
+
+
+def test_report_names_every_section():
+    s = model_stats(GPTConfig.from_preset("gpt2-modern"), batch=4, dtype="bf16")
+    text = format_report(s, "gpt2-modern")
+    for needle in ("4 KV heads (GQA", "RoPE", "RMSNorm", "SwiGLU", "non-embedding", "114,114,048",
+                   "training step (3 x forward)", "KV cache, bf16", "AdamW moments", "activations saved"):
+        assert needle in text
+
+
+def test_compare_gqa_divides_the_kv_cache():
+    a = model_stats(GPTConfig.from_preset("gpt2"))
+    b = model_stats(GPTConfig.from_preset("gpt2", n_kv_head=3))
+    text = format_compare(a, b, "gpt2", "gpt2 GQA")
+    kv_rows = [line for line in text.splitlines() if "per token: 2 x n_layer" in line]
+    assert kv_rows and kv_rows[0].rstrip().endswith("÷4.00")
+
+
+def test_main_single_and_compare(capsys):
+    assert main(["--model.preset=gpt2-modern", "--context", "256", "--batch=2", "--dtype", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpt2-modern: 12 layers") and "batch 2 x context 256" in out and "bf16" in out
+    assert main(["--model.preset=gpt2", "--compare", "--model.preset=gpt2-modern"]) == 0
+    out = capsys.readouterr().out
+    assert "A = gpt2:" in out and "B = gpt2-modern:" in out and "÷3.00" in out
+
+
+def test_main_json_and_flags(capsys):
+    argv = ["--model.preset=tiny", "--model.n_kv_head=1", "--model.window=16", "--json", "--context=32"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["n_kv_head"] == 1 and d["config"]["window"] == 16 and d["context"] == 32
+    assert d["kv_cache_positions"] == 16
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--compare"], "--compare needs a second configuration"),
+    (["--dtype", "fp8"], "dtype"),
+    (["--context", "0"], "--context"),
+    (["--batch"], "--batch needs a value"),
+    (["--frobnicate"], "unknown option"),
+    (["--model.preset=gpt5"], "gpt5"),
+    (["--model.n_kv_head=5"], "n_kv_head"),
+    (["no/such/dir"], "config.json"),
+])
+def test_main_errors_name_the_problem(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptlab info: error:") and message in err
+
+
+def test_main_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--compare SPEC" in out and "gpt2-modern" in out
+
+
+def test_main_reads_checkpoint_directories(tmp_path, capsys):
+    gptlab_dir, hf_dir = tmp_path / "ours", tmp_path / "hf"
+    gptlab_dir.mkdir()
+    hf_dir.mkdir()
+    modern = GPTConfig.from_preset("gpt2-modern", window=128)
+    (gptlab_dir / "config.json").write_text(json.dumps({"model_type": "gptlab", "gptlab": modern.to_dict()}))
+    from gptlab.hf import hf_gpt2_config
+
+    (hf_dir / "config.json").write_text(json.dumps(hf_gpt2_config(GPTConfig.from_preset("gpt2"))))
+    assert main([str(hf_dir), "--compare", str(gptlab_dir), "--json"]) == 0
+    a, b = json.loads(capsys.readouterr().out)
+    assert a["total_params"] == 124_439_808
+    assert GPTConfig.from_dict(b["config"]) == modern
+    assert main([str(gptlab_dir), "--model.n_layer=3"]) == 2
+    assert "not both" in capsys.readouterr().err
