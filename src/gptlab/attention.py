@@ -1,6 +1,22 @@
-"""Attention kernels beyond plain causal SDPA: sliding-window attention and its naive reference."""
+"""Attention kernels beyond plain causal SDPA: sliding-window attention (SWA) and its naive reference.
+
+SWA lets query i see keys i - window < j <= i. A mask over full attention still costs O(T^2); the paths here
+cost O(T * window):
+
+* CPU (fp32/bf16/fp16, no dropout), all through the CPU flash kernels. Forward: blocks of 32 queries, each
+  against the 32 + window keys its band can reach, as overlapping strided views (no copies) with one shared
+  mask: one kernel call, (32 + w) / w of the ideal work. Backward: cut the sequence into blocks of `window`.
+  Query r of block b sees the keys of block b at offsets <= r (a plain causal block, whose masked half the
+  kernel skips) and the keys of block b-1 at offsets > r (a strict upper triangle, which becomes causal once
+  queries and keys are reversed). The flash backward of each part, fed the full output and log-sum-exp (the
+  ring-attention trick), gives that part's exact share of the gradient; the shares are summed.
+* CUDA: flex_attention with a block mask, compiled.
+* Anything else (other devices, dropout): banded SDPA, blocks of `window` queries against 2 * window keys.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +54,201 @@ def naive_attention(
 def sliding_window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """Causal attention where query i sees keys i - window < j <= i.
+    """Causal attention where query i sees keys i - window < j <= i, in O(T * window) time and memory.
 
-    q: (B, H, T, D); k, v: (B, Hkv, T, D).
+    q: (B, H, T, D); k, v: (B, Hkv, T, D) with H a multiple of Hkv. Picks the fastest exact path for the device.
     """
     T = q.size(-2)
-    mask = window_mask(T, T, window, device=q.device)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=k.size(1) != q.size(1)
-    )
+    gqa = k.size(1) != q.size(1)
+    if window >= T:  # the window hides nothing: plain causal attention
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa)
+    if dropout_p == 0.0 and q.device.type == "cpu" and q.dtype in _FLASH_CPU_DTYPES:
+        return _SlidingWindowFlashCPU.apply(q, k, v, window)
+    if dropout_p == 0.0 and q.device.type == "cuda":
+        return flex_sliding_window_attention(q, k, v, window)
+    return banded_sliding_window_attention(q, k, v, window, dropout_p)
+
+
+# --- CPU: flash kernels on a band of query blocks ------------------------------------------------------------------
+
+_FLASH_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_BAND_QUERIES = 32  # queries per band block in the forward: the kernel then computes w + 32 keys per query for w
+
+
+def _flash(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flash attention on CPU; returns (out, logsumexp (B, H, T) in fp32). Out has (B, T, H, D) memory order."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask)
+
+
+def _flash_backward(
+    g: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(g, q, k, v, out, lse, 0.0, True)
+
+
+def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, H, T, D) -> contiguous (B * n, H, D) rows in (B, T, H, D) order, zero-padded to n positions.
+
+    That order is what the model's projections produce, so without padding this is usually a free view.
+    """
+    B, H, T, D = x.shape
+    x = x.transpose(1, 2)
+    if n != T:
+        x = F.pad(x, (0, 0, 0, 0, 0, n - T))
+    return x.reshape(B * n, H, D).contiguous()
+
+
+def _blocks(x: torch.Tensor, w: int) -> torch.Tensor:
+    """Rows (N, H, D) -> (N / w, H, w, D): every block of w positions is one batch entry of the flash kernel."""
+    N, H, D = x.shape
+    return x.view(N // w, w, H, D).transpose(1, 2)
+
+
+def _unblock(x: torch.Tensor) -> torch.Tensor:
+    """(n, H, w, D) flash output -> rows (n * w, H, D); a view, since the kernel writes (n, w, H, D) order."""
+    n, H, w, D = x.shape
+    return x.transpose(1, 2).reshape(n * w, H, D)
+
+
+def _band_forward(
+    qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, B: int, w: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of SWA on rows (B * Tp, heads, D): out rows and lse rows (B * Tp, H).
+
+    Blocks of Bq queries, as strided views that overlap in keys: block g holds queries at rows w + g Bq + r and
+    keys at rows g Bq + n (n < Bq + w), visible when r < n <= r + w: one mask shared by every block. Keys
+    that cross from one sequence of the batch into the next only reach the first w - 1 queries of a sequence,
+    which a plain causal call over the first w positions (where the window hides nothing) then overwrites.
+    """
+    N, H, D = qr.shape
+    Tp, Bq = N // B, min(_BAND_QUERIES, w)
+    if kr.size(1) != H:  # the kernel would expand GQA heads itself, but on the overlapping views: expand first
+        kr, vr = (x.repeat_interleave(H // x.size(1), dim=1) for x in (kr, vr))
+    mask = window_mask(Bq, Bq + w, w, q_offset=w, device=qr.device)
+    mask = torch.zeros(mask.shape, dtype=qr.dtype, device=qr.device).masked_fill_(~mask, float("-inf"))
+    out = torch.empty_like(qr)
+    lse = torch.empty(N, H, dtype=torch.float32, device=qr.device)
+
+    def band(start: int, n: int) -> None:  # n blocks whose queries start at row `start`
+        strides = (Bq * H * D, D, H * D, 1)
+        q = qr.as_strided((n, H, Bq, D), strides, start * H * D)
+        k, v = (x.as_strided((n, H, Bq + w, D), strides, (start - w) * H * D) for x in (kr, vr))
+        o, lse_ = _flash(q, k, v, causal=False, mask=mask)
+        out[start : start + n * Bq] = _unblock(o)
+        lse[start : start + n * Bq] = lse_.transpose(1, 2).reshape(-1, H)
+
+    n_blocks = (N - w) // Bq
+    if n_blocks:
+        band(w, n_blocks)
+    if w + n_blocks * Bq < N:  # the last few rows: one more block, ending at the last row
+        band(N - Bq, 1)
+    o, lse_ = _flash(*(x.view(B, Tp, -1, D)[:, :w].transpose(1, 2) for x in (qr, kr, vr)))
+    out.view(B, Tp, H, D)[:, :w] = o.transpose(1, 2)
+    lse.view(B, Tp, H)[:, :w] = lse_.transpose(1, 2)
+    return out, lse
+
+
+def _prev_block_rows(B: int, nb: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices that pose the previous-block part as a causal problem of (w-1) x (w-1) blocks.
+
+    Query r < w-1 of block b sees key s > r of block b-1. Reversing both orders (r' = w-2-r, s' = w-1-s) turns
+    s > r into s' <= r': causal. Query w-1 sees nothing there and key 0 is seen by nobody, so both are left out.
+    One gather of these rows does the slicing and the reversal in a single copy.
+    """
+    rev = torch.arange(w - 2, -1, -1, device=device)
+    starts = torch.arange(B, device=device)[:, None] * nb + torch.arange(1, nb, device=device)  # (B, nb-1)
+    q_rows = (starts[..., None] * w + rev).reshape(-1)  # rows w-2 .. 0 of block b
+    return q_rows, q_rows - (w - 1)  # rows w-1 .. 1 of block b-1
+
+
+class _SlidingWindowFlashCPU(torch.autograd.Function):
+    """Exact O(T * window) sliding-window attention from CPU flash kernels (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+        B, H, T, D = q.shape
+        Tp = -(-T // window) * window  # padded to whole blocks of `window`, the layout backward works in
+        qr, kr, vr = (_rows(x, Tp) for x in (q, k, v))
+        out, lse = _band_forward(qr, kr, vr, B, window)
+        ctx.save_for_backward(qr, kr, vr, out, lse)
+        ctx.shape = (B, T, window)
+        return out.view(B, Tp, H, D)[:, :T].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        qr, kr, vr, out, lse = ctx.saved_tensors
+        B, T, w = ctx.shape
+        N, H, D = qr.shape
+        gr = _rows(grad, N // B)
+        # Each part's flash backward, fed the full out and lse, gives that part's exact share of the gradient.
+        # Own block: causal.
+        lse_b = lse.view(N // w, w, H).transpose(1, 2)
+        dq, dk, dv = _flash_backward(*(_blocks(x, w) for x in (gr, qr, kr, vr, out)), lse_b)
+        dq, dk, dv = _unblock(dq), _unblock(dk), _unblock(dv)
+        if w > 1 and N // B > w:  # previous block: causal after reversal (window 1: each query sees only itself)
+            q_rows, k_rows = _prev_block_rows(B, N // B // w, w, qr.device)
+            g2, q2, o2 = (x.index_select(0, q_rows) for x in (gr, qr, out))
+            k2, v2 = kr.index_select(0, k_rows), vr.index_select(0, k_rows)
+            l2 = lse.index_select(0, q_rows).view(-1, w - 1, H).transpose(1, 2)
+            dq2, dk2, dv2 = _flash_backward(*(_blocks(x, w - 1) for x in (g2, q2, k2, v2, o2)), l2)
+            dq.index_add_(0, q_rows, _unblock(dq2))
+            dk.index_add_(0, k_rows, _unblock(dk2))
+            dv.index_add_(0, k_rows, _unblock(dv2))
+        dq, dk, dv = (x.view(B, N // B, x.size(1), D)[:, :T].transpose(1, 2) for x in (dq, dk, dv))
+        return dq, dk, dv, None
+
+
+# --- CUDA: flex_attention with a block mask ----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _flex_block_mask(T: int, window: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def swa(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+
+    return create_block_mask(swa, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_sliding_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, compiled: bool = True
+) -> torch.Tensor:
+    """SWA through flex_attention: only the blocks inside the band are computed. compiled=False runs its eager
+    reference (any device, slow), which the tests use to check the mask on CPU."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = _flex_block_mask(q.size(-2), window, str(q.device))
+    fn = _compiled_flex() if compiled else flex_attention
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
+
+
+# --- Fallback: banded SDPA -----------------------------------------------------------------------------------------
+
+
+def banded_sliding_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """SWA for any device and dropout: each block of `window` queries attends to its own and the previous block
+    of keys through SDPA with a (window, 2 * window) mask. O(T * window), though twice the ideal work."""
+    B, H, T, D = q.shape
+    w, nb = window, -(-T // window)
+    # Keys of block b-1 and b side by side; a zero block stands before the first, masked out below.
+    kb, vb = (F.pad(_rows(x, nb * w).view(B, nb, w, -1, D), (0, 0, 0, 0, 0, 0, 1, 0)) for x in (k, v))
+    kb, vb = (torch.cat([x[:, :-1], x[:, 1:]], dim=2) for x in (kb, vb))
+    mask = window_mask(w, 2 * w, window, q_offset=w, device=q.device).expand(nb, 1, w, 2 * w).clone()
+    mask[0, :, :, :w] = False
+    y = F.scaled_dot_product_attention(
+        _rows(q, nb * w).view(B, nb, w, H, D).transpose(2, 3), kb.transpose(2, 3), vb.transpose(2, 3), attn_mask=mask,
+        dropout_p=dropout_p, enable_gqa=k.size(1) != H,
+    )  # (B, nb, H, w, D)
+    return y.transpose(2, 3).reshape(B, nb * w, H, D)[:, :T].transpose(1, 2)
