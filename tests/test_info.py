@@ -291,5 +291,8 @@ def test_main_reads_checkpoint_directories(tmp_path, capsys):
     a, b = json.loads(capsys.readouterr().out)
     assert a["total_params"] == 124_439_808
     assert GPTConfig.from_dict(b["config"]) == modern
-    assert main([str(gptlab_dir), "--model.n_layer=3"]) == 2
-    assert "not both" in capsys.readouterr().err
+    assert main([str(gptlab_dir), "--model.n_layer=3", "--json"]) == 0  # a checkpoint with a field changed
+    d = json.loads(capsys.readouterr().out)
+    assert GPTConfig.from_dict(d["config"]) == modern.replace(n_layer=3)
+    assert main([str(gptlab_dir), str(hf_dir)]) == 2
+    assert "at most one checkpoint" in capsys.readouterr().err

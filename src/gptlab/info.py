@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,11 +228,13 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_ratio(a: float, b: float) -> str:
-    """How b compares with a: 'x2.00', '÷3.00', '=' or '-'."""
+    """How b compares with a: 'x2.00', '÷3.00', '=', 'x0' (b is 0) or 'new' (a is 0)."""
     if a == b:
         return "="
-    if a == 0 or b == 0:
-        return "-"
+    if b == 0:
+        return "x0"
+    if a == 0:
+        return "new"
     r = b / a
     if 0.995 <= r < 1.005:  # close to 1: show the digits that differ
         return f"x{r:.3f}"
@@ -334,9 +337,13 @@ def _notes(s: ModelStats) -> list[str]:
     return notes
 
 
+def _header(prefix: str, config: GPTConfig) -> list[str]:
+    return textwrap.wrap(f"{prefix}: {describe(config)}", width=100, subsequent_indent="    ")
+
+
 def format_report(s: ModelStats, name: str = "") -> str:
     """The text `gptlab info` prints for one configuration."""
-    lines = [f"{name or 'config'}: {describe(s.config)}"]
+    lines = _header(name or "config", s.config)
     section = None
     total = s.total_params
     for row in report_rows(s):
@@ -351,7 +358,7 @@ def format_report(s: ModelStats, name: str = "") -> str:
 
 def format_compare(a: ModelStats, b: ModelStats, name_a: str = "A", name_b: str = "B") -> str:
     """Two configurations side by side, with B/A ratios ('÷3.00' means B needs a third of A)."""
-    lines = [f"A = {name_a}: {describe(a.config)}", f"B = {name_b}: {describe(b.config)}"]
+    lines = _header(f"A = {name_a}", a.config) + _header(f"B = {name_b}", b.config)
     section = None
     for ra, rb in zip(report_rows(a), report_rows(b), strict=True):
         if ra.section != section:
@@ -371,10 +378,11 @@ usage: gptlab info [SPEC] [--context N] [--batch N] [--dtype fp32|bf16|fp16] [--
 
 Parameters, FLOPs, KV cache and training memory of a model configuration, computed from the config alone.
 
-SPEC is one configuration, either
+SPEC is one configuration:
   --model.preset=NAME [--model.FIELD=VALUE ...]   a preset with fields changed (no preset: GPT-2 124M defaults)
   --model.FIELD=VALUE ...                         any GPTConfig field, e.g. --model.n_kv_head=4 --model.window=256
-  DIR                                             a checkpoint directory (its config.json: gptlab, gpt2, llama, mistral)
+  DIR [--model.FIELD=VALUE ...]                   a checkpoint directory's config.json (gptlab, gpt2, llama,
+                                                  mistral; no weights are read), with fields changed
 
 --compare SPEC    everything after --compare describes a second configuration B, built from scratch like the
                   first (it does not inherit A's flags); both are printed side by side with B/A ratios,
@@ -431,17 +439,14 @@ def _parse_value(name: str, text: str, default: Any) -> Any:
     return text
 
 
-def _config_from_flags_fallback(flags: list[str]) -> GPTConfig:
+def _config_from_flags_fallback(flags: list[str], base: GPTConfig | None = None) -> GPTConfig:
     """Minimal --model.preset / --model.FIELD=VALUE parsing, used when gptlab.options is missing."""
     preset, changes = None, {}
     defaults = GPTConfig().to_dict()
-    it = iter(flags)
-    for flag in it:
+    for flag in flags:
         key, eq, value = flag.partition("=")
         if not eq:
-            value = next(it, None)
-            if value is None:
-                raise ValueError(f"{flag} needs a value: {flag}=VALUE")
+            raise ValueError(f"{flag} needs a value: {flag}=VALUE")
         name = key.removeprefix("--model.")
         if name == "preset":
             preset = value
@@ -450,18 +455,23 @@ def _config_from_flags_fallback(flags: list[str]) -> GPTConfig:
         else:
             allowed = ", ".join(f"--model.{n}" for n in defaults)
             raise ValueError(f"unknown flag {key}; allowed: --model.preset, {allowed}")
-    if preset is None:
-        return GPTConfig(**changes)
-    return GPTConfig.from_preset(preset, **changes)
+    if preset is not None:
+        base = GPTConfig.from_preset(preset)
+    return (base or GPTConfig()).replace(**changes)
 
 
-def config_from_flags(flags: list[str]) -> GPTConfig:
-    """A GPTConfig from --model.* flags: gptlab.options when it is there, else a minimal local parser."""
+def config_from_flags(flags: list[str], checkpoint: str | None = None) -> GPTConfig:
+    """A GPTConfig from --model.* flags, changing a checkpoint's config if one is given.
+
+    Uses gptlab.options (aliases, config files) when it is there, else a minimal local parser.
+    """
     try:
         from .options import model_config_from_flags
+
+        return model_config_from_flags(flags + ([checkpoint] if checkpoint else []))
     except ImportError:
-        return _config_from_flags_fallback(flags)
-    return model_config_from_flags(flags)
+        base = config_from_checkpoint(checkpoint) if checkpoint else None
+        return _config_from_flags_fallback(flags, base)
 
 
 def config_from_checkpoint(path: str | Path) -> GPTConfig:
@@ -527,13 +537,13 @@ def _resolve_spec(spec: list[str], usage: type[ValueError]) -> tuple[GPTConfig, 
     """(config, name) of one SPEC: a checkpoint directory or --model.* flags."""
     paths = [a for a in spec if not a.startswith("--")]
     flags = [a for a in spec if a.startswith("--")]
-    if paths:
-        if len(paths) > 1 or flags:
-            raise usage(f"give one checkpoint directory or --model.* flags, not both: {' '.join(spec)}")
+    if len(paths) > 1:
+        raise usage(f"give at most one checkpoint directory per configuration, got {' '.join(paths)}")
+    if paths and not flags:
         return config_from_checkpoint(paths[0]), paths[0]
-    config = config_from_flags(flags)
+    config = config_from_flags(flags, paths[0] if paths else None)
     preset = next((a.partition("=")[2] for a in flags if a.startswith("--model.preset=")), None)
-    name = " ".join(flags) if flags else "GPT-2 124M (defaults)"
+    name = " ".join(spec) if spec else "GPT-2 124M (defaults)"
     if preset in PRESETS and len(flags) == 1:
         name = preset
     return config, name

@@ -1,0 +1,157 @@
+"""Keep the generated parts of docs/*.md true: code citations and `gptlab info` output.
+
+Two kinds of blocks in the Markdown are written by this script, never by hand:
+
+    <!-- code: src/gptlab/model.py "def apply_rotary" -->          the block of code starting at the first line
+    ...                                                             that starts with the anchor (a def, a class,
+    <!-- /code -->                                                  a statement with its indented body)
+
+    <!-- code: src/gptlab/model.py "q, k, v = " .. "v = v.view" -->  from the start anchor to the end anchor
+                                                                      ('single quotes' for an anchor with ")
+
+    <!-- info: --model.preset=gpt2 --compare --model.preset=gpt2-modern -->   the output of `gptlab info ...`
+    ...                                                                       (optionally `| sections: KV, FLOPs`
+    <!-- /info -->                                                            to keep only sections starting so)
+
+Code is found by its content, not its line number, so a citation follows the code when lines move; the link
+shows the current line numbers. An anchor must match exactly one line (stripped), or this script fails.
+
+    python docs/sync_docs.py           # rewrite the blocks in docs/*.md
+    python docs/sync_docs.py --check   # exit 1 if any block is stale (what tests/test_docs.py runs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+BLOCK = re.compile(
+    r"(?P<open><!-- (?P<kind>code|info): (?P<spec>.*?) -->\n)(?P<body>.*?)(?P<close><!-- /(?P=kind) -->)", re.DOTALL
+)
+# Anchors in double quotes, or in single quotes when they contain double quotes.
+_ANCHOR = r"""(?:"(?P<{0}d>[^"]+)"|'(?P<{0}s>[^']+)')"""
+CODE_SPEC = re.compile(rf"(?P<path>\S+) {_ANCHOR.format('start')}(?: \.\. {_ANCHOR.format('end')})?$")
+
+
+class DocsError(ValueError):
+    """A marker that cannot be resolved: an anchor that is missing or matches several lines."""
+
+
+def _find(lines: list[str], anchor: str, path: str, after: int = -1) -> int:
+    hits = [i for i, line in enumerate(lines) if i > after and line.strip().startswith(anchor)]
+    if not hits:
+        raise DocsError(f'{path}: no line starts with "{anchor}"; the code moved or was renamed: fix the marker')
+    if after < 0 and len(hits) > 1:
+        where = ", ".join(str(i + 1) for i in hits)
+        raise DocsError(f'{path}: "{anchor}" starts lines {where}; make the anchor longer so it is unique')
+    return hits[0]
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def code_span(path: str, start: str, end: str | None = None) -> tuple[int, int, list[str]]:
+    """(first, last) 1-based line numbers and the lines of the cited code."""
+    lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+    i = _find(lines, start, path)
+    if end is not None:
+        j = _find(lines, end, path, after=i)
+    else:  # the statement and everything indented under it (a closing bracket at its indent included)
+        j, base = i, _indent(lines[i])
+        while j + 1 < len(lines):
+            nxt = lines[j + 1]
+            if nxt.strip() and _indent(nxt) <= base:
+                if _indent(nxt) == base and nxt.strip()[0] in ")]}":
+                    j += 1
+                break
+            j += 1
+        while not lines[j].strip():
+            j -= 1
+    return i + 1, j + 1, lines[i : j + 1]
+
+
+def render_code(spec: str) -> str:
+    m = CODE_SPEC.match(spec.strip())
+    if m is None:
+        raise DocsError(f'bad code marker "{spec}"; expected: PATH "START" or PATH "START" .. "END"')
+    first, last, lines = code_span(m["path"], m["startd"] or m["starts"], m["endd"] or m["ends"])
+    width = min(_indent(line) for line in lines if line.strip())
+    body = "\n".join(line[width:] for line in lines)
+    name = m["path"].removeprefix("src/gptlab/")
+    where, anchor = (f"line {first}", f"L{first}") if first == last else (f"lines {first}–{last}", f"L{first}-L{last}")
+    return f"[`{name}`, {where}](../{m['path']}#{anchor}):\n\n```python\n{body}\n```\n"
+
+
+def info_output(args: list[str]) -> str:
+    """What `gptlab info ARGS` prints."""
+    from gptlab.info import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(args)
+    if status != 0:
+        raise DocsError(f"gptlab info {' '.join(args)} failed with status {status}")
+    return out.getvalue().rstrip("\n")
+
+
+def _keep_sections(text: str, prefixes: list[str]) -> str:
+    """The header (lines before the first blank line) and the sections whose title starts with a prefix."""
+    chunks = text.split("\n\n")
+    kept = [chunks[0]] + [c for c in chunks[1:] if any(c.startswith(p) for p in prefixes)]
+    return "\n\n".join(kept)
+
+
+def render_info(spec: str) -> str:
+    args_text, _, sections = spec.partition(" | sections: ")
+    args = shlex.split(args_text)
+    text = info_output(args)
+    if sections:
+        text = _keep_sections(text, [s.strip() for s in sections.split(",")])
+    return f"```text\n$ gptlab info {args_text.strip()}\n{text}\n```\n"
+
+
+def render(markdown: str) -> str:
+    """markdown with every block regenerated."""
+
+    def one(m: re.Match) -> str:
+        body = render_code(m["spec"]) if m["kind"] == "code" else render_info(m["spec"])
+        return m["open"] + body + m["close"]
+
+    return BLOCK.sub(one, markdown)
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def stale() -> list[str]:
+    """Names of the pages whose generated blocks are not what the code gives now."""
+    return [p.name for p in pages() if render(p.read_text(encoding="utf-8")) != p.read_text(encoding="utf-8")]
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        bad = stale()
+        if bad:
+            print(f"stale generated blocks in {', '.join(bad)}: run python docs/sync_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    for p in pages():
+        text = p.read_text(encoding="utf-8")
+        new = render(text)
+        if new != text:
+            p.write_text(new, encoding="utf-8")
+            print(f"updated {p.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,132 @@
+"""docs/ stays true: figures are drawn by the code, cited code and `gptlab info` outputs are current, cited tests
+exist, links resolve."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = ["rope.md", "gqa.md", "sliding_window.md", "rmsnorm.md", "swiglu.md", "loading_gpt2.md"]
+SECTIONS = [
+    "## What it is",
+    "## The equation",
+    "## The code",
+    "## What the tests prove",
+    "## What `gptlab info` says it costs or saves",
+    "## What the comparison report measured",
+]
+
+
+def load(name: str):
+    """A script of docs/ as a module (docs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", DOCS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sync():
+    return load("sync_docs")
+
+
+def test_make_figures_draws_every_figure(tmp_path):
+    figures = load("make_figures")
+    start = time.perf_counter()
+    paths = figures.main(tmp_path)
+    elapsed = time.perf_counter() - start
+    assert sorted(p.name for p in paths) == sorted(figures.FIGURES)
+    import matplotlib.image
+
+    for p in paths:
+        assert p.stat().st_size > 10_000, p.name
+        img = matplotlib.image.imread(p)
+        assert img.shape[0] > 300 and img.shape[1] > 300, (p.name, img.shape)
+        assert img[..., :3].std() > 0.05, f"{p.name} is nearly blank"
+        assert (DOCS / "figures" / p.name).is_file(), f"run python docs/make_figures.py and commit {p.name}"
+    assert elapsed < 30, f"make_figures took {elapsed:.1f} s"
+
+
+def test_every_committed_figure_is_drawn_and_shown():
+    figures = load("make_figures")
+    text = "".join((DOCS / p).read_text() for p in ["README.md", *PAGES])
+    for name in figures.FIGURES:
+        assert f"figures/{name}" in text, f"{name} is drawn but no page shows it"
+    for p in (DOCS / "figures").glob("*.png"):
+        assert p.name in figures.FIGURES, f"docs/figures/{p.name} is not drawn by make_figures.py"
+
+
+def test_kernel_blocks_cover_the_window_mask_exactly():
+    figures = load("make_figures")
+    for T, w in [(16, 4), (10, 3), (7, 1), (5, 8)]:
+        figures.banded_blocks(T, w)  # asserts inside
+
+
+def test_generated_blocks_are_current(sync):
+    stale = sync.stale()
+    assert not stale, (
+        f"the code citations or gptlab info outputs in docs/{', docs/'.join(stale)} no longer match the code; "
+        "run: python docs/sync_docs.py (and check the prose around them still holds)"
+    )
+
+
+def test_every_page_cites_code_and_info_output(sync):
+    for page in PAGES:
+        text = (DOCS / page).read_text()
+        kinds = [m["kind"] for m in sync.BLOCK.finditer(text)]
+        assert "code" in kinds and "info" in kinds, page
+
+
+def test_a_moved_or_edited_line_makes_the_citation_stale(sync):
+    text = (DOCS / "rope.md").read_text()
+    edited = text.replace("    rotated = torch.cat((-x2, x1), dim=-1)\n", "    rotated = torch.cat((x2, x1), dim=-1)\n")
+    assert edited != text
+    assert sync.render(edited) == text  # the checker restores the code as it is
+    moved = re.sub(r"lines (\d+)–", lambda m: f"lines {int(m[1]) + 1}–", text, count=1)
+    assert moved != text and sync.render(moved) == text
+
+
+def test_anchors_must_exist_and_be_unique(sync):
+    with pytest.raises(sync.DocsError, match="no line starts with"):
+        sync.code_span("src/gptlab/model.py", "def no_such_function")
+    with pytest.raises(sync.DocsError, match="make the anchor longer"):
+        sync.code_span("src/gptlab/model.py", "def forward")
+    first, last, lines = sync.code_span("src/gptlab/model.py", "def apply_rotary")
+    assert lines[0].startswith("def apply_rotary") and last > first
+    assert lines[-1].strip().startswith("return")
+
+
+def test_pages_have_every_section_and_are_linked_from_the_index():
+    index = (DOCS / "README.md").read_text()
+    for page in PAGES:
+        text = (DOCS / page).read_text()
+        positions = [text.find(s) for s in SECTIONS]
+        assert -1 not in positions, (page, [s for s, p in zip(SECTIONS, positions, strict=True) if p < 0])
+        assert positions == sorted(positions), f"{page}: sections out of order"
+        assert f"]({page})" in index, f"docs/README.md does not link {page}"
+        assert "numbers appear here once the comparison report is committed" in text.lower(), page
+        assert "](../reports/)" in text, page
+
+
+def test_cited_tests_exist():
+    defined = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE))
+    for page in ["README.md", *PAGES]:
+        for name in re.findall(r"`(test_\w+)`", (DOCS / page).read_text()):
+            assert name in defined, f"docs/{page} cites {name}, which no test defines"
+
+
+def test_relative_links_resolve():
+    for page in ["README.md", *PAGES]:
+        text = (DOCS / page).read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if target.startswith(("http://", "https://")) or target == "../reports/":
+                continue  # the comparison report may not be committed yet
+            assert (DOCS / target).exists(), f"docs/{page} links {target}, which does not exist"
