@@ -205,7 +205,11 @@ ACTIVATION_CASES = [
         dict(pos_emb="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu", tie_embeddings=False),
     )
     for dtype in ("fp32", "bf16")
-] + [(dict(window=8, pos_emb="rope"), "fp32")]  # the sliding-window kernel saves q, k, v, out, lse too
+] + [
+    (dict(window=8, pos_emb="rope"), "fp32"),  # the sliding-window kernel saves its own q, k, v, out, lse
+    (dict(window=8, pos_emb="rope"), "bf16"),
+    (dict(window=7, n_kv_head=2), "fp32"),  # 32 tokens in blocks of 7: padded to 35
+]
 
 
 @pytest.mark.parametrize("kw,dtype", ACTIVATION_CASES)
@@ -270,6 +274,20 @@ def test_main_errors_name_the_problem(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptlab info: error:") and message in err
+
+
+def test_flags_describe_the_model_not_a_training_run(capsys):
+    assert main(["--model.preset=gpt2", "--json"]) == 0  # no training defaults (block_size) leak in
+    assert json.loads(capsys.readouterr().out)["total_params"] == 124_439_808
+    assert main(["--json"]) == 0  # no flags at all: GPT-2 124M
+    assert json.loads(capsys.readouterr().out)["config"] == GPTConfig().to_dict()
+
+
+def test_options_aliases_when_gptlab_options_is_there(capsys):
+    pytest.importorskip("gptlab.options")
+    assert main(["--model.preset=gpt2", "--model.n_query_head=8", "--model.rope=True", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)["config"]
+    assert (c["n_head"], c["n_kv_head"], c["pos_emb"], c["block_size"]) == (8, 8, "rope", 1024)
 
 
 def test_main_help(capsys):

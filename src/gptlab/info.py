@@ -149,18 +149,26 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
     tokens = batch * context
     # LayerNorm saves its input and (mean, rstd); nn.RMSNorm saves its input and the normalized x in fp32, and rstd.
     norm = (d + 2) * nbytes if c.norm == "layernorm" else (2 * d + 1) * FP32
-    attn = d * nbytes  # input of the fused q/k/v projection (the norm's output)
-    attn += (d + 2 * kv) * nbytes  # q, k, v: views of the projection's output, used by attention
-    if c.pos_emb == "rope":
-        attn += (d + kv) * nbytes  # the rotated q and k
-    attn += d * nbytes + c.n_head * FP32  # attention output (= c_proj input) and its log-sum-exp per head
+    attn_in = tokens * d * nbytes  # input of the fused q/k/v projection (the norm's output)
+    per_head = c.n_head * FP32  # the log-sum-exp of every query head, kept for the backward pass
+    if c.window is not None and c.window < context:
+        # The sliding-window kernel saves its own copies of q, k, v and the output, padded to whole blocks.
+        rows = batch * -(-context // c.window) * c.window
+        attn = attn_in + rows * ((2 * d + 2 * kv) * nbytes + per_head)
+        if rows != tokens:  # the output cut back to the sequence is a new tensor, c_proj's input
+            attn += tokens * d * nbytes
+    else:
+        attn = attn_in + tokens * (d + 2 * kv) * nbytes  # q, k, v: views of the projection's output
+        if c.pos_emb == "rope":
+            attn += tokens * (d + kv) * nbytes  # the rotated q and k
+        attn += tokens * (d * nbytes + per_head)  # attention output (= c_proj input) and its log-sum-exp
     hidden = c.mlp_hidden * nbytes
     # GELU: the c_fc output and GELU's output (c_proj input). SwiGLU: [gate|up], silu(gate), silu(gate) * up.
     mlp = d * nbytes + (4 if c.mlp == "swiglu" else 2) * hidden
     per_sequence = INT64 * context if c.pos_emb == "learned" else 2 * context * hd * FP32  # positions / cos, sin
     return {
         "norms": tokens * (2 * L + 1) * norm,
-        "attention": tokens * L * attn,
+        "attention": L * attn,
         "mlp": tokens * L * mlp,
         "head": tokens * (d * nbytes + c.vocab_size * FP32),  # lm_head input, fp32 log-probabilities
         "token ids, positions": tokens * 2 * INT64 + per_sequence + FP32,  # inputs, targets, loss
@@ -460,18 +468,43 @@ def _config_from_flags_fallback(flags: list[str], base: GPTConfig | None = None)
     return (base or GPTConfig()).replace(**changes)
 
 
-def config_from_flags(flags: list[str], checkpoint: str | None = None) -> GPTConfig:
-    """A GPTConfig from --model.* flags, changing a checkpoint's config if one is given.
+def _config_from_flags_options(flags: list[str], base: GPTConfig | None) -> GPTConfig:
+    """--model.* flags parsed by gptlab.options (aliases, value checks, minGPT presets).
 
-    Uses gptlab.options (aliases, config files) when it is there, else a minimal local parser.
+    Only the model section is read: `gptlab info` describes a model, so the defaults of a training run
+    (`gptlab train`'s run presets and data.block_size) must not leak in, as they would through
+    options.model_config_from_flags. No preset and no checkpoint: GPT-2 124M.
     """
-    try:
-        from .options import model_config_from_flags
+    from .options import MODEL_PRESETS, Option, UsageError, coerce, options_of, parse_flags
 
-        return model_config_from_flags(flags + ([checkpoint] if checkpoint else []))
+    opts = {"model.preset": Option("model.preset", str, None), **options_of(GPTConfig, prefix="model.")}
+    pairs, positional = parse_flags(flags, opts)
+    if positional:
+        raise UsageError(f"unexpected argument(s) {positional}")
+    values = {key.removeprefix("model."): coerce(key, raw, opts[key].type) for key, raw in pairs}  # last wins
+    preset = values.pop("preset", None)
+    if preset is not None:
+        if preset not in MODEL_PRESETS:
+            choices = ", ".join(sorted(MODEL_PRESETS))
+            raise UsageError(f"--model.preset: unknown preset {preset!r}; choose from {choices}")
+        if base is not None:
+            raise UsageError("--model.preset and a checkpoint directory both pick a model; give one of them")
+        base = GPTConfig(**MODEL_PRESETS[preset])
+    try:
+        return (base or GPTConfig()).replace(**values)
+    except ValueError as e:
+        raise UsageError(f"model config: {e}") from None
+
+
+def config_from_flags(flags: list[str], checkpoint: str | None = None) -> GPTConfig:
+    """A GPTConfig from --model.* flags, changing a checkpoint's config if one is given (else a preset's, else
+    GPT-2 124M's). Parsed by gptlab.options when it is there, else by a minimal local parser."""
+    base = config_from_checkpoint(checkpoint) if checkpoint else None
+    try:
+        from . import options  # noqa: F401
     except ImportError:
-        base = config_from_checkpoint(checkpoint) if checkpoint else None
         return _config_from_flags_fallback(flags, base)
+    return _config_from_flags_options(flags, base)
 
 
 def config_from_checkpoint(path: str | Path) -> GPTConfig:
