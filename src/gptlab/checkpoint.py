@@ -1,0 +1,366 @@
+"""Training checkpoints: safetensors + JSON, written so that a kill at any moment loses nothing.
+
+A checkpoint is a directory (`work_dir/last/`, `work_dir/best/`):
+
+    config.json            {"model_type": "gptlab", "gptlab": {GPTConfig fields}}: GPT.from_pretrained loads it
+    model.safetensors      the model's state dict with our own key names; a tied lm_head is not stored
+    tokenizer.json         the tokenizer the model was trained with (gptlab.tokenizer.save_tokenizer)
+    optimizer.safetensors  AdamW's per-parameter tensors, as "<parameter name>/<exp_avg|exp_avg_sq|step>"
+    state.json             iteration, best val loss, optimizer hyperparameters, RNG states, train config
+
+Nothing is unpickled: loading reads safetensors and JSON only.
+
+Atomicity. The whole checkpoint is first written to `last.new/`, then published with two renames:
+`last/` -> `last.old/`, `last.new/` -> `last/`, and `last.old/` is removed. A rename is atomic, so at every
+moment either `last/` or `last.old/` holds a complete checkpoint; `recover()` (called before reading)
+renames `last.old/` back if a kill fell between the two renames, and deletes a half-written `last.new/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import GPTConfig
+from .hf import CheckpointError  # one exception type for every unusable checkpoint
+from .tokenizer import Tokenizer, load_tokenizer, save_tokenizer
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "RunLock",
+    "copy_checkpoint",
+    "find_checkpoint",
+    "flatten_optimizer_state",
+    "load_checkpoint",
+    "recover",
+    "rng_state_from_json",
+    "rng_state_to_json",
+    "save_checkpoint",
+    "unflatten_optimizer_state",
+]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.safetensors"
+OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "state.json"
+TOKENIZER_NAME = "tokenizer.json"
+
+
+@dataclass
+class Checkpoint:
+    """Everything in a checkpoint directory, on CPU."""
+
+    config: GPTConfig
+    model_state: dict[str, torch.Tensor]  # includes lm_head.weight (re-tied) so load_state_dict(strict) works
+    tokenizer: Tokenizer | None
+    optimizer_state: dict[str, Any] | None = None  # torch's {"state": {name: {...}}, "param_groups": [...]}
+    state: dict[str, Any] = field(default_factory=dict)  # state.json
+    path: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small pieces: RNG states and optimizer state as safetensors + JSON
+# --------------------------------------------------------------------------------------------------------
+
+
+def rng_state_to_json(state: torch.Tensor) -> str:
+    """A torch RNG state (a uint8 tensor) as base64 text, for state.json."""
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def rng_state_from_json(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def flatten_optimizer_state(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a name-keyed optimizer state dict into (tensors for safetensors, the rest for JSON).
+
+    optim_state is what torch.distributed.checkpoint.state_dict.get_optimizer_state_dict returns: per-parameter
+    state keyed by parameter name, so it does not depend on parameter order or on how the model was sharded.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    for name, per_param in optim_state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                extra.setdefault(name, {})[key] = value
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()} for group in optim_state["param_groups"]
+    ]
+    return tensors, {"param_groups": groups, "non_tensor_state": extra}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of flatten_optimizer_state."""
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        name, _, item = key.rpartition("/")
+        state.setdefault(name, {})[item] = value
+    for name, items in meta.get("non_tensor_state", {}).items():
+        state.setdefault(name, {}).update(items)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside `path` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Replace directory `final` by `tmp` so that a complete checkpoint exists at every instant (see top)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():  # left over from a kill after the second rename
+        shutil.rmtree(old)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    config: GPTConfig,
+    model_state: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    optimizer_state: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (via `<directory>.new/`). Returns the directory."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".new")
+    if tmp.exists():  # a half-written checkpoint from a killed run
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        if config.tie_embeddings:
+            weights.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
+        _write_safetensors(tmp / MODEL_NAME, weights)
+        _write_json(tmp / CONFIG_NAME, {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()})
+        save_tokenizer(tokenizer, tmp / TOKENIZER_NAME)
+        full_state = {"format_version": FORMAT_VERSION, **(state or {})}
+        if optimizer_state is not None:
+            tensors, meta = flatten_optimizer_state(optimizer_state)
+            _write_safetensors(tmp / OPTIMIZER_NAME, tensors)
+            full_state["optimizer"] = meta
+        _write_json(tmp / STATE_NAME, full_state)  # written last: a checkpoint with state.json is complete
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # ordinary files (safetensors and mkstemp create them owner-only)
+        _fsync_dir(tmp)
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy checkpoint directory src to dst with the same atomic publish (used for `best/`)."""
+    src, final = Path(src), Path(dst)
+    tmp = final.with_name(final.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        shutil.copytree(src, tmp)
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------------
+
+
+def recover(directory: str | Path) -> None:
+    """Finish or undo a publish that a kill interrupted (see the module docstring)."""
+    final = Path(directory)
+    old = final.with_name(final.name + ".old")
+    tmp = final.with_name(final.name + ".new")
+    if not final.exists() and old.is_dir():
+        os.rename(old, final)
+    elif old.exists() and final.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best", "last")) -> Path:
+    """The checkpoint directory for `path`: itself if it holds config.json, else its first of `prefer`.
+
+    CheckpointError when there is none.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory; pass a run directory or a checkpoint directory")
+    if (path / CONFIG_NAME).is_file():
+        return path
+    for name in prefer:
+        recover(path / name)
+        if (path / name / CONFIG_NAME).is_file():
+            return path / name
+    raise CheckpointError(
+        f"{path} holds no checkpoint (no config.json, and no {' or '.join(n + '/' for n in prefer)} inside); "
+        "pass a run directory written by gptlab train or a model directory"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")  # CPU first: never straight onto a GPU (nanoGPT #158)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete") from None
+    except Exception as e:  # truncated or corrupt file: safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt") from None
+
+
+def read_config(directory: str | Path) -> GPTConfig:
+    """The GPTConfig of a checkpoint directory (gptlab, or Hugging Face GPT-2/Llama/Mistral config.json)."""
+    from .hf import config_from_hf
+
+    directory = Path(directory)
+    try:
+        return config_from_hf(_read_json(directory / CONFIG_NAME))
+    except CheckpointError as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+
+
+def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Checkpoint:
+    """Read a checkpoint directory written by save_checkpoint, on CPU. CheckpointError if it is unusable."""
+    directory = Path(directory)
+    recover(directory)
+    config = read_config(directory)
+    weights = _read_safetensors(directory / MODEL_NAME)
+    if config.tie_embeddings and "transformer.wte.weight" in weights:
+        weights["lm_head.weight"] = weights["transformer.wte.weight"]
+    tokenizer = None
+    if (directory / TOKENIZER_NAME).is_file():
+        try:
+            tokenizer = load_tokenizer(directory / TOKENIZER_NAME)
+        except ValueError as e:
+            raise CheckpointError(f"{directory / TOKENIZER_NAME}: {e}") from None
+    state: dict[str, Any] = {}
+    optimizer_state = None
+    if (directory / STATE_NAME).is_file():
+        state = _read_json(directory / STATE_NAME)
+        if with_optimizer and "optimizer" in state:
+            tensors = _read_safetensors(directory / OPTIMIZER_NAME)
+            optimizer_state = unflatten_optimizer_state(tensors, state["optimizer"])
+    return Checkpoint(config, weights, tokenizer, optimizer_state, state, directory)
+
+
+# --------------------------------------------------------------------------------------------------------
+# One process per run directory
+# --------------------------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive lock on `work_dir/.lock` (fcntl.flock), held while a run trains there.
+
+    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, work_dir: str | Path) -> None:
+        self.path = Path(work_dir) / ".lock"
+        self._file = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the lock is advisory anyway
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 - held open for the lifetime of the run
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            from .options import UsageError
+
+            raise UsageError(
+                f"another gptlab process is training in {self.path.parent} (it holds {self.path}); "
+                "wait for it, or use another --system.work_dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the flock
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def maybe_lock(work_dir: str | Path, enabled: bool) -> Iterator[None]:
+    """RunLock on rank 0 only (other ranks of a distributed run share rank 0's directory)."""
+    if not enabled:
+        yield
+        return
+    with RunLock(work_dir):
+        yield

@@ -1,0 +1,396 @@
+"""The `gptlab` command. `gptlab COMMAND --help` explains each command.
+
+    gptlab train  [flags]                  train a model (see gptlab/train.py)
+    gptlab sample RUN_OR_MODEL [flags]     generate text
+    gptlab eval   RUN_OR_MODEL [flags]     loss, perplexity, bits per token and per char on a text
+    gptlab plot   RUN [RUN ...] [flags]    loss curves of several runs in one PNG
+
+Commands are looked up in COMMANDS and imported only when run, so `gptlab sample` never pays for what
+`gptlab train` imports, and a command whose module is missing says so instead of crashing. Errors meant for
+the user (bad flags, unusable data or checkpoints, invalid configs) print one line, `gptlab: error: ...`, and
+exit with status 2; set GPTLAB_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .options import UsageError, build_dataclass, coerce, format_options, options_of, parse_flags
+
+# command -> (module, function, one-line description). Each function takes argv and returns an exit code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("gptlab.train", "main", "train a model (default: char-level Shakespeare, ~5 min on 2 CPU cores)"),
+    "sample": ("gptlab.cli", "sample_main", "generate text from a run, a checkpoint or a Hugging Face model"),
+    "eval": ("gptlab.cli", "eval_main", "loss, perplexity and bits per char/token of a model on a text"),
+    "plot": ("gptlab.cli", "plot_main", "loss curves of one or several run directories in one PNG"),
+    "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
+    "compare": ("gptlab.compare", "main", "compare gptlab with a reference implementation"),
+    "convert": ("gptlab.compare", "convert_main", "convert a checkpoint between formats"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    return "usage: gptlab COMMAND [flags]   (gptlab COMMAND --help for its flags)\n\ncommands:\n" + "\n".join(lines)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `gptlab COMMAND ...`; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"gptlab {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"gptlab: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # the module exists but one of its imports is broken: a real bug
+            raise
+        module = None
+    command = getattr(module, func_name, None)
+    if command is None:
+        print(f"gptlab: error: gptlab {name} is not available in this version", file=sys.stderr)
+        return 2
+
+    rank = os.environ.get("RANK", "0")  # under torchrun, only rank 0 repeats the errors every rank hits
+    try:
+        return int(command(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        print("gptlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gptlab ... | head`: the reader left; not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except (ValueError, OSError) as e:  # UsageError, DataError, CheckpointError, GPTConfig's ValueError, I/O
+        if os.environ.get("GPTLAB_DEBUG"):
+            raise
+        if rank == "0" or not isinstance(e, UsageError):
+            where = "" if rank == "0" else f"[rank {rank}] "
+            print(f"gptlab: error: {where}{_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared: flags of a small command, and loading a model with its tokenizer
+# --------------------------------------------------------------------------------------------------------
+
+
+def _parse(cls: type, argv: list[str], aliases: dict[str, str], help_text: str) -> tuple[Any, list[str]] | None:
+    """(config, positional arguments), or None after printing help for -h/--help."""
+    options = options_of(cls)
+    if "-h" in argv or "--help" in argv:
+        print(help_text + format_options(options, aliases=aliases))
+        return None
+    pairs, positionals = parse_flags(argv, options, aliases)
+    values = {key: coerce(key, value, options[key].type) for key, value in pairs}
+    return build_dataclass(cls, values), positionals
+
+
+def _source(cfg: Any, positionals: list[str]) -> str:
+    if len(positionals) > 1 or (positionals and cfg.source):
+        given = positionals + ([cfg.source] if cfg.source else [])
+        raise UsageError(f"expected one run or model directory, got {given}")
+    source = positionals[0] if positionals else cfg.source
+    if not source:
+        raise UsageError("which model? pass a run directory (out/demo), a checkpoint directory or a Hugging Face id")
+    return source
+
+
+def load_model(source: str, which: str = "best", device: str = "auto") -> tuple[Any, Any, Path | None]:
+    """(GPT in eval mode, tokenizer, checkpoint dir or None) from a run dir, a checkpoint/HF dir or a hub id."""
+    from .checkpoint import CheckpointError, find_checkpoint
+    from .distributed import resolve_device
+    from .model import GPT
+    from .tokenizer import get_tokenizer, load_tokenizer
+
+    dev = resolve_device(device)
+    path = Path(source).expanduser()
+    directory = None
+    if path.exists():
+        other = "last" if which == "best" else "best"
+        directory = find_checkpoint(path, prefer=(which, other))
+        model = GPT.from_pretrained(directory, device=dev)
+    else:
+        model = GPT.from_pretrained(source, device=dev)  # a Hugging Face hub id (CheckpointError when offline)
+    tokenizer = None
+    if directory is not None and (directory / "tokenizer.json").is_file():
+        try:
+            tokenizer = load_tokenizer(directory / "tokenizer.json")
+        except ValueError:
+            pass  # a Hugging Face tokenizer.json, not ours
+    if tokenizer is None:
+        if model.config.vocab_size not in (50257, 50304):
+            raise CheckpointError(
+                f"{source} has no gptlab tokenizer.json and its vocabulary ({model.config.vocab_size}) is not "
+                "GPT-2's; gptlab can only pair GPT-2-vocabulary models with a tokenizer it ships"
+            )
+        tokenizer = get_tokenizer("gpt2")
+    return model.eval(), tokenizer, directory
+
+
+# --------------------------------------------------------------------------------------------------------
+# gptlab sample
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleConfig:
+    source: str | None = None  # run directory, checkpoint or Hugging Face directory, or hub id (or positional)
+    checkpoint: Literal["best", "last"] = "best"  # which checkpoint of a run directory
+    prompt: str = "\n"  # text to continue; FILE:path reads it from a file
+    num_samples: int = 1  # independent samples
+    max_new_tokens: int = 200  # tokens to generate per sample
+    temperature: float = 0.8  # 0: greedy; < 1 sharper, > 1 more random
+    top_k: int | None = 200  # sample among the k most likely tokens; None: all
+    top_p: float | None = None  # nucleus sampling: the smallest set of tokens holding this probability
+    seed: int = 1337  # same seed, same samples
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+
+
+SAMPLE_ALIASES = {"out_dir": "source", "start": "prompt", "init_from": "source"}  # nanoGPT's sample.py names
+
+
+def sample_main(argv: list[str]) -> int:
+    """`gptlab sample RUN_OR_MODEL --prompt=... --num_samples=... --max_new_tokens=...`."""
+    import torch
+
+    parsed = _parse(
+        SampleConfig, argv, SAMPLE_ALIASES,
+        "usage: gptlab sample RUN_OR_MODEL [--prompt=TEXT] [--num_samples=N] [--max_new_tokens=N] ...\n\n"
+        "Generate text from a training run (its best checkpoint; --checkpoint=last for the latest), a\n"
+        "checkpoint or Hugging Face directory, or a hub id such as gpt2.\n",
+    )
+    if parsed is None:
+        return 0
+    cfg, positionals = parsed
+    source = _source(cfg, positionals)
+    if cfg.num_samples < 1:
+        raise UsageError(f"--num_samples must be >= 1, got {cfg.num_samples}")
+    if cfg.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    if cfg.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0 (0: greedy), got {cfg.temperature}")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UsageError(f"--top_k must be >= 1 or None, got {cfg.top_k}")
+    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
+        raise UsageError(f"--top_p must be in (0, 1], got {cfg.top_p}")
+    prompt = cfg.prompt
+    if prompt.startswith("FILE:"):
+        try:
+            prompt = Path(prompt[5:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--prompt=FILE:{prompt[5:]}: cannot read it ({e})") from None
+
+    model, tokenizer, _ = load_model(source, cfg.checkpoint, cfg.device)
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as e:
+        raise UsageError(f"--prompt: {e}") from None
+    if not ids:
+        raise UsageError("--prompt is empty after tokenization; give some text (the default is a newline)")
+    c = model.config
+    if c.pos_emb == "learned" and len(ids) + cfg.max_new_tokens > c.block_size:
+        room = c.block_size - len(ids)
+        raise UsageError(
+            f"--max_new_tokens={cfg.max_new_tokens}: the prompt ({len(ids)} tokens) plus {cfg.max_new_tokens} new "
+            f"tokens is past block_size={c.block_size}, the last position this learned-position model has; "
+            + (f"use --max_new_tokens={room} or less" if room > 0 else "shorten the prompt")
+        )
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    idx = torch.tensor([ids] * cfg.num_samples, device=device)
+    out = model.generate(idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator)
+    for i, row in enumerate(out.tolist()):
+        if i:
+            print("-" * 40)
+        print(tokenizer.decode(row))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# gptlab eval
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    source: str | None = None  # run directory, checkpoint or Hugging Face directory, or hub id (or positional)
+    checkpoint: Literal["best", "last"] = "best"  # which checkpoint of a run directory
+    text: str | None = None  # a UTF-8 text file; None: the validation split of the run's training data
+    batch_size: int = 16  # windows per forward pass
+    max_tokens: int | None = None  # evaluate only the first N tokens
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    json: bool = False  # print the numbers as one JSON object
+
+
+def _run_val_tokens(directory: Path) -> Any:
+    """The validation split of the data the run in `directory` was trained on (from its state.json)."""
+    from .data import default_data_path, prepare_dataset
+    from .train import default_cache_dir
+
+    state_path = directory / "state.json"
+    if not state_path.is_file():
+        raise UsageError(f"{directory} is not a gptlab training checkpoint (no state.json); pass --text=FILE")
+    saved = json.loads(state_path.read_text(encoding="utf-8")).get("train_config", {})
+    cache_dir = Path(saved["data.cache_dir"]) if saved.get("data.cache_dir") else default_cache_dir()
+    path = Path(saved["data.path"]) if saved.get("data.path") else default_data_path(cache_dir)
+    tok_name = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))["type"]
+    return prepare_dataset(path, tok_name, cache_dir, block_size=1).val, path
+
+
+def evaluate_tokens(model: Any, ids: Any, batch_size: int) -> tuple[float, int]:
+    """(summed cross-entropy in nats, number of predicted tokens) over `ids`, in windows of block_size.
+
+    Non-overlapping windows: the first token of each window is predicted from less context than later ones
+    (the usual trade of this fast method against a sliding window).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    T = model.config.block_size
+    device = next(model.parameters()).device
+    n_windows = (len(ids) - 1) // T
+    windows = [(i * T, T) for i in range(n_windows)]
+    tail = len(ids) - 1 - n_windows * T
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start : start + batch_size]
+            x = torch.stack([ids[s : s + T] for s, _ in chunk]).to(device)
+            y = torch.stack([ids[s + 1 : s + T + 1] for s, _ in chunk]).to(device)
+            logits, _ = model(x)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+            count += y.numel()
+        if tail:  # the last, shorter window
+            s = n_windows * T
+            x, y = ids[s : s + tail][None].to(device), ids[s + 1 : s + tail + 1][None].to(device)
+            logits, _ = model(x)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    return total, count
+
+
+def eval_main(argv: list[str]) -> int:
+    """`gptlab eval RUN_OR_MODEL [--text=FILE]`: loss, perplexity, bits per token and per character."""
+    import numpy as np
+
+    parsed = _parse(
+        EvalConfig, argv, {"out_dir": "source"},
+        "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--json]\n\n"
+        "Evaluate a model on a text (default: the validation split of the run's training data): cross-entropy\n"
+        "loss in nats per token, perplexity, bits per token and bits per character.\n",
+    )
+    if parsed is None:
+        return 0
+    cfg, positionals = parsed
+    source = _source(cfg, positionals)
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.max_tokens is not None and cfg.max_tokens < 2:
+        raise UsageError(f"--max_tokens must be >= 2 or None, got {cfg.max_tokens}")
+    model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
+    if cfg.text is not None:
+        from .data import DataError
+
+        path = Path(cfg.text)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"--text: file not found: {path}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"--text: {path} is not valid UTF-8 (byte offset {e.start})") from None
+        try:
+            ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+        except ValueError as e:
+            raise UsageError(f"--text {path}: {e}") from None
+    else:
+        if directory is None:
+            raise UsageError(f"{source} is not a training run; pass --text=FILE to evaluate on")
+        ids, path = _run_val_tokens(directory)
+        path = f"{path} (validation split)"
+    if cfg.max_tokens is not None:
+        ids = ids[: cfg.max_tokens]
+    if len(ids) < 2:
+        raise UsageError(f"{path} has {len(ids)} token(s); evaluation needs at least 2")
+    nats, n = evaluate_tokens(model, np.asarray(ids, dtype=np.int64), cfg.batch_size)
+    n_chars = len(tokenizer.decode(np.asarray(ids[1:]).tolist()))  # the characters that were predicted
+    loss = nats / n
+    result = {
+        "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+        "bits_per_char": nats / math.log(2) / max(n_chars, 1), "tokens": n, "chars": n_chars,
+        "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path),
+    }
+    if cfg.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"model:      {result['model']} ({tokenizer.name} tokenizer, context {model.config.block_size})\n"
+            f"text:       {path}: {n:,} tokens, {n_chars:,} characters predicted\n"
+            f"loss:       {loss:.4f} nats/token\n"
+            f"perplexity: {result['perplexity']:.3f}\n"
+            f"bits/token: {result['bits_per_token']:.4f}\n"
+            f"bits/char:  {result['bits_per_char']:.4f}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# gptlab plot
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlotConfig:
+    out: str = "loss.png"  # the PNG to write
+    labels: str | None = None  # comma-separated legend labels, one per run (default: the directory names)
+
+
+def plot_main(argv: list[str]) -> int:
+    """`gptlab plot RUN [RUN ...] [--out=loss.png]`: the loss curves of the runs in one PNG."""
+    from .train import plot_losses
+
+    parsed = _parse(
+        PlotConfig, argv, {},
+        "usage: gptlab plot RUN [RUN ...] [--out=loss.png] [--labels=a,b]\n\n"
+        "Training loss (per logged step) and validation loss (per eval) of each run directory, in one PNG.\n",
+    )
+    if parsed is None:
+        return 0
+    cfg, runs = parsed
+    if not runs:
+        raise UsageError("pass one or more run directories: gptlab plot out/a out/b --out=ab.png")
+    for run in runs:
+        if not (Path(run) / "metrics.jsonl").is_file():
+            raise UsageError(f"{run} has no metrics.jsonl; pass run directories written by gptlab train")
+    labels = [s.strip() for s in cfg.labels.split(",")] if cfg.labels else None
+    if labels is not None and len(labels) != len(runs):
+        raise UsageError(f"--labels has {len(labels)} labels for {len(runs)} runs")
+    out = plot_losses(runs, cfg.out, labels)
+    print(f"wrote {out}")
+    return 0
+
+
+__all__ = ["COMMANDS", "EvalConfig", "PlotConfig", "SampleConfig", "load_model", "main"]

@@ -1,0 +1,206 @@
+"""gptlab.train: resumable to the bit, refuses to clobber runs, Ctrl-C saves, NaN stops, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab import train as T
+from gptlab.checkpoint import load_checkpoint
+from gptlab.data import shakespeare_text
+from gptlab.model import GPT
+from gptlab.options import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "shakespeare.txt"
+    path.write_text(shakespeare_text()[:30_000], encoding="utf-8")
+    return path
+
+
+def flags(tmp_path: Path, text_file: Path, work: str = "run", **overrides: object) -> list[str]:
+    """A tiny, fast CPU run (tiny preset: 2 layers x 64, block 32, batch 8) in tmp_path/work."""
+    settings = {
+        "preset": "tiny", "data.path": text_file, "data.cache_dir": tmp_path / "cache",
+        "system.work_dir": tmp_path / work, "trainer.device": "cpu", "trainer.sample_tokens": 0,
+        **{k.replace("__", "."): v for k, v in overrides.items()},
+    }
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def losses(work_dir: Path) -> list[tuple[int, float]]:
+    return [(r["iter"], r["loss"]) for r in T.read_metrics(work_dir) if "loss" in r]
+
+
+def test_resume_is_bit_identical(tmp_path: Path, text_file: Path) -> None:
+    # Dropout on, so the dropout RNG state must survive the checkpoint too; the schedule is fixed by
+    # lr_decay_iters, so stopping at 10 does not change the learning rates of steps 10..19.
+    common = dict(trainer__log_interval=1, trainer__eval_interval=5, trainer__lr_decay_iters=20,
+                  model__dropout=0.1, trainer__grad_accum=2)
+    assert T.main(flags(tmp_path, text_file, "straight", trainer__max_iters=20, **common)) == 0
+    assert T.main(flags(tmp_path, text_file, "resumed", trainer__max_iters=10, **common)) == 0
+    assert T.main(flags(tmp_path, text_file, "resumed", trainer__max_iters=20, trainer__resume=True, **common)) == 0
+
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert [i for i, _ in resumed] == list(range(1, 21))
+    assert resumed == straight  # exact float equality, every step
+    a = load_checkpoint(tmp_path / "straight" / "last")
+    b = load_checkpoint(tmp_path / "resumed" / "last")
+    assert a.state["iter"] == b.state["iter"] == 20
+    for k in a.model_state:
+        assert torch.equal(a.model_state[k], b.model_state[k]), k
+
+
+def test_checkpoint_contents_and_best(tmp_path: Path, text_file: Path) -> None:
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=10, trainer__eval_interval=5)) == 0
+    work = tmp_path / "run"
+    for name in ("last", "best"):
+        files = sorted(p.name for p in (work / name).iterdir())
+        assert files == ["config.json", "model.safetensors", "optimizer.safetensors", "state.json", "tokenizer.json"]
+    assert (work / "loss.png").stat().st_size > 1000
+    rows = T.read_metrics(work)
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [0, 5, 10]
+    assert all({"loss", "lr", "tokens_per_s"} <= r.keys() for r in rows if "loss" in r)
+    state = json.loads((work / "last" / "state.json").read_text())
+    assert state["iter"] == 10 and state["best_val_loss"] == min(r["val_loss"] for r in evals[1:])
+    assert state["train_config"]["trainer.max_iters"] == 10
+    # The checkpoint is a model directory: GPT.from_pretrained loads it, tied weights re-tied.
+    model = GPT.from_pretrained(work / "last")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.config.vocab_size == len(set(text_file.read_text()))
+
+
+def test_refuses_to_clobber_a_run(tmp_path: Path, text_file: Path) -> None:
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, trainer__eval_interval=2)) == 0
+    with pytest.raises(UsageError, match="already holds a run.*resume.*overwrite"):
+        T.main(flags(tmp_path, text_file, trainer__max_iters=2))
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=3, system__overwrite=True)) == 0
+    assert load_checkpoint(tmp_path / "run" / "last").state["iter"] == 3
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # overwrite deletes only our files
+    assert [i for i, _ in losses(tmp_path / "run")][-1] == 3
+
+
+def test_resume_needs_a_run_and_keeps_model(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(UsageError, match="nothing to resume"):
+        T.main(flags(tmp_path, text_file, trainer__resume=True))
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
+    with pytest.raises(UsageError, match="model.n_layer.*differs from the run being resumed"):
+        T.main(flags(tmp_path, text_file, trainer__resume=True, model__n_layer=3))
+
+
+def test_learning_rate_schedule() -> None:
+    t = T.TrainerConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
+    lrs = [T.learning_rate(s, t) for s in range(200)]
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3)  # peak right after warmup
+    assert lrs[60] == pytest.approx(5.5e-4)  # half way down the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[110] == lrs[199] == pytest.approx(1e-4)
+    assert T.learning_rate(0, T.TrainerConfig(warmup_iters=0, learning_rate=2e-3)) == pytest.approx(2e-3)
+
+
+def test_weight_decay_on_matrices_only() -> None:
+    model = GPT(T.model_config_from_dict({"preset": "tiny"}))
+    opt = T.make_optimizer(model, T.TrainerConfig(weight_decay=0.1), fused=False)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == model.num_params()  # every parameter once (the tied lm_head is wte)
+
+
+def test_grad_accum_gives_the_same_step(tmp_path: Path, text_file: Path) -> None:
+    # The batch is the global batch: accumulating it in 4 micro-batches is the same computation.
+    for accum in (1, 4):
+        T.main(flags(tmp_path, text_file, f"acc{accum}", trainer__max_iters=4, trainer__log_interval=1,
+                     trainer__grad_accum=accum))
+    a, b = losses(tmp_path / "acc1"), losses(tmp_path / "acc4")
+    assert [x for _, x in a] == pytest.approx([x for _, x in b], abs=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    forward = GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None, **kw):
+        logits, loss = forward(self, idx, targets, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 7:  # training steps 8.. diverge
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    code = T.main(flags(tmp_path, text_file, trainer__max_iters=20, trainer__eval_interval=5))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at iter 8" in err and "iter 5" in err
+    last = load_checkpoint(tmp_path / "run" / "last")
+    assert last.state["iter"] == 5
+    assert all(torch.isfinite(t).all() for t in last.model_state.values())
+
+
+def test_finetune_from_a_run(tmp_path: Path, text_file: Path) -> None:
+    assert T.main(flags(tmp_path, text_file, "base", trainer__max_iters=3)) == 0
+    base = load_checkpoint(tmp_path / "base" / "last")
+    # --model.pretrained_folder (the chargpt fork's name) starts from those weights; block_size may shrink.
+    assert T.main(flags(tmp_path, text_file, "ft", trainer__max_iters=0 + 2, trainer__learning_rate=1e-9,
+                        model__pretrained_folder=tmp_path / "base", data__block_size=16)) == 0
+    ft = load_checkpoint(tmp_path / "ft" / "last")
+    assert ft.config.block_size == 16 and ft.config.n_layer == base.config.n_layer
+    # A learning rate of ~0 keeps the weights: they really came from the base run.
+    assert torch.allclose(ft.model_state["transformer.h.0.attn.c_attn.weight"],
+                          base.model_state["transformer.h.0.attn.c_attn.weight"], atol=1e-6)
+    with pytest.raises(UsageError, match="changes the architecture"):
+        T.main(flags(tmp_path, text_file, "ft2", init=tmp_path / "base", model__n_layer=5))
+
+
+def test_batch_must_split_over_accumulation(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(UsageError, match="batch_size=10 must be divisible by --trainer.grad_accum=4"):
+        T.main(flags(tmp_path, text_file, trainer__batch_size=10, trainer__grad_accum=4))
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_checkpoint_and_exits_0(tmp_path: Path, text_file: Path, sig: signal.Signals) -> None:
+    work = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gptlab", "train", *flags(tmp_path, text_file, trainer__max_iters=100_000,
+                                                         trainer__log_interval=1, trainer__eval_interval=10_000)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert _wait_for(lambda: len(losses(work)) >= 3, timeout=60), "training did not start"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert f"stopped by {sig.name}" in out and "--trainer.resume=True" in out
+    stopped_at = load_checkpoint(work / "last").state["iter"]
+    assert stopped_at >= 3 and not (work / "last.new").exists()
+    # ... and the run continues from there.
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=stopped_at + 2, trainer__resume=True)) == 0
+    assert load_checkpoint(work / "last").state["iter"] == stopped_at + 2
