@@ -24,6 +24,9 @@ Conventions
 * Activations: the tensors autograd saves for backward in this implementation (dropout 0), per layer and token:
   the norm inputs, the inputs of every Linear, q/k/v (and the rotated q/k with RoPE), the attention output and
   its log-sum-exp, the MLP hidden states; plus the final norm and fp32 log-probabilities over the vocabulary.
+  The sliding-window kernel keeps its own copies of q, k, v and the output, padded to whole windows. Not counted:
+  tensors that live only during one step of the pass (the logits, their gradient) and the allocator's slack, so
+  the peak is higher than this total.
 """
 
 from __future__ import annotations
@@ -311,7 +314,7 @@ def report_rows(s: ModelStats) -> list[_Row]:
         _Row(kv, "positions held: min(context, window)", s.kv_cache_positions, "number"),
         _Row(kv, f"batch {s.batch} x positions held", s.kv_cache_bytes, "bytes"),
     ]
-    mem = f"Training memory, AdamW, {s.dtype}, batch {s.batch} x context {s.context}"
+    mem = f"Training memory estimate, AdamW, {s.dtype}, batch {s.batch} x context {s.context}"
     rows += [
         _Row(mem, "weights", s.weights_bytes, "bytes"),
         _Row(mem, "gradients", s.grads_bytes, "bytes"),
