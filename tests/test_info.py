@@ -312,5 +312,10 @@ def test_main_reads_checkpoint_directories(tmp_path, capsys):
     assert main([str(gptlab_dir), "--model.n_layer=3", "--json"]) == 0  # a checkpoint with a field changed
     d = json.loads(capsys.readouterr().out)
     assert GPTConfig.from_dict(d["config"]) == modern.replace(n_layer=3)
+    run = tmp_path / "run"  # a gptlab train run directory: the checkpoint is in best/ or last/
+    (run / "last").mkdir(parents=True)
+    (run / "last" / "config.json").write_text((gptlab_dir / "config.json").read_text())
+    assert main([str(run), "--json"]) == 0
+    assert GPTConfig.from_dict(json.loads(capsys.readouterr().out)["config"]) == modern
     assert main([str(gptlab_dir), str(hf_dir)]) == 2
     assert "at most one checkpoint" in capsys.readouterr().err

@@ -392,8 +392,8 @@ Parameters, FLOPs, KV cache and training memory of a model configuration, comput
 SPEC is one configuration:
   --model.preset=NAME [--model.FIELD=VALUE ...]   a preset with fields changed (no preset: GPT-2 124M defaults)
   --model.FIELD=VALUE ...                         any GPTConfig field, e.g. --model.n_kv_head=4 --model.window=256
-  DIR [--model.FIELD=VALUE ...]                   a checkpoint directory's config.json (gptlab, gpt2, llama,
-                                                  mistral; no weights are read), with fields changed
+  DIR [--model.FIELD=VALUE ...]                   a checkpoint or run directory's config.json (gptlab, gpt2,
+                                                  llama, mistral; no weights are read), with fields changed
 
 --compare SPEC    everything after --compare describes a second configuration B, built from scratch like the
                   first (it does not inherit A's flags); both are printed side by side with B/A ratios,
@@ -511,11 +511,13 @@ def config_from_flags(flags: list[str], checkpoint: str | None = None) -> GPTCon
 
 
 def config_from_checkpoint(path: str | Path) -> GPTConfig:
-    """The GPTConfig of a checkpoint directory (or its config.json), without loading any weights."""
+    """The GPTConfig of a checkpoint directory, a run directory of `gptlab train` (its best/ or last/ checkpoint),
+    or a config.json, without loading any weights."""
     path = Path(path)
-    cfg_path = path / "config.json" if path.is_dir() else path
-    if not cfg_path.is_file():
-        raise ValueError(f"{path} is not a checkpoint directory: it has no config.json")
+    candidates = [path / "config.json", path / "best" / "config.json", path / "last" / "config.json"]
+    cfg_path = next((c for c in candidates if c.is_file()), None) if path.is_dir() else path
+    if cfg_path is None or not cfg_path.is_file():
+        raise ValueError(f"{path} is not a checkpoint or run directory: it has no config.json (nor best/, last/)")
     try:
         d = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
