@@ -394,6 +394,7 @@ SPEC is one configuration:
   --model.FIELD=VALUE ...                         any GPTConfig field, e.g. --model.n_kv_head=4 --model.window=256
   DIR [--model.FIELD=VALUE ...]                   a checkpoint or run directory's config.json (gptlab, gpt2,
                                                   llama, mistral; no weights are read), with fields changed
+The aliases of gptlab train work too (--model.n_query_head=N, --model.rope=True, --model.model_type=gpt-mini).
 
 --compare SPEC    everything after --compare describes a second configuration B, built from scratch like the
                   first (it does not inherit A's flags); both are printed side by side with B/A ratios,
