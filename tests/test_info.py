@@ -246,7 +246,7 @@ def test_compare_gqa_divides_the_kv_cache():
 def test_main_single_and_compare(capsys):
     assert main(["--model.preset=gpt2-modern", "--context", "256", "--batch=2", "--dtype", "bf16"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("gpt2-modern: 12 layers") and "batch 2 x context 256" in out and "bf16" in out
+    assert out.startswith("gpt2-modern: 12 layers") and "2 x 256 tokens" in out and "bf16" in out
     assert main(["--model.preset=gpt2", "--compare", "--model.preset=gpt2-modern"]) == 0
     out = capsys.readouterr().out
     assert "A = gpt2:" in out and "B = gpt2-modern:" in out and "÷3.00" in out

@@ -314,12 +314,12 @@ def report_rows(s: ModelStats) -> list[_Row]:
         _Row(kv, "positions held: min(context, window)", s.kv_cache_positions, "number"),
         _Row(kv, f"batch {s.batch} x positions held", s.kv_cache_bytes, "bytes"),
     ]
-    mem = f"Training memory estimate, AdamW, {s.dtype}, batch {s.batch} x context {s.context}"
+    mem = f"Training memory estimate, AdamW, {s.dtype}"
     rows += [
         _Row(mem, "weights", s.weights_bytes, "bytes"),
         _Row(mem, "gradients", s.grads_bytes, "bytes"),
         _Row(mem, "AdamW moments (m, v)", s.adamw_bytes, "bytes"),
-        _Row(mem, "activations saved for backward", s.activation_bytes, "bytes"),
+        _Row(mem, f"activations saved for backward, {s.batch} x {s.context} tokens", s.activation_bytes, "bytes"),
         _Row(mem, "total", s.train_memory_bytes, "bytes"),
     ]
     return rows
