@@ -1,0 +1,176 @@
+"""gptlab.checkpoint: round trips, atomic publish and recovery, safetensors/JSON only, the run lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab import checkpoint as C
+from gptlab.config import GPTConfig
+from gptlab.model import GPT
+from gptlab.options import UsageError
+from gptlab.tokenizer import CharTokenizer
+
+
+def _model_and_optimizer(**overrides: object) -> tuple[GPT, torch.optim.AdamW]:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", **overrides))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 65, (2, 8))
+    _, loss = model(x, x)
+    loss.backward()
+    opt.step()
+    return model, opt
+
+
+def _save(directory: Path, model: GPT, opt: torch.optim.Optimizer | None = None, **state: object) -> Path:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return C.save_checkpoint(
+        directory, config=model.config, model_state=model.state_dict(), tokenizer=CharTokenizer("abc"),
+        optimizer_state=get_optimizer_state_dict(model, opt) if opt is not None else None, state=state,
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    model, opt = _model_and_optimizer()
+    rng = torch.Generator().manual_seed(5).get_state()
+    _save(tmp_path / "last", model, opt, iter=7, rng=C.rng_state_to_json(rng))
+    ck = C.load_checkpoint(tmp_path / "last")
+    assert ck.config == model.config and ck.tokenizer == CharTokenizer("abc")
+    assert ck.state["iter"] == 7 and ck.state["format_version"] == C.FORMAT_VERSION
+    assert torch.equal(C.rng_state_from_json(ck.state["rng"]), rng)
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck.model_state[k], v), k
+    # The optimizer state comes back keyed by parameter name, loadable into a fresh optimizer.
+    saved = opt.state_dict()
+    fresh_model = GPT(model.config)
+    fresh_model.load_state_dict(ck.model_state)
+    fresh = torch.optim.AdamW(fresh_model.parameters(), lr=1e-3)
+    from gptlab.distributed import load_optimizer_state
+
+    load_optimizer_state(fresh_model, fresh, ck.optimizer_state)
+    loaded = fresh.state_dict()
+    assert list(loaded["param_groups"][0]["betas"]) == list(saved["param_groups"][0]["betas"])
+    for i, s in saved["state"].items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(loaded["state"][i][key], s[key])
+
+
+def test_files_are_safetensors_and_json_with_tied_head_dropped(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model, opt = _model_and_optimizer()
+    directory = _save(tmp_path / "ck", model, opt)
+    weights = load_file(directory / "model.safetensors")
+    assert "lm_head.weight" not in weights and "transformer.wte.weight" in weights
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == "gptlab" and config["gptlab"] == model.config.to_dict()
+    assert set(load_file(directory / "optimizer.safetensors")) >= {
+        "transformer.wte.weight/exp_avg", "transformer.wte.weight/exp_avg_sq", "transformer.wte.weight/step"
+    }
+    # GPT.from_pretrained reads it (hf.py's gptlab format), re-tying lm_head.
+    loaded = GPT.from_pretrained(directory)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    x = torch.randint(0, 65, (1, 8))
+    model.eval()
+    assert torch.equal(loaded(x)[0], model(x)[0])
+
+
+def test_untied_head_is_kept(tmp_path: Path) -> None:
+    model, _ = _model_and_optimizer(tie_embeddings=False)
+    ck = C.load_checkpoint(_save(tmp_path / "ck", model))
+    assert not torch.equal(ck.model_state["lm_head.weight"], ck.model_state["transformer.wte.weight"])
+    assert ck.optimizer_state is None
+
+
+def test_a_kill_between_the_renames_is_recovered(tmp_path: Path) -> None:
+    model, _ = _model_and_optimizer()
+    _save(tmp_path / "last", model, iter=1)
+    # Simulate a kill after `last` -> `last.old` and before `last.new` -> `last`.
+    (tmp_path / "last").rename(tmp_path / "last.old")
+    (tmp_path / "last.new").mkdir()
+    (tmp_path / "last.new" / "model.safetensors").write_bytes(b"half")
+    assert C.load_checkpoint(tmp_path / "last").state["iter"] == 1
+    assert not (tmp_path / "last.old").exists() and not (tmp_path / "last.new").exists()
+    # A stale last.old next to a complete last is removed; the newer checkpoint wins.
+    _save(tmp_path / "last", model, iter=2)
+    assert C.load_checkpoint(tmp_path / "last").state["iter"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = _model_and_optimizer()
+    _save(tmp_path / "last", model, iter=1)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(C, "_write_json", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _save(tmp_path / "last", model, iter=2)
+    assert C.load_checkpoint(tmp_path / "last").state["iter"] == 1
+    assert not (tmp_path / "last.new").exists()
+
+
+def test_corrupt_files_are_one_line_errors(tmp_path: Path) -> None:
+    model, opt = _model_and_optimizer()
+    directory = _save(tmp_path / "ck", model, opt)
+    (directory / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(C.CheckpointError, match="model.safetensors is not a readable safetensors file"):
+        C.load_checkpoint(directory)
+    (directory / "config.json").write_text("{not json")
+    with pytest.raises(C.CheckpointError, match="config.json is not valid JSON"):
+        C.load_checkpoint(directory)
+
+
+def test_find_checkpoint(tmp_path: Path) -> None:
+    model, _ = _model_and_optimizer()
+    _save(tmp_path / "run" / "last", model, iter=2)
+    assert C.find_checkpoint(tmp_path / "run") == tmp_path / "run" / "last"  # no best yet
+    C.copy_checkpoint(tmp_path / "run" / "last", tmp_path / "run" / "best")
+    assert C.find_checkpoint(tmp_path / "run") == tmp_path / "run" / "best"
+    assert C.find_checkpoint(tmp_path / "run", prefer=("last", "best")) == tmp_path / "run" / "last"
+    assert C.find_checkpoint(tmp_path / "run" / "best") == tmp_path / "run" / "best"
+    with pytest.raises(C.CheckpointError, match="holds no checkpoint"):
+        C.find_checkpoint(tmp_path)
+
+
+def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    model, opt = _model_and_optimizer()
+    directory = _save(tmp_path / "ck", model, opt)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a checkpoint load unpickled something")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    assert C.load_checkpoint(directory).optimizer_state is not None
+
+
+def test_run_lock_refuses_a_second_process(tmp_path: Path) -> None:
+    with C.RunLock(tmp_path):
+        other = subprocess.run(
+            [sys.executable, "-c", f"from gptlab.checkpoint import RunLock; RunLock({str(tmp_path)!r}).acquire()"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert other.returncode != 0 and "another gptlab process is training in" in other.stderr
+    C.RunLock(tmp_path).acquire().release()  # released on exit: free again
+
+
+def test_run_lock_message(tmp_path: Path) -> None:
+    import fcntl
+
+    with open(tmp_path / ".lock", "w") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        # flock locks belong to the open file description: a second open in this process conflicts too.
+        with pytest.raises(UsageError, match="another gptlab process"):
+            C.RunLock(tmp_path).acquire()
