@@ -1,0 +1,120 @@
+"""The fast decoder (preallocated KV cache, rolling buffer, one-row GEMV) against the plain uncached forward."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab import GPT, GPTConfig
+from gptlab.generate import _gemv_linear, _gemv_linears, generate, make_caches
+
+
+def tiny(**kw) -> GPTConfig:
+    base = dict(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    return GPTConfig(**{**base, **kw})
+
+
+def model_of(cfg: GPTConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+@torch.no_grad()
+def greedy_uncached(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The reference: the whole sequence through the plain forward for every new token, no cache."""
+    for _ in range(n):
+        logits, _ = model(idx)
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+# Every switch, each combined with the others at least once; windows shorter than the generation.
+COMBOS = [
+    dict(),
+    dict(pos_emb="rope"),
+    dict(n_kv_head=2, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False),
+    dict(n_kv_head=1, window=6),
+    dict(n_kv_head=2, window=5, pos_emb="rope"),
+    dict(n_kv_head=1, window=3, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False),
+    dict(window=1, mlp="swiglu"),
+    dict(window=8, pos_emb="rope", tie_embeddings=False),
+]
+
+
+@pytest.mark.parametrize("kw", COMBOS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "gpt2")
+def test_greedy_fast_equals_uncached(kw):
+    m = model_of(tiny(**kw))
+    idx = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(1))
+    n = 30  # far past every window: the rolling buffer wraps several times
+    assert torch.equal(generate(m, idx, n, temperature=0), greedy_uncached(m, idx, n))
+
+
+def test_windowed_rope_decodes_past_block_size_like_uncached():
+    m = model_of(tiny(pos_emb="rope", window=6, block_size=16, n_kv_head=2))
+    idx = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(m.generate(idx, 40, temperature=0), greedy_uncached(m, idx, 40))
+
+
+@pytest.mark.parametrize("kw", [dict(n_kv_head=1, window=6), dict(n_kv_head=2), dict(window=100)])
+def test_kv_cache_holds_kv_heads_and_window_slots(kw):
+    cfg = tiny(**kw)
+    caches = make_caches(model_of(cfg), batch=3, max_len=50)
+    slots = min(cfg.window or 50, 50)
+    assert len(caches) == cfg.n_layer
+    for c in caches:
+        assert c.k.shape == c.v.shape == (3, cfg.n_kv_head, slots, cfg.head_dim)
+        assert c.rolling == (slots < 50)
+
+
+@pytest.mark.parametrize("out_features,bias,shape", [(50, True, (1, 1)), (97, False, (1,)), (40, True, ())])
+def test_gemv_linear_matches_f_linear(out_features, bias, shape, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # force the split path, with a tail of rows
+    layer = nn.Linear(24, out_features, bias=bias)
+    x = torch.randn(*shape, 24)
+    with torch.no_grad():
+        y = _gemv_linear(layer, x)
+    assert y.shape == (*shape, out_features)
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_gemv_linear_leaves_batches_and_autograd_to_f_linear():
+    layer = nn.Linear(8, 16)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(_gemv_linear(layer, x), F.linear(x, layer.weight, layer.bias))
+    y = _gemv_linear(layer, torch.randn(1, 8))
+    assert y.requires_grad  # autograd on: the ordinary path, so training is untouched
+
+
+def test_gemv_patch_is_undone_even_on_error():
+    m = model_of(tiny())
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    with pytest.raises(RuntimeError), _gemv_linears(m):
+        assert all("forward" in mod.__dict__ for mod in linears)
+        raise RuntimeError
+    assert not any("forward" in mod.__dict__ for mod in linears)
+    m.generate(torch.zeros(1, 2, dtype=torch.long), 3, temperature=0)
+    assert not any("forward" in mod.__dict__ for mod in linears)
+
+
+def test_sampled_generation_is_reproducible_and_shape():
+    m = model_of(tiny(n_kv_head=2, window=4, pos_emb="rope"))
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    runs = [m.generate(idx, 12, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert runs[0].shape == (2, 15) and torch.equal(*runs)
+    m.train()
+    m.generate(idx, 2)
+    assert m.training  # generate switches to eval for decoding and back
+
+
+@pytest.mark.parametrize("B,T", list(itertools.product([1, 3], [1, 5])))
+def test_batched_greedy_rows_are_independent(B, T):
+    m = model_of(tiny(n_kv_head=2, window=5, pos_emb="rope"))
+    idx = torch.randint(0, 97, (B, T), generator=torch.Generator().manual_seed(3))
+    full = m.generate(idx, 10, temperature=0)
+    for b in range(B):
+        assert torch.equal(full[b : b + 1], m.generate(idx[b : b + 1], 10, temperature=0))
