@@ -316,7 +316,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """An instance of `cls` from flat {dotted key: already-coerced value}; missing keys keep their defaults.
 
-    The `model` dict section collects its keys as given ({"preset": ..., "n_layer": ...}).
+    The `model` dict section is exactly the model keys given ({"preset": ..., "n_layer": ...}).
     """
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -327,7 +327,7 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             kwargs[f.name] = build_dataclass(hint, values, prefix=f"{key}.")
         elif f.name == "model" and typing.get_origin(hint) is dict:
             sub = {k[len(key) + 1 :]: v for k, v in values.items() if k.startswith(f"{key}.")}
-            kwargs[f.name] = {**_default(f), **sub}
+            kwargs[f.name] = sub
         elif key in values:
             kwargs[f.name] = values[key]
     return cls(**kwargs)
