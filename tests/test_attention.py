@@ -130,3 +130,11 @@ def test_dropout_routes_to_banded_path_and_keeps_the_window():
 def test_window_mask_convention():
     m = window_mask(5, 5, 2)
     assert m.tolist()[3] == [False, False, True, True, False]
+
+
+@pytest.mark.parametrize("case", [(2, 4, 2, 100, 8, 8), (1, 2, 1, 77, 4, 5), (3, 2, 2, 40, 4, 3)])
+def test_cpu_flash_swa_exact_when_work_is_split_into_many_kernel_calls(case, monkeypatch):
+    import gptlab.attention as attention
+
+    monkeypatch.setattr(attention, "_CHUNK_ROWS", 16)  # long sequences run in chunks; force it on short ones
+    _check_exact(_SlidingWindowFlashCPU.apply, case)

@@ -73,6 +73,7 @@ def sliding_window_attention(
 
 _FLASH_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BAND_QUERIES = 32  # queries per band block in the forward: the kernel then computes w + 32 keys per query for w
+_CHUNK_ROWS = 1024  # query rows per kernel call: bounds the temporaries, so memory stays O(T * D) plus a constant
 
 
 def _flash(
@@ -139,9 +140,9 @@ def _band_forward(
         out[start : start + n * Bq] = _unblock(o)
         lse[start : start + n * Bq] = lse_.transpose(1, 2).reshape(-1, H)
 
-    n_blocks = (N - w) // Bq
-    if n_blocks:
-        band(w, n_blocks)
+    n_blocks, per_call = (N - w) // Bq, max(1, _CHUNK_ROWS // Bq)
+    for first in range(0, n_blocks, per_call):
+        band(w + first * Bq, min(per_call, n_blocks - first))
     if w + n_blocks * Bq < N:  # the last few rows: one more block, ending at the last row
         band(N - Bq, 1)
     o, lse_ = _flash(*(x.view(B, Tp, -1, D)[:, :w].transpose(1, 2) for x in (qr, kr, vr)))
@@ -188,14 +189,16 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
         dq, dk, dv = _flash_backward(*(_blocks(x, w) for x in (gr, qr, kr, vr, out)), lse_b)
         dq, dk, dv = _unblock(dq), _unblock(dk), _unblock(dv)
         if w > 1 and N // B > w:  # previous block: causal after reversal (window 1: each query sees only itself)
-            q_rows, k_rows = _prev_block_rows(B, N // B // w, w, qr.device)
-            g2, q2, o2 = (x.index_select(0, q_rows) for x in (gr, qr, out))
-            k2, v2 = kr.index_select(0, k_rows), vr.index_select(0, k_rows)
-            l2 = lse.index_select(0, q_rows).view(-1, w - 1, H).transpose(1, 2)
-            dq2, dk2, dv2 = _flash_backward(*(_blocks(x, w - 1) for x in (g2, q2, k2, v2, o2)), l2)
-            dq.index_add_(0, q_rows, _unblock(dq2))
-            dk.index_add_(0, k_rows, _unblock(dk2))
-            dv.index_add_(0, k_rows, _unblock(dv2))
+            all_q_rows, all_k_rows = _prev_block_rows(B, N // B // w, w, qr.device)
+            per_call = max(1, _CHUNK_ROWS // w) * (w - 1)  # whole blocks per kernel call
+            for q_rows, k_rows in zip(all_q_rows.split(per_call), all_k_rows.split(per_call), strict=True):
+                g2, q2, o2 = (x.index_select(0, q_rows) for x in (gr, qr, out))
+                k2, v2 = kr.index_select(0, k_rows), vr.index_select(0, k_rows)
+                l2 = lse.index_select(0, q_rows).view(-1, w - 1, H).transpose(1, 2)
+                dq2, dk2, dv2 = _flash_backward(*(_blocks(x, w - 1) for x in (g2, q2, k2, v2, o2)), l2)
+                dq.index_add_(0, q_rows, _unblock(dq2))
+                dk.index_add_(0, k_rows, _unblock(dk2))
+                dv.index_add_(0, k_rows, _unblock(dv2))
         dq, dk, dv = (x.view(B, N // B, x.size(1), D)[:, :T].transpose(1, 2) for x in (dq, dk, dv))
         return dq, dk, dv, None
 

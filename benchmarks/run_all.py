@@ -1,0 +1,549 @@
+"""gptlab against what users would pick instead, side by side in one process.
+
+    python benchmarks/run_all.py                    # every row; writes benchmarks/results/<machine>.md
+    python benchmarks/run_all.py --quick            # fewer repeats and sizes: a smoke run
+    python benchmarks/run_all.py --rows train,swa   # some rows
+
+Rows: train (training step vs transformers), flops (that step vs this machine's matmul FLOP/s at the model's own
+GEMM shapes), decode (124M greedy decode vs transformers, and vs the memory-bandwidth limit), swa (sliding-window
+attention vs full causal attention, time and peak memory), sweep (SWA over T), kv (KV cache for MHA/GQA/MQA at a
+2048-token context), gpu (124M training MFU and decode on CUDA, when there is a GPU).
+
+Every row times ours and the peer alternately in the same process, `repeats` times after a warm-up, and reports
+medians and their ratio: the ratio is what carries over between machines, and a shared machine slows both sides.
+Random weights throughout (timings do not depend on them); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import math
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab import GPT, GPTConfig
+from gptlab.attention import sliding_window_attention, window_mask
+from gptlab.generate import _gemv_linears, make_caches
+
+ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "gpu")
+RESULTS = Path(__file__).parent / "results"
+
+
+# --- timing -----------------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu") -> dict[str, float]:
+    """Median seconds of each fn, run in turn (a, b, a, b, ...) after one warm-up each."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", f"{cpu_model()} {torch.get_num_threads()}t".lower()).strip("-")
+
+
+def header(device: str) -> str:
+    import transformers
+
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"# gptlab benchmarks: {machine_name(device)}",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}, host: {socket.gethostname()}",
+        f"- device: {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else f", CPU: {cpu_model()}")
+        + f", {os.cpu_count()} logical cores",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, threads: {torch.get_num_threads()}",
+        f"- load average (1/5/15 min) at start: {load} (a shared machine slows both sides of every ratio)",
+    ]
+    return "\n".join(lines)
+
+
+# --- 1. training step vs transformers ----------------------------------------------------------------------------
+
+TRAIN = dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)  # char-small, no dropout
+TRAIN_BATCH = 8
+
+
+def _hf_gpt2(cfg: GPTConfig):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(hf_cfg)
+
+
+def _train_steps(device: str, dtype: torch.dtype = torch.float32):
+    """(ours, peer, ours model) training-step closures on the same config, data and optimizer settings."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(**TRAIN)
+    ours, hf = GPT(cfg).to(device, dtype), _hf_gpt2(cfg).to(device, dtype)
+    x = torch.randint(0, cfg.vocab_size, (TRAIN_BATCH, cfg.block_size), device=device)
+    y = torch.randint(0, cfg.vocab_size, (TRAIN_BATCH, cfg.block_size), device=device)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=3e-4, weight_decay=0.1)
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1)
+
+    def step_ours() -> None:
+        _, loss = ours(x, y)
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_hf() -> None:
+        hf(input_ids=x, labels=y).loss.backward()
+        opt_hf.step()
+        opt_hf.zero_grad(set_to_none=True)
+
+    return step_ours, step_hf, ours
+
+
+def row_train(repeats: int, device: str) -> str:
+    step_ours, step_hf, _ = _train_steps(device)
+    t = alternate({"ours": step_ours, "hf": step_hf}, repeats, device)
+    tokens = TRAIN_BATCH * TRAIN["block_size"]
+    return "\n".join([
+        f"## 1. Training step (forward + backward + AdamW), fp32, {device}",
+        "",
+        f"Config: {TRAIN}, batch {TRAIN_BATCH}; `transformers.GPT2LMHeadModel` with SDPA attention, same config, "
+        "same data, same optimizer (torch AdamW, default implementation). Target: >= 1.25x on CPU.",
+        "",
+        table(
+            ["model", "step (ms)", "tokens/s", "ours / transformers"],
+            [
+                ["gptlab", f"{t['ours'] * 1e3:.0f}", f"{tokens / t['ours']:,.0f}", f"**{t['hf'] / t['ours']:.2f}x**"],
+                ["transformers", f"{t['hf'] * 1e3:.0f}", f"{tokens / t['hf']:,.0f}", "1.00x"],
+            ],
+        ),
+    ])
+
+
+# --- 2. achieved FLOP/s vs the matmul FLOP/s at the model's own GEMM shapes ----------------------------------------
+
+
+def _gemm_pass(model: nn.Module, rows: int, device: str) -> tuple[Callable[[], None], float]:
+    """Every matmul of one training step of the model's Linear layers (forward, grad input, grad weight) on
+    random data, in nn.Linear's layouts, and their FLOPs: the practical matmul limit at these shapes."""
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    ops = []
+    for n_in, n_out in shapes:
+        x, w = torch.randn(rows, n_in, device=device), torch.randn(n_out, n_in, device=device)
+        dy = torch.randn(rows, n_out, device=device)
+        ops += [(x, w.t()), (dy, w), (dy.t(), x)]  # y = x W^T; dx = dy W; dW = dy^T x
+    flops = sum(6 * rows * n_in * n_out for n_in, n_out in shapes)
+
+    def run() -> None:
+        for a, b in ops:
+            torch.mm(a, b)
+
+    return run, flops
+
+
+def step_flops(model: GPT, batch: int, T: int) -> float:
+    """Matmul FLOPs of a training step: 6 per parameter in a matmul per token, plus attention as nanoGPT / PaLM
+    count it (12 * n_layer * n_embd * T per token: QK^T and AV, forward and backward, without causal halving)."""
+    c = model.config
+    n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return batch * T * (6 * n_matmul + 12 * c.n_layer * c.n_embd * T)
+
+
+def row_flops(repeats: int, device: str) -> str:
+    step_ours, _, ours = _train_steps(device)
+    gemms, gemm_flops = _gemm_pass(ours, TRAIN_BATCH * TRAIN["block_size"], device)
+    t = alternate({"step": step_ours, "gemms": gemms}, repeats, device)
+    achieved = step_flops(ours, TRAIN_BATCH, TRAIN["block_size"]) / t["step"]
+    limit = gemm_flops / t["gemms"]
+    return "\n".join([
+        "## 2. Training step FLOP/s vs this machine's matmul FLOP/s at the model's GEMM shapes",
+        "",
+        "Step FLOPs: 6 x (parameters in matmuls) per token + attention (12 x n_layer x n_embd x T per token, the "
+        "nanoGPT/PaLM convention). Limit: the same step's Linear GEMMs (x W^T, dy W, dy^T x for every layer) "
+        "timed alone with torch.mm, alternating with the step. Target: >= 85%.",
+        "",
+        table(
+            ["what", "GFLOP", "time (ms)", "GFLOP/s"],
+            [
+                ["training step (gptlab)", f"{step_flops(ours, TRAIN_BATCH, TRAIN['block_size']) / 1e9:.1f}",
+                 f"{t['step'] * 1e3:.0f}", f"{achieved / 1e9:.1f}"],
+                ["its GEMMs alone (the limit)", f"{gemm_flops / 1e9:.1f}", f"{t['gemms'] * 1e3:.0f}",
+                 f"{limit / 1e9:.1f}"],
+                ["**achieved / limit**", "", "", f"**{achieved / limit:.0%}**"],
+            ],
+        ),
+    ])
+
+
+# --- 3. greedy decode vs transformers, and vs the memory-bandwidth limit ------------------------------------------
+
+
+def copy_bandwidth(device: str, repeats: int, nbytes: int = 1 << 29) -> float:
+    """Bytes per second read plus written by a large tensor copy (well past the caches)."""
+    src = torch.empty(nbytes // 4, device=device).normal_()
+    dst = torch.empty_like(src)
+    t = alternate({"copy": lambda: dst.copy_(src)}, repeats, device)["copy"]
+    return 2 * nbytes / t
+
+
+def weight_bytes_per_token(model: GPT) -> int:
+    """Bytes of weights one decode step reads: every parameter once, except the position table (one row)."""
+    n = sum(p.numel() * p.element_size() for p in model.parameters())
+    if "wpe" in model.transformer:
+        n -= model.transformer.wpe.weight.numel() * model.transformer.wpe.weight.element_size()
+    return n
+
+
+def row_decode(repeats: int, device: str, new_tokens: int = 128, prompt: int = 16) -> str:
+    torch.manual_seed(0)
+    cfg = GPTConfig()  # GPT-2 124M
+    ours = GPT(cfg).to(device).eval()
+    hf = _hf_gpt2(cfg).to(device).eval()
+    idx = torch.randint(0, cfg.vocab_size, (1, prompt), device=device)
+    mask = torch.ones_like(idx)
+
+    def run_ours() -> None:
+        ours.generate(idx, new_tokens, temperature=0)
+
+    @torch.no_grad()
+    def run_hf() -> None:
+        hf.generate(
+            idx, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            pad_token_id=0,
+        )
+
+    t = alternate({"ours": run_ours, "hf": run_hf}, repeats, device)
+    bw = copy_bandwidth(device, repeats)
+    wbytes = weight_bytes_per_token(ours)
+    limit = bw / wbytes
+    tok = {k: new_tokens / v for k, v in t.items()}
+    return "\n".join([
+        f"## 3. Greedy decode, GPT-2 124M, fp32, batch 1, {prompt}-token prompt + {new_tokens} new tokens",
+        "",
+        "Ours: `model.generate(idx, 128, temperature=0)`. transformers: `generate(do_sample=False, "
+        "max_new_tokens=128)` with its default cache, SDPA attention. Times include the prompt. Bandwidth limit: "
+        f"weight bytes read per token ({wbytes / 1e6:.0f} MB) / copy bandwidth ({bw / 1e9:.1f} GB/s, read + "
+        "written, 512 MB tensor). Targets: >= 1.5x transformers, >= 80% of the limit.",
+        "",
+        table(
+            ["model", "tokens/s", "vs transformers", "vs bandwidth limit"],
+            [
+                ["gptlab", f"{tok['ours']:.1f}", f"**{tok['ours'] / tok['hf']:.2f}x**",
+                 f"**{tok['ours'] / limit:.0%}**"],
+                ["transformers", f"{tok['hf']:.1f}", "1.00x", f"{tok['hf'] / limit:.0%}"],
+                ["bandwidth limit", f"{limit:.1f}", "", "100%"],
+            ],
+        ),
+    ])
+
+
+# --- 4. sliding-window attention vs full causal attention ----------------------------------------------------------
+
+SWA = dict(B=1, H=12, D=64)  # GPT-2 124M heads
+
+
+def _qkv(T: int, device: str, requires_grad: bool = True):
+    g = torch.Generator(device).manual_seed(0)
+    # (B, T, H, D) memory viewed as (B, H, T, D): the layout the model's projections produce.
+    q, k, v = (
+        torch.randn(SWA["B"], T, SWA["H"], SWA["D"], device=device, generator=g).transpose(1, 2).requires_grad_(
+            requires_grad
+        )
+        for _ in range(3)
+    )
+    return q, k, v, torch.randn_like(q)
+
+
+def _attention_fns(T: int, w: int, device: str) -> dict[str, Callable[[], None]]:
+    """Forward + backward closures for: ours, full causal flash, mask-based SWA (SDPA + T x T mask, as litgpt),
+    and eager masked softmax (scores materialized, as HF eager)."""
+    q, k, v, g = _qkv(T, device)
+
+    def fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            fn().backward(g)
+            q.grad = k.grad = v.grad = None
+
+        return run
+
+    def eager() -> torch.Tensor:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+        scores = scores.masked_fill(~window_mask(T, T, w, device=q.device), float("-inf"))
+        return scores.softmax(-1) @ v
+
+    return {
+        "ours": fwd_bwd(lambda: sliding_window_attention(q, k, v, w)),
+        "causal": fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+        "mask": fwd_bwd(
+            lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(T, T, w, device=q.device))
+        ),
+        "eager": fwd_bwd(eager),
+    }
+
+
+def _peak_child(variant: str, T: int, w: int) -> None:
+    """In a fresh process: peak resident memory added by one forward + backward of `variant`, in bytes."""
+    run = _attention_fns(T, w, "cpu")[variant]
+    gc.collect()
+    try:  # reset the high-water mark to now, so only this call counts
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kb("VmRSS")
+    except OSError:
+        before = _status_kb("VmHWM")
+    run()
+    print((_status_kb("VmHWM") - before) * 1024)
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def peak_memory(variant: str, T: int, w: int) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak-child", variant, str(T), str(w)],
+        capture_output=True, text=True, check=True,
+    )
+    return int(out.stdout.split()[-1])
+
+
+def row_swa(repeats: int, device: str, T: int = 8192, w: int = 256) -> str:
+    fns = _attention_fns(T, w, device)
+    t = alternate({"ours": fns["ours"], "causal": fns["causal"]}, repeats, device)
+    lines = [
+        f"## 4. Sliding-window attention op, T = {T}, w = {w}, forward + backward, fp32, {device}",
+        "",
+        f"Shape (B, H, D) = ({SWA['B']}, {SWA['H']}, {SWA['D']}). Peer: full causal attention "
+        "(`scaled_dot_product_attention(is_causal=True)`, the flash kernel on CPU). Ideal speed-up by query-key "
+        f"pairs: {(T + 1) / 2 / w:.1f}x. Target: >= 8x.",
+        "",
+        table(
+            ["attention", "fwd + bwd (ms)", "speed-up vs full causal"],
+            [
+                ["gptlab SWA", f"{t['ours'] * 1e3:.0f}", f"**{t['causal'] / t['ours']:.1f}x**"],
+                ["full causal (flash)", f"{t['causal'] * 1e3:.0f}", "1.0x"],
+            ],
+        ),
+    ]
+    if device == "cpu":
+        eager_T = min(T, 4096)  # the eager scores at 8192 would take ~10 GB on a shared machine
+        mem = {name: peak_memory(name, T, w) for name in ("ours", "causal", "mask")}
+        mem["eager"] = peak_memory("eager", eager_T, w)
+        lines += [
+            "",
+            "Peak memory added by one forward + backward (resident set, measured in a fresh process each). "
+            "Target: <= 1/8 of mask-based SWA.",
+            "",
+            table(
+                ["attention", "T", "peak memory (MB)", "gptlab / this"],
+                [
+                    ["gptlab SWA", T, f"{mem['ours'] / 1e6:.0f}", ""],
+                    ["full causal (flash)", T, f"{mem['causal'] / 1e6:.0f}", f"{mem['ours'] / mem['causal']:.2f}"],
+                    ["mask-based SWA: SDPA + T x T mask (litgpt)", T, f"{mem['mask'] / 1e6:.0f}",
+                     f"**1/{mem['mask'] / mem['ours']:.1f}**"],
+                    ["mask-based SWA: eager masked softmax (HF eager)", eager_T, f"{mem['eager'] / 1e6:.0f}",
+                     f"**1/{mem['eager'] / mem['ours']:.1f}** (its T is half: it grows as T^2)"
+                     if eager_T < T else f"**1/{mem['eager'] / mem['ours']:.1f}**"],
+                ],
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def row_sweep(repeats: int, device: str, Ts: tuple[int, ...], w: int = 256) -> str:
+    rows = []
+    for T in Ts:
+        fns = _attention_fns(T, w, device)
+        t = alternate({"ours": fns["ours"], "causal": fns["causal"]}, repeats, device)
+        rows.append([
+            T, f"{t['ours'] * 1e3:.1f}", f"{t['ours'] / T * 1e6:.1f}", f"{t['causal'] * 1e3:.0f}",
+            f"{t['causal'] / t['ours']:.1f}x",
+        ])
+    return "\n".join([
+        f"## 5. SWA over sequence length (w = {w}, forward + backward): linear in T",
+        "",
+        table(["T", "gptlab SWA (ms)", "gptlab SWA (us / token)", "full causal (ms)", "speed-up"], rows),
+    ])
+
+
+# --- 6. KV cache: MHA, GQA, MQA at a 2048-token context -----------------------------------------------------------
+
+
+def row_kv(repeats: int, device: str, context: int = 2048, steps: int = 16) -> str:
+    rows = []
+    base = None
+    for name, n_kv in [("MHA", 12), ("GQA", 4), ("GQA", 2), ("MQA", 1)]:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=context + steps + 1, n_kv_head=n_kv)).to(device).eval()
+        caches = make_caches(model, 1, context + steps + 1)
+        for c in caches:  # a full context of (random) keys and values: the decode cost does not depend on them
+            c.k.normal_()
+            c.v.normal_()
+        tok = torch.zeros(1, 1, dtype=torch.long, device=device)
+
+        @torch.no_grad()
+        def decode(model=model, caches=caches, tok=tok) -> None:
+            with _gemv_linears(model):
+                for pos in range(context, context + steps):
+                    model(tok, cache=caches, input_pos=pos, last_only=True)
+
+        t = alternate({"decode": decode}, repeats, device)["decode"] / steps
+        c = model.config
+        per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * caches[0].k.element_size()
+        base = base or per_token
+        rows.append([
+            f"{name} (n_kv_head={n_kv})", f"{per_token / 1024:.0f} KiB", f"{per_token * context / 2**20:.0f} MiB",
+            f"{base / per_token:.0f}x", f"{1 / t:.1f}",
+        ])
+    return "\n".join([
+        f"## 6. KV cache at a {context}-token context: GPT-2 124M shape, fp32, batch 1",
+        "",
+        "Decode tokens/s with the cache already holding the context. Each row is its own model (GQA/MQA "
+        "shrink c_attn a little).",
+        "",
+        table(["attention", "cache / token", f"cache at {context}", "smaller than MHA", "decode tokens/s"], rows),
+    ])
+
+
+# --- 7. GPU: 124M training MFU, bf16 + compile + flash, and decode, vs transformers --------------------------------
+
+PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12}  # dense bf16 tensor-core FLOP/s
+
+
+def row_gpu(repeats: int) -> str:
+    if not torch.cuda.is_available():
+        return "## 7. GPU\n\nNot measured: no GPU in this run."
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name.lower()), None)
+    torch.manual_seed(0)
+    cfg, B = GPTConfig(), 16
+    ours, hf = GPT(cfg).cuda(), _hf_gpt2(cfg).cuda()
+    x = torch.randint(0, cfg.vocab_size, (B, cfg.block_size), device="cuda")
+    steps = {}
+    for label, model in (("ours", ours), ("hf", hf)):
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+        fwd = torch.compile(model)
+
+        def step(model=model, fwd=fwd, opt=opt) -> None:
+            with torch.autocast("cuda", torch.bfloat16):
+                loss = fwd(x, x)[1] if model is ours else fwd(input_ids=x, labels=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # compile
+        steps[label] = step
+    t = alternate(steps, repeats, "cuda")
+    flops = step_flops(ours, B, cfg.block_size)
+    tokens = B * cfg.block_size
+    mfu = {k: f"{flops / v / peak:.0%}" if peak else "n/a" for k, v in t.items()}
+    return "\n".join([
+        f"## 7. GPU ({name}): GPT-2 124M training step, bf16 autocast + torch.compile + flash SDPA",
+        "",
+        f"Batch {B} x {cfg.block_size}, fused AdamW for both. MFU against {peak / 1e12 if peak else '?'} TFLOP/s "
+        "dense bf16. Target: >= 50% on H100.",
+        "",
+        table(
+            ["model", "tokens/s", "MFU", "ours / transformers"],
+            [
+                ["gptlab", f"{tokens / t['ours']:,.0f}", mfu["ours"], f"**{t['hf'] / t['ours']:.2f}x**"],
+                ["transformers", f"{tokens / t['hf']:,.0f}", mfu["hf"], "1.00x"],
+            ],
+        ),
+    ])
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 7, quick 3)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<machine>.md)")
+    p.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "T", "W"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.peak_child:
+        variant, T, w = args.peak_child
+        return _peak_child(variant, int(T), int(w))
+
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    repeats = args.repeats or (3 if args.quick else 7)
+    device = args.device
+    sections = [header(device)]
+    print(sections[0], flush=True)
+    runners = {
+        "train": lambda: row_train(repeats, device),
+        "flops": lambda: row_flops(repeats, device),
+        "decode": lambda: row_decode(repeats, device, new_tokens=32 if args.quick else 128),
+        "swa": lambda: row_swa(repeats, device, T=4096 if args.quick else 8192),
+        "sweep": lambda: row_sweep(
+            max(2, repeats // 2), device, (1024, 2048, 4096) if args.quick else (1024, 2048, 4096, 8192, 16384)
+        ),
+        "kv": lambda: row_kv(repeats, device, context=512 if args.quick else 2048),
+        "gpu": lambda: row_gpu(repeats),
+    }
+    for row in rows:
+        t0 = time.perf_counter()
+        section = runners[row]()
+        print(f"\n{section}\n\n({row}: {time.perf_counter() - t0:.0f} s)", flush=True)
+        sections.append(section)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    command = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    sections.append(f"Load average at the end: {load}. Command: `{command}`")
+    out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join(sections) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
