@@ -31,6 +31,8 @@ CASES = [
     (2, 4, 2, 100, 8, 40),
     (1, 3, 3, 129, 8, 64),
     (2, 2, 2, 65, 8, 2),
+    (2, 4, 2, 200, 8, 64),
+    (3, 2, 1, 150, 4, 66),
 ]
 
 
@@ -132,9 +134,19 @@ def test_window_mask_convention():
     assert m.tolist()[3] == [False, False, True, True, False]
 
 
-@pytest.mark.parametrize("case", [(2, 4, 2, 100, 8, 8), (1, 2, 1, 77, 4, 5), (3, 2, 2, 40, 4, 3)])
+@pytest.mark.parametrize(
+    "case", [(2, 4, 2, 100, 8, 8), (1, 2, 1, 77, 4, 5), (3, 2, 2, 40, 4, 3), (2, 2, 1, 300, 4, 64)]
+)
 def test_cpu_flash_swa_exact_when_work_is_split_into_many_kernel_calls(case, monkeypatch):
     import gptlab.attention as attention
 
     monkeypatch.setattr(attention, "_CHUNK_ROWS", 16)  # long sequences run in chunks; force it on short ones
+    _check_exact(_SlidingWindowFlashCPU.apply, case)
+
+
+@pytest.mark.parametrize("case", CASES + _random_cases(15, seed=2))
+def test_cpu_flash_swa_exact_with_half_window_chunks_in_backward(case, monkeypatch):
+    import gptlab.attention as attention
+
+    monkeypatch.setattr(attention, "_HALF_CHUNKS_FROM", 2)  # the w/2 decomposition for every even window
     _check_exact(_SlidingWindowFlashCPU.apply, case)

@@ -74,6 +74,7 @@ def sliding_window_attention(
 _FLASH_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BAND_QUERIES = 32  # queries per band block in the forward: the kernel then computes w + 32 keys per query for w
 _CHUNK_ROWS = 1024  # query rows per kernel call: bounds the temporaries, so memory stays O(T * D) plus a constant
+_HALF_CHUNKS_FROM = 64  # backward in chunks of w/2 for even windows from this size (smaller: too small to pay)
 
 
 def _flash(
@@ -84,9 +85,11 @@ def _flash(
 
 
 def _flash_backward(
-    g: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+    g: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    causal: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(g, q, k, v, out, lse, 0.0, True)
+    """(dq, dk, dv) of flash attention on CPU, from its out and logsumexp; (B, T, H, D) memory order."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(g, q, k, v, out, lse, 0.0, causal)
 
 
 def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -151,17 +154,17 @@ def _band_forward(
     return out, lse
 
 
-def _prev_block_rows(B: int, nb: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices that pose the previous-block part as a causal problem of (w-1) x (w-1) blocks.
+def _upper_rows(B: int, n: int, c: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices that pose "query r of chunk g sees key s > r of chunk g-k" as a causal (c-1) x (c-1) problem.
 
-    Query r < w-1 of block b sees key s > r of block b-1. Reversing both orders (r' = w-2-r, s' = w-1-s) turns
-    s > r into s' <= r': causal. Query w-1 sees nothing there and key 0 is seen by nobody, so both are left out.
-    One gather of these rows does the slicing and the reversal in a single copy.
+    Reversing both orders (r' = c-2-r, s' = c-1-s) turns s > r into s' <= r': causal. Query c-1 sees nothing
+    there and key 0 is seen by nobody, so both are left out. One gather of these rows slices and reverses.
+    B sequences of n chunks of c rows; chunks g < k of a sequence have no chunk g-k.
     """
-    rev = torch.arange(w - 2, -1, -1, device=device)
-    starts = torch.arange(B, device=device)[:, None] * nb + torch.arange(1, nb, device=device)  # (B, nb-1)
-    q_rows = (starts[..., None] * w + rev).reshape(-1)  # rows w-2 .. 0 of block b
-    return q_rows, q_rows - (w - 1)  # rows w-1 .. 1 of block b-1
+    rev = torch.arange(c - 2, -1, -1, device=device)
+    chunks = torch.arange(B, device=device)[:, None] * n + torch.arange(k, n, device=device)  # (B, n-k)
+    q_rows = (chunks[..., None] * c + rev).reshape(-1)  # rows c-2 .. 0 of chunk g
+    return q_rows, q_rows - (k * c - 1)  # rows c-1 .. 1 of chunk g-k
 
 
 class _SlidingWindowFlashCPU(torch.autograd.Function):
@@ -183,19 +186,32 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
         B, T, w = ctx.shape
         N, H, D = qr.shape
         gr = _rows(grad, N // B)
-        # Each part's flash backward, fed the full out and lse, gives that part's exact share of the gradient.
-        # Own block: causal.
-        lse_b = lse.view(N // w, w, H).transpose(1, 2)
-        dq, dk, dv = _flash_backward(*(_blocks(x, w) for x in (gr, qr, kr, vr, out)), lse_b)
-        dq, dk, dv = _unblock(dq), _unblock(dk), _unblock(dv)
-        if w > 1 and N // B > w:  # previous block: causal after reversal (window 1: each query sees only itself)
-            all_q_rows, all_k_rows = _prev_block_rows(B, N // B // w, w, qr.device)
-            per_call = max(1, _CHUNK_ROWS // w) * (w - 1)  # whole blocks per kernel call
+        # Chunks of c = w/2 rows: query r of chunk g sees chunk g causally (r' <= r), chunk g-1 entirely, and
+        # chunk g-2 at s > r. The kernel computes whole c x c tiles below 512 keys, so this does 3 tiles of
+        # (w/2)^2 per w queries where chunks of w would do 2 of w^2. The flash backward of each part, fed the full
+        # out and lse, gives that part's exact share of the gradient (the ring-attention trick); shares add up.
+        c = w // 2 if w % 2 == 0 and w >= _HALF_CHUNKS_FROM else w
+        n, k = N // B // c, w // c  # chunks per sequence; chunk g-k is the one the window only partly covers
+        lse_h = lse.view(N // c, c, H).transpose(1, 2)
+        dq, dk, dv = (_unblock(x) for x in _flash_backward(*(_blocks(x, c) for x in (gr, qr, kr, vr, out)), lse_h))
+        if k == 2:  # chunk g-1, dense: query chunks from the second on, against the chunk before each in the rows
+            g_dense = gr[c:]
+            if B > 1:  # a sequence's first chunk follows another sequence's last: with zero gradient on those
+                g_dense = g_dense.clone()  # queries, their pairs contribute exactly nothing
+                g_dense.view(-1, c, H, D)[n - 1 :: n].zero_()
+            parts = (_blocks(x, c) for x in (g_dense, qr[c:], kr[:-c], vr[:-c], out[c:]))
+            dq_, dk_, dv_ = _flash_backward(*parts, lse_h[1:], causal=False)
+            dq[c:] += _unblock(dq_)
+            dk[:-c] += _unblock(dk_)
+            dv[:-c] += _unblock(dv_)
+        if c > 1 and n > k:  # chunk g-k, at s > r: causal after reversal (window 1: each query sees only itself)
+            all_q_rows, all_k_rows = _upper_rows(B, n, c, k, qr.device)
+            per_call = max(1, _CHUNK_ROWS // c) * (c - 1)  # whole chunks per kernel call
             for q_rows, k_rows in zip(all_q_rows.split(per_call), all_k_rows.split(per_call), strict=True):
                 g2, q2, o2 = (x.index_select(0, q_rows) for x in (gr, qr, out))
                 k2, v2 = kr.index_select(0, k_rows), vr.index_select(0, k_rows)
-                l2 = lse.index_select(0, q_rows).view(-1, w - 1, H).transpose(1, 2)
-                dq2, dk2, dv2 = _flash_backward(*(_blocks(x, w - 1) for x in (g2, q2, k2, v2, o2)), l2)
+                l2 = lse.index_select(0, q_rows).view(-1, c - 1, H).transpose(1, 2)
+                dq2, dk2, dv2 = _flash_backward(*(_blocks(x, c - 1) for x in (g2, q2, k2, v2, o2)), l2)
                 dq.index_add_(0, q_rows, _unblock(dq2))
                 dk.index_add_(0, k_rows, _unblock(dk2))
                 dv.index_add_(0, k_rows, _unblock(dv2))
