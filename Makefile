@@ -16,8 +16,11 @@ $(BIN)/gptlab: pyproject.toml
 
 install: $(BIN)/gptlab
 
+# ~5 minutes on 2 CPU cores: char-level Shakespeare, then a sample, the loss plot and the checkpoint paths.
+# Writes out/demo (restarted on every `make demo`); continue it with
+#   .venv/bin/gptlab train --preset=demo --trainer.resume=True --trainer.max_iters=4000
 demo: install
-	$(BIN)/gptlab train --preset=demo
+	$(BIN)/gptlab train --preset=demo --system.overwrite=True
 
 test: install
 	$(BIN)/ruff check .

@@ -26,9 +26,12 @@ def parse(*argv: str) -> T.TrainConfig:
 # --------------------------------------------------------------------------------------------------------
 
 
+DEMO_MODEL = {"preset": "baby", "block_size": 256, "pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+
+
 def test_defaults_are_the_demo() -> None:
     cfg = parse()
-    assert cfg.model == {"preset": "baby", "block_size": 256} and cfg.data.path is None
+    assert cfg.model == DEMO_MODEL and cfg.data.path is None
     assert cfg.system.work_dir == str(Path("out") / "run")
     assert parse("--preset=demo").system.work_dir == str(Path("out") / "demo")
 
@@ -38,7 +41,7 @@ def test_chargpt_fork_flags_work_verbatim() -> None:
         "--data.block_size=128", "--system.work_dir=out/x", "--model.n_query_head=6", "--model.n_kv_head=3",
         "--model.rope=True", "--trainer.max_iters=200", "--trainer.device=cpu", "--model.n_embd=192",
     )
-    assert cfg.model == {"preset": "baby", "block_size": 128, "n_head": 6, "n_kv_head": 3, "pos_emb": "rope",
+    assert cfg.model == {**DEMO_MODEL, "block_size": 128, "n_head": 6, "n_kv_head": 3, "pos_emb": "rope",
                          "n_embd": 192}
     assert cfg.system.work_dir == "out/x" and cfg.trainer.max_iters == 200 and cfg.trainer.device == "cpu"
     assert parse("--model.pretrained_folder=out/prev").init == "out/prev"
@@ -87,7 +90,7 @@ def test_bad_flags_are_one_line_errors(argv: list[str], message: str) -> None:
 def test_a_model_preset_replaces_the_default_model() -> None:
     assert parse("--model.preset=gpt2").model == {"preset": "gpt2"}  # not the demo's block_size 256
     assert parse("--model.preset=gpt2", "--data.block_size=64").model == {"preset": "gpt2", "block_size": 64}
-    assert parse("--preset=baby").model == {"preset": "baby", "block_size": 64, "dropout": 0.0}
+    assert parse("--preset=baby").model == {"preset": "baby", "block_size": 64, "dropout": 0.0, "bias": False}
     assert parse("--init=out/prev").model == {}
 
 
@@ -127,14 +130,15 @@ def test_bad_config_files(tmp_path: Path, name: str, content: str, message: str)
 def test_help_lists_every_field_with_its_default(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    for name, value in GPTConfig.from_preset("baby", block_size=256).to_dict().items():
+    demo = {k: v for k, v in DEMO_MODEL.items() if k != "preset"}
+    for name, value in GPTConfig.from_preset("baby", **demo).to_dict().items():
         if name != "vocab_size":
             assert f"--model.{name}=" in out and f"(default: {value})" in out, name
     for section in ("data", "trainer", "system"):
         for field in T.TRAIN_OPTIONS:
             if field.startswith(section + "."):
                 assert f"--{field}=" in out
-    assert "(default: 2000)" in out and "--model.n_query_head" in out and "demo" in out
+    assert "(default: 1500)" in out and "--model.n_query_head" in out and "demo" in out
 
 
 def test_model_config_from_flags(tmp_path: Path) -> None:
@@ -142,7 +146,9 @@ def test_model_config_from_flags(tmp_path: Path) -> None:
     c = model_config_from_flags(["--model.preset=gpt2", "--model.n_query_head=12", "--model.n_kv_head=4",
                                  "--model.rope=True", "--model.window=128"])
     assert (c.n_head, c.n_kv_head, c.pos_emb, c.window, c.block_size) == (12, 4, "rope", 128, 1024)
-    assert model_config_from_flags([]) == GPTConfig.from_preset("baby", block_size=256)
+    assert model_config_from_flags([]) == GPTConfig.from_preset(
+        "baby", block_size=256, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False
+    )
     assert model_config_from_flags(["--preset=baby"]).block_size == 64
     assert model_config_from_flags(["--init=gpt2-medium"]) == GPTConfig.from_preset("gpt2-medium")
     # A checkpoint directory, positional or as --model.pretrained_folder; model flags change it.

@@ -69,6 +69,7 @@ def test_checkpoint_contents_and_best(tmp_path: Path, text_file: Path) -> None:
         files = sorted(p.name for p in (work / name).iterdir())
         assert files == ["config.json", "model.safetensors", "optimizer.safetensors", "state.json", "tokenizer.json"]
     assert (work / "loss.png").stat().st_size > 1000
+    assert json.loads((work / "tokenizer.json").read_text())["type"] == "char"  # the run carries its tokenizer
     rows = T.read_metrics(work)
     evals = [r for r in rows if "val_loss" in r]
     assert [r["iter"] for r in evals] == [0, 5, 10]
@@ -99,6 +100,15 @@ def test_resume_needs_a_run_and_keeps_model(tmp_path: Path, text_file: Path) -> 
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
     with pytest.raises(UsageError, match="model.n_layer.*differs from the run being resumed"):
         T.main(flags(tmp_path, text_file, trainer__resume=True, model__n_layer=3))
+
+
+def test_two_runs_cannot_share_a_directory(tmp_path: Path, text_file: Path) -> None:
+    from gptlab.checkpoint import RunLock
+
+    with RunLock(tmp_path / "run"):  # as if another `gptlab train` were running there
+        with pytest.raises(UsageError, match="another gptlab process is training in"):
+            T.main(flags(tmp_path, text_file, trainer__max_iters=2))
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
 
 
 def test_learning_rate_schedule() -> None:

@@ -189,9 +189,11 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
+        elif text is None:
+            raise UsageError(f"{flag} expects a number, got {value!r}")
         else:
             try:  # YAML reads 1e-3 (no dot) as a string, so strings from config files land here too
-                number = float(text) if text is not None else math.nan
+                number = float(text)
             except ValueError:
                 raise UsageError(f"{flag} expects a number, got {value!r}") from None
         if not math.isfinite(number):
@@ -281,7 +283,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The flat {dotted key: value} of a YAML (.yaml/.yml) or JSON file. Parsed, never executed."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.suffix == ".py":
         raise UsageError(f"{path}: Python config files are not executed; write the settings as YAML or JSON")
     try:
