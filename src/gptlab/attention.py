@@ -4,12 +4,12 @@ SWA lets query i see keys i - window < j <= i. A mask over full attention still 
 cost O(T * window):
 
 * CPU (fp32/bf16/fp16, no dropout), all through the CPU flash kernels. Forward: blocks of 32 queries, each
-  against the 32 + window keys its band can reach, as overlapping strided views (no copies) with one shared
-  mask: one kernel call, (32 + w) / w of the ideal work. Backward: cut the sequence into blocks of `window`.
-  Query r of block b sees the keys of block b at offsets <= r (a plain causal block, whose masked half the
-  kernel skips) and the keys of block b-1 at offsets > r (a strict upper triangle, which becomes causal once
-  queries and keys are reversed). The flash backward of each part, fed the full output and log-sum-exp (the
-  ring-attention trick), gives that part's exact share of the gradient; the shares are summed.
+  against the 32 + w keys its band can reach, as overlapping strided views (no copies) with one shared mask:
+  one kernel call per chunk of rows, (32 + w) / w of the ideal work. Backward: chunks of c = w/2 rows (w when
+  odd or small). Query r of chunk g sees chunk g at offsets <= r (causal), chunk g-1 entirely (dense), and
+  chunk g-2 at offsets > r (a strict upper triangle, which becomes causal once queries and keys are reversed).
+  The flash backward of each part, fed the full output and log-sum-exp (the ring-attention trick), gives that
+  part's exact share of the gradient; the shares are summed.
 * CUDA: flex_attention with a block mask, compiled.
 * Anything else (other devices, dropout): banded SDPA, blocks of `window` queries against 2 * window keys.
 """
