@@ -180,6 +180,21 @@ def test_finetune_from_a_run(tmp_path: Path, text_file: Path) -> None:
         T.main(flags(tmp_path, text_file, "ft2", init=tmp_path / "base", model__n_layer=5))
 
 
+def test_finetune_a_hugging_face_gpt2_directory(tmp_path: Path, text_file: Path) -> None:
+    # A GPT-2-format directory (what --init=gpt2 downloads), tiny: its tokenizer is GPT-2's, chosen automatically.
+    config = T.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64)
+    GPT(config).save_pretrained(tmp_path / "hf")
+    assert T.main(flags(tmp_path, text_file, "ft", init=tmp_path / "hf", trainer__max_iters=2)) == 0
+    ck = load_checkpoint(tmp_path / "ft" / "last")
+    assert ck.tokenizer.name == "gpt2" and ck.config == config  # --init replaces the preset's model
+
+
+def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, trainer__resume=True)) == 0
+    assert "already at iter 2" in capsys.readouterr().out
+
+
 def test_batch_must_split_over_accumulation(tmp_path: Path, text_file: Path) -> None:
     with pytest.raises(UsageError, match="batch_size=10 must be divisible by --trainer.grad_accum=4"):
         T.main(flags(tmp_path, text_file, trainer__batch_size=10, trainer__grad_accum=4))

@@ -651,6 +651,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                 + (f", resuming at iter {step}" if step else "")
                 + f"; writing to {work_dir}"
             )
+        if step >= t.max_iters:
+            say(f"the run is already at iter {step} = --trainer.max_iters; pass a larger one to train longer")
+            return 0
         if step == 0:
             losses = evaluate(0)
             say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
