@@ -138,7 +138,7 @@ def test_help_lists_every_field_with_its_default(capsys: pytest.CaptureFixture) 
         for field in T.TRAIN_OPTIONS:
             if field.startswith(section + "."):
                 assert f"--{field}=" in out
-    assert "(default: 1500)" in out and "--model.n_query_head" in out and "demo" in out
+    assert "(default: 1000)" in out and "--model.n_query_head" in out and "demo" in out
 
 
 def test_model_config_from_flags(tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ from .options import (
 # 1. Configuration
 # ========================================================================================================
 # The defaults are the demo: a char-level model of Shakespeare that trains in about 5 minutes on 2 CPU
-# cores. Measured on a shared 2-core machine: ~14K tokens/s for this model at 16 x 256 tokens per step.
+# cores. Measured on a shared 2-core machine: ~12K tokens/s for this model at 16 x 256 tokens per step, so
+# 1000 steps (4M tokens) take ~5.5 min; when the machine is busy, proportionally longer.
 
 
 @dataclass
@@ -70,7 +71,7 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    max_iters: int = 1500  # optimizer steps
+    max_iters: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
     grad_accum: int = 1  # split each step's batch into this many micro-batches (less memory, same result)
     learning_rate: float = 1e-3  # peak learning rate, reached after warmup
