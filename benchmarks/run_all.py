@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                    # every row; writes benchmarks/results/<machine>.md
     python benchmarks/run_all.py --quick            # fewer repeats and sizes: a smoke run
     python benchmarks/run_all.py --rows train,swa   # some rows
+    python benchmarks/run_all.py --rows decode --merge   # rerun one row, keep the others in the results file
 
 Rows: train (training step vs transformers), flops (that step vs this machine's matmul FLOP/s at the model's own
 GEMM shapes), decode (124M greedy decode vs transformers, and vs the memory-bandwidth limit), swa (sliding-window
@@ -506,6 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 7, quick 3)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<machine>.md)")
+    p.add_argument("--merge", action="store_true", help="keep the rows of the results file that are not run now")
     p.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "T", "W"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.peak_child:
@@ -518,8 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
     repeats = args.repeats or (3 if args.quick else 7)
     device = args.device
-    sections = [header(device)]
-    print(sections[0], flush=True)
+    print(header(device), flush=True)
     runners = {
         "train": lambda: row_train(repeats, device),
         "flops": lambda: row_flops(repeats, device),
@@ -531,19 +532,29 @@ def main(argv: list[str] | None = None) -> None:
         "kv": lambda: row_kv(repeats, device, context=512 if args.quick else 2048),
         "gpu": lambda: row_gpu(repeats),
     }
+    out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
+    # Rows not run now keep their earlier results: on a shared machine, rerun a row when it is quiet.
+    sections = _read_sections(out) if args.merge else {}
+    command = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
     for row in rows:
+        load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
         t0 = time.perf_counter()
         section = runners[row]()
-        print(f"\n{section}\n\n({row}: {time.perf_counter() - t0:.0f} s)", flush=True)
-        sections.append(section)
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    command = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
-    sections.append(f"Load average at the end: {load}. Command: `{command}`")
-    out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
+        section += f"\n\n_{row}: {time.perf_counter() - t0:.0f} s, load average at start {load}, `{command}`_"
+        print(f"\n{section}", flush=True)
+        sections[row] = section
+    body = [header(device)] + [f"<!-- row: {r} -->\n{sections[r]}" for r in ROWS if r in sections]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n\n".join(sections) + "\n")
+    out.write_text("\n\n".join(body) + "\n")
     print(f"\nwrote {out}")
 
+
+def _read_sections(path: Path) -> dict[str, str]:
+    """The rows of an earlier results file, by name."""
+    if not path.exists():
+        return {}
+    parts = re.split(r"<!-- row: (\w+) -->\n", path.read_text())
+    return {name: text.strip() for name, text in zip(parts[1::2], parts[2::2], strict=True)}
 
 if __name__ == "__main__":
     main()
