@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptlab: error: gptlab {name} is not available in this version", file=sys.stderr)
         return 2
 
-    rank = os.environ.get("RANK", "0")  # under torchrun, only rank 0 repeats the errors every rank hits
+    rank = os.environ.get("RANK", "0")  # under torchrun, only rank 0 reports the config errors every rank hits
     try:
         return int(command(argv[1:]) or 0)
     except KeyboardInterrupt:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # UsageError, DataError, CheckpointError, GPTConfig's ValueError, I/O
         if os.environ.get("GPTLAB_DEBUG"):
             raise
-        if rank == "0" or not isinstance(e, UsageError):
+        if rank == "0" or isinstance(e, OSError):  # an I/O error may be one rank's own
             where = "" if rank == "0" else f"[rank {rank}] "
             print(f"gptlab: error: {where}{_one_line(e)}", file=sys.stderr)
         return 2

@@ -587,7 +587,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             del resumed
             if info.is_main:  # forget metrics logged after this checkpoint (a kill between evals)
                 rows = [r for r in read_metrics(work_dir) if r.get("iter", 0) <= step]
-                (work_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                tmp = work_dir / ".metrics.jsonl.tmp"
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+                os.replace(tmp, work_dir / "metrics.jsonl")  # a kill now leaves the old file or the new one
         micro_batch = t.batch_size // t.grad_accum
         batches = Batches(data, micro_batch, config.block_size, info)
         tokens_per_step = t.batch_size * config.block_size
