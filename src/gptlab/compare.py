@@ -1,0 +1,684 @@
+"""gptlab compare / gptlab convert: measure what each architecture change does; turn MHA into GQA.
+
+    gptlab compare --preset=cpu --out=reports/cpu            # 8 variants x 2 seeds on Shakespeare, report.md
+    gptlab compare --preset=cpu --grid=baseline,rope --seeds=1
+    gptlab compare --grid=my_grid.yaml                       # {name: {model field: value}} changes to baseline
+    gptlab convert --to-gqa 2 out/baby out/baby-gqa2         # mean-pool K/V heads (Ainslie et al. 2023, §2)
+    gptlab train --init=out/baby-gqa2 ...                    # then uptrain it
+
+Every run goes through the real trainer (`gptlab.train.main`) with the same data, token budget, batch,
+schedule and seeds; only the model flags differ. Each run directory gets a `result.json` once it is
+evaluated, and a run that has one is skipped, so an interrupted comparison continues where it stopped (a
+run cut in the middle resumes from its last checkpoint). The report is `OUT/report.md` + PNG figures +
+`results.json`; run directories live in `OUT/runs/` (checkpoints: keep them out of git).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import GPTConfig
+from .model import GPT
+
+# ========================================================================================================
+# MHA -> GQA conversion
+# ========================================================================================================
+
+
+def convert_to_gqa(model: GPT, n_kv_head: int) -> GPT:
+    """A copy of `model` with n_kv_head K/V heads, each the mean of its group of K/V heads (weights and biases).
+
+    Query head h uses K/V head h // (n_head / n_kv_head) (as SDPA's enable_gqa), so group g pools the
+    consecutive source heads g*r .. g*r+r-1, r = n_kv_head_src / n_kv_head. n_kv_head = current is a copy.
+    """
+    c = model.config
+    src_kv = c.n_kv_head
+    if n_kv_head < 1 or src_kv % n_kv_head:
+        raise ValueError(
+            f"--to-gqa {n_kv_head}: must divide the model's {src_kv} K/V heads; allowed: "
+            f"{[d for d in range(1, src_kv + 1) if src_kv % d == 0]}"
+        )
+    new_config = c.replace(n_kv_head=n_kv_head)
+    r, hd = src_kv // n_kv_head, c.head_dim
+    q_dim = c.n_head * hd
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        """t: (src_kv*hd, ...) rows of K or V -> (n_kv_head*hd, ...), each group of r heads averaged."""
+        rest = t.shape[1:]
+        return t.reshape(n_kv_head, r, hd, *rest).mean(dim=1).reshape(n_kv_head * hd, *rest)
+
+    state = {}
+    for key, t in model.state_dict().items():
+        if key.endswith("attn.c_attn.weight") or key.endswith("attn.c_attn.bias"):
+            q, k, v = t.split([q_dim, src_kv * hd, src_kv * hd], dim=0)
+            t = torch.cat([q, pool(k), pool(v)], dim=0)
+        state[key] = t.detach().clone()
+    out = GPT(new_config)
+    out.load_state_dict(state)
+    if new_config.tie_embeddings:
+        out.lm_head.weight = out.transformer.wte.weight
+    return out.to(next(model.parameters()).device).eval()
+
+
+CONVERT_USAGE = """usage: gptlab convert --to-gqa N SRC DST
+
+Turn a multi-head (or GQA) checkpoint into grouped-query attention with N K/V heads by mean-pooling each
+group's key and value heads (Ainslie et al. 2023, section 2). SRC: a gptlab run or checkpoint directory, a
+Hugging Face GPT-2 directory, or a hub id (gpt2). DST: a model directory (gptlab format, with the tokenizer);
+uptrain it with `gptlab train --init=DST`."""
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    """`gptlab convert --to-gqa N SRC DST`; returns the exit code."""
+    from .options import UsageError
+    from .tokenizer import save_tokenizer
+    from .train import load_pretrained
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or "-h" in argv or "--help" in argv:
+        print(CONVERT_USAGE)
+        return 0 if argv else 2
+    n: int | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--to-gqa") or a.startswith("--to_gqa"):
+            value = a.partition("=")[2]
+            if not value:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            try:
+                n = int(value)
+            except ValueError:
+                raise UsageError(f"--to-gqa expects an integer number of K/V heads, got {value!r}") from None
+        elif a.startswith("--"):
+            raise UsageError(f"unknown flag {a}; see gptlab convert --help")
+        else:
+            rest.append(a)
+        i += 1
+    if n is None or len(rest) != 2:
+        raise UsageError("expected --to-gqa N SRC DST; see gptlab convert --help")
+    src, dst = rest
+    model, tokenizer = load_pretrained(src)
+    try:
+        out = convert_to_gqa(model, n)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    out.save_pretrained(dst)
+    if tokenizer is not None and getattr(tokenizer, "name", "") == "char":
+        save_tokenizer(tokenizer, Path(dst) / "tokenizer.json")
+    c0, c1 = model.config, out.config
+    print(
+        f"converted {src}: {c0.n_head} query heads, {c0.n_kv_head} -> {c1.n_kv_head} K/V heads "
+        f"({model.num_params() / 1e6:.2f}M -> {out.num_params() / 1e6:.2f}M params); wrote {dst}\n"
+        f"uptrain with: gptlab train --init={dst}"
+    )
+    return 0
+
+
+# ========================================================================================================
+# The grid and the presets
+# ========================================================================================================
+
+
+def default_grid(config: GPTConfig) -> dict[str, dict[str, Any]]:
+    """Each change against the GPT-2 baseline, plus all of them together ("modern")."""
+    bs = config.block_size
+    changes = {
+        "baseline": {},
+        "rope": {"pos_emb": "rope"},
+        "gqa": {"n_kv_head": max(1, config.n_head // 2)},
+        "mqa": {"n_kv_head": 1},
+        "swa": {"window": max(1, bs // 4)},
+        "rmsnorm": {"norm": "rmsnorm"},
+        "swiglu": {"mlp": "swiglu"},
+    }
+    modern: dict[str, Any] = {}
+    for name in ("rope", "gqa", "swa", "rmsnorm", "swiglu"):
+        modern.update(changes[name])
+    changes["modern"] = modern
+    return changes
+
+
+LABELS = {
+    "baseline": "baseline (GPT-2)", "rope": "+RoPE", "gqa": "+GQA", "mqa": "+MQA", "swa": "+SWA",
+    "rmsnorm": "+RMSNorm", "swiglu": "+SwiGLU", "modern": "modern (all)",
+}
+
+# Compare presets: the baseline model and the train flags shared by every run.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds: tests.
+    "micro": {
+        "model": {"preset": "tiny", "block_size": 32, "bias": False, "dropout": 0.0},
+        "trainer": {"max_iters": 8, "batch_size": 4, "warmup_iters": 2, "eval_interval": 4, "eval_iters": 2,
+                    "log_interval": 2, "learning_rate": 1e-3},
+        "eval_batches": 2, "decode_tokens": 16,
+    },
+    # ~12 minutes on 2 shared CPU cores: 8 variants x 2 seeds + the uptraining runs. The tiny model (2 layers,
+    # 4 heads, 64 dims, block 64): nanoGPT's baby model ran at ~700 tokens/s on the loaded machine, too slow.
+    "cpu": {
+        "model": {"preset": "tiny", "block_size": 64, "bias": False, "dropout": 0.0},
+        "trainer": {"max_iters": 400, "batch_size": 8, "warmup_iters": 40, "eval_interval": 50, "eval_iters": 10,
+                    "log_interval": 10, "learning_rate": 2e-3, "min_lr": 2e-4},
+        "eval_batches": 10, "decode_tokens": 128,
+    },
+    # A GPU: nanoGPT's shakespeare-char size.
+    "gpu": {
+        "model": {"preset": "char-small", "block_size": 256, "bias": False, "dropout": 0.0},
+        "trainer": {"max_iters": 2000, "batch_size": 64, "warmup_iters": 100, "eval_interval": 250,
+                    "eval_iters": 50, "log_interval": 25, "learning_rate": 1e-3, "min_lr": 1e-4},
+        "eval_batches": 50, "decode_tokens": 256,
+    },
+}
+
+
+def parse_grid(spec: str | None, base: GPTConfig) -> dict[str, dict[str, Any]]:
+    """The grid: all defaults (None), a comma list of default names, or a YAML/JSON file {name: {field: v}}."""
+    from .options import UsageError
+
+    grid = default_grid(base)
+    if spec is None:
+        return grid
+    if Path(spec).suffix in (".yaml", ".yml", ".json"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(f"--grid {spec}: {' '.join(str(e).split())}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
+            raise UsageError(f"--grid {spec} must map variant names to {{model field: value}} changes")
+        out = {str(k): dict(v or {}) for k, v in data.items()}
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+        unknown = [n for n in names if n not in grid]
+        if unknown:
+            raise UsageError(f"--grid: unknown variant(s) {unknown}; choose from {', '.join(grid)} or a YAML file")
+        out = {n: grid[n] for n in names}
+    for name, changes in out.items():
+        try:
+            base.replace(**changes)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"--grid variant {name!r}: {e}") from None
+    return out
+
+
+# ========================================================================================================
+# Running and measuring one variant
+# ========================================================================================================
+
+
+def _train_flags(preset: dict[str, Any], changes: dict[str, Any], seed: int, work_dir: Path,
+                 extra: list[str]) -> list[str]:
+    flags = [f"--system.work_dir={work_dir}", f"--system.seed={seed}", "--trainer.sample_tokens=0"]
+    model = {**preset["model"], **changes}
+    flags += [f"--model.{k}={v}" for k, v in model.items()]
+    flags += [f"--trainer.{k}={v}" for k, v in preset["trainer"].items()]
+    return flags + list(extra)
+
+
+def run_train(flags: list[str], work_dir: Path) -> None:
+    """Train through `gptlab train`, resuming a run that stopped in the middle."""
+    from . import train
+
+    if (work_dir / "last").is_dir():
+        flags = [*flags, "--trainer.resume=True"]
+    elif work_dir.exists():
+        flags = [*flags, "--system.overwrite=True"]
+    code = train.main(flags)
+    if code != 0:
+        raise RuntimeError(f"training in {work_dir} failed (exit code {code})")
+
+
+@torch.no_grad()
+def eval_loss(model: GPT, data: Any, context: int, batches: int, batch_size: int, seed: int = 0) -> float | None:
+    """Mean val loss on fixed random windows of `context` tokens; None where the model cannot see that far."""
+    c = model.config
+    if c.pos_emb == "learned" and context > c.block_size:
+        return None
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(batches):
+        x, y = data.get_batch("val", batch_size, context, gen, device)
+        total += model(x, y)[1].item()
+    return total / batches
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model: GPT, n: int) -> float:
+    """Tokens/s generating n tokens (batch 1, KV cache, greedy) after a one-token prompt."""
+    c = model.config
+    n = min(n, c.block_size - 1) if c.pos_emb == "learned" else n
+    device = next(model.parameters()).device
+    idx = torch.zeros((1, 1), dtype=torch.long, device=device)
+    model.generate(idx, min(n, 8), temperature=0.0)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    model.generate(idx, n, temperature=0.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def measure(work_dir: Path, data: Any, eval_batches: int, decode_tokens: int, batch_size: int,
+            peak_mem: int | None) -> dict[str, Any]:
+    """result.json of a finished run: losses, extrapolation, speeds, sizes."""
+    from . import checkpoint as ckpt
+    from .info import model_stats
+    from .train import read_metrics
+
+    loaded = ckpt.load_checkpoint(work_dir / "last", with_optimizer=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT(loaded.config)
+    model.load_state_dict(loaded.model_state)
+    model.to(device).eval()
+    c = model.config
+    rows = read_metrics(work_dir)
+    evals = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
+    speed = [(r["elapsed_s"], r["tokens_per_s"]) for r in rows if "tokens_per_s" in r]
+    stats = model_stats(c, batch=batch_size)
+    extrap = {
+        f"{m}x": eval_loss(model, data, m * c.block_size, eval_batches, max(1, batch_size // m)) for m in (1, 2, 4)
+    }
+    return {
+        "config": c.to_dict(),
+        "iters": loaded.state.get("iter"),
+        "final_val_loss": evals[-1][1] if evals else None,
+        "val_curve": evals,
+        "tokens_per_s_curve": speed,
+        "train_tokens_per_s": statistics.median(s for _, s in speed) if speed else None,
+        "decode_tokens_per_s": decode_tokens_per_s(model, decode_tokens),
+        "params": stats.total_params,
+        "non_embedding_params": stats.non_embedding_params,
+        "kv_bytes_per_token": stats.kv_bytes_per_token,
+        "flops_per_token": stats.flops_forward_per_token,
+        "peak_memory_bytes": peak_mem,
+        "est_train_memory_bytes": stats.train_memory_bytes,
+        "extrapolation": extrap,
+    }
+
+
+def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset: dict[str, Any], data: Any,
+                extra: list[str], say: Callable[[str], None]) -> dict[str, Any]:
+    """Train (or skip, or resume) one variant/seed and return its result.json."""
+    work_dir = out / "runs" / f"{name}-s{seed}"
+    result_path = work_dir / "result.json"
+    if result_path.is_file():
+        say(f"[compare] {name} seed {seed}: complete, skipped")
+        return json.loads(result_path.read_text())
+    say(f"[compare] {name} seed {seed}: training in {work_dir}")
+    peak = None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    run_train(_train_flags(preset, changes, seed, work_dir, extra), work_dir)
+    if torch.cuda.is_available():
+        peak = int(torch.cuda.max_memory_allocated())
+    result = measure(work_dir, data, preset["eval_batches"], preset["decode_tokens"],
+                     preset["trainer"]["batch_size"], peak)
+    result.update(name=name, seed=seed, changes=changes)
+    result_path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# ========================================================================================================
+# Uptraining experiment: MHA -> GQA (convert + ~5% of the steps) vs GQA from scratch
+# ========================================================================================================
+
+
+def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list[str],
+                       say: Callable[[str], None]) -> dict[str, Any]:
+    """Convert baseline seed 0 to GQA, uptrain it for 5% of the steps; train GQA from scratch for the total."""
+    from .tokenizer import save_tokenizer
+    from .train import load_pretrained
+
+    path = out / "runs" / "uptrain.json"
+    if path.is_file():
+        say("[compare] uptraining experiment: complete, skipped")
+        return json.loads(path.read_text())
+    base_dir = out / "runs" / "baseline-s0"
+    iters = int(preset["trainer"]["max_iters"])
+    up_iters = max(1, round(0.05 * iters))
+    eb = preset["eval_batches"]
+    bs = preset["trainer"]["batch_size"]
+    mha, tok = load_pretrained(str(base_dir / "last"))
+    n_kv = max(1, mha.config.n_head // 2)
+    gqa = convert_to_gqa(mha, n_kv)
+    conv_dir = out / "runs" / "converted-gqa"
+    gqa.save_pretrained(conv_dir)
+    save_tokenizer(tok, conv_dir / "tokenizer.json")
+    ctx = mha.config.block_size
+    loss_mha = eval_loss(mha, data, ctx, eb, bs)
+    loss_conv = eval_loss(gqa, data, ctx, eb, bs)
+    # Uptrain: the converted weights, a short warmup, the preset's learning rate decayed over up_iters.
+    up_dir = out / "runs" / "uptrained-gqa"
+    t = {**preset["trainer"], "max_iters": up_iters, "warmup_iters": max(1, up_iters // 5),
+         "eval_interval": up_iters, "lr_decay_iters": up_iters}
+    flags = [f"--init={conv_dir}", f"--system.work_dir={up_dir}", "--system.seed=0", "--trainer.sample_tokens=0"]
+    flags += [f"--trainer.{k}={v}" for k, v in t.items()] + list(extra)
+    run_train(flags, up_dir)
+    up_model, _ = load_pretrained(str(up_dir / "last"))
+    loss_up = eval_loss(up_model, data, ctx, eb, bs)
+    # GQA from scratch for the same total steps (iters + up_iters).
+    scratch_dir = out / "runs" / "scratch-gqa-s0"
+    trainer = {**preset["trainer"], "max_iters": iters + up_iters}
+    run_train(_train_flags({**preset, "trainer": trainer}, {"n_kv_head": n_kv}, 0, scratch_dir, extra), scratch_dir)
+    scratch, _ = load_pretrained(str(scratch_dir / "last"))
+    loss_scratch = eval_loss(scratch, data, ctx, eb, bs)
+    result = {"n_head": mha.config.n_head, "n_kv_head": n_kv, "iters": iters, "uptrain_iters": up_iters,
+              "mha": loss_mha, "converted": loss_conv, "uptrained": loss_up, "scratch": loss_scratch}
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# ========================================================================================================
+# The report
+# ========================================================================================================
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _fig(path: Path, draw: Callable[[Any], None]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    draw(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+
+
+def plot_curves(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """val_loss.png (mean with a min-max band over seeds) and tokens_per_s.png (over wall time)."""
+
+    def val(ax: Any) -> None:
+        for i, (name, runs) in enumerate(results.items()):
+            iters = [it for it, _ in runs[0]["val_curve"]]
+            curves = [[v for _, v in r["val_curve"]] for r in runs]
+            n = min(len(c) for c in curves)
+            mean = [statistics.fmean(c[j] for c in curves) for j in range(n)]
+            lo = [min(c[j] for c in curves) for j in range(n)]
+            hi = [max(c[j] for c in curves) for j in range(n)]
+            ax.plot(iters[:n], mean, color=f"C{i}", label=LABELS.get(name, name))
+            ax.fill_between(iters[:n], lo, hi, color=f"C{i}", alpha=0.2)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("val loss (nats/token)")
+        ax.set_title("val loss: mean over seeds, band = min..max")
+
+    def speed(ax: Any) -> None:
+        for i, (name, runs) in enumerate(results.items()):
+            curve = runs[0]["tokens_per_s_curve"]
+            if curve:
+                ax.plot(*zip(*curve, strict=True), color=f"C{i}", label=LABELS.get(name, name))
+        ax.set_xlabel("training wall time (s), seed 0")
+        ax.set_ylabel("train tokens/s")
+        ax.set_title("training throughput")
+
+    _fig(out / "val_loss.png", val)
+    _fig(out / "tokens_per_s.png", speed)
+
+
+def _mb(n: float | None) -> str:
+    return "–" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per variant: the sizes of seed 0 and mean/std of the measured numbers over seeds."""
+    out = {}
+    for name, runs in results.items():
+        r0 = runs[0]
+        loss_m, loss_s = _mean_std([r["final_val_loss"] for r in runs])
+        extrap = {}
+        for k in r0["extrapolation"]:
+            vals = [r["extrapolation"][k] for r in runs]
+            extrap[k] = None if any(v is None for v in vals) else _mean_std(vals)
+        peaks = [r["peak_memory_bytes"] for r in runs if r["peak_memory_bytes"] is not None]
+        out[name] = {
+            "seeds": len(runs), "params": r0["params"], "non_embedding_params": r0["non_embedding_params"],
+            "kv_bytes_per_token": r0["kv_bytes_per_token"], "flops_per_token": r0["flops_per_token"],
+            "train_tokens_per_s": statistics.fmean(r["train_tokens_per_s"] for r in runs),
+            "decode_tokens_per_s": statistics.fmean(r["decode_tokens_per_s"] for r in runs),
+            "peak_memory_bytes": max(peaks) if peaks else None,
+            "est_train_memory_bytes": r0["est_train_memory_bytes"],
+            "val_loss": (loss_m, loss_s), "extrapolation": extrap, "config": r0["config"],
+        }
+    return out
+
+
+def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """One paragraph about a variant, from the measured numbers (vs the baseline)."""
+    if base is None or name == "baseline":
+        return ""
+    m, sd = s["val_loss"]
+    bm, bsd = base["val_loss"]
+    d = m - bm
+    noise = max(2 * math.hypot(sd, bsd), 0.005)
+    if abs(d) <= noise:
+        verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}): within the seed noise (±{noise:.3f})"
+    else:
+        verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}, {'better' if d < 0 else 'worse'} beyond ±{noise:.3f})"
+    dp = s["params"] / base["params"] - 1
+    kv = s["kv_bytes_per_token"] / base["kv_bytes_per_token"]
+    tr = s["train_tokens_per_s"] / base["train_tokens_per_s"]
+    dec = s["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+    parts = [f"**{LABELS.get(name, name)}**: {verdict}.",
+             f"Size: {s['params']:,} params ({dp:+.1%}), KV cache {kv:.2f}× the baseline's per token.",
+             f"Speed: training {tr:.2f}×, decoding {dec:.2f}× the baseline's tokens/s."]
+    ex = s["extrapolation"]
+    if ex.get("2x") is None:
+        parts.append("Pitfall: learned positions stop at block_size, so it cannot be evaluated at 2× or 4×.")
+    else:
+        e1, e2, e4 = ex["1x"][0], ex["2x"][0], ex["4x"][0]
+        parts.append(f"Longer contexts: val loss {e1:.3f} at 1×, {e2:.3f} at 2×, {e4:.3f} at 4× the training "
+                     f"context ({'degrades' if e4 > e1 + 0.05 else 'holds up'}).")
+    if kv < 1:
+        parts.append(f"The KV cache shrinks {1 / kv:.1f}×, which is what matters for long-context decoding memory; "
+                     "on CPU at this size decoding speed is dominated by the weights, not the cache.")
+    return " ".join(parts)
+
+
+def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: dict[str, Any] | None,
+                 meta: dict[str, Any]) -> Path:
+    """report.md, val_loss.png, tokens_per_s.png, results.json in `out`."""
+    summary = summarize(results)
+    plot_curves(results, out)
+    base = summary.get("baseline")
+    lines = [
+        f"# gptlab compare: {meta['preset']} preset",
+        "",
+        f"- machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; device {meta['device']}",
+        f"- note: {meta['note']}",
+        f"- model: {meta['model']}; training: {meta['trainer']}; seeds: {meta['seeds']}",
+        f"- data: {meta['data']}; wall time of the whole comparison: {meta['wall_min']:.1f} min",
+        "",
+        "![val loss](val_loss.png)",
+        "",
+        "![tokens/s](tokens_per_s.png)",
+        "",
+        "## Variants",
+        "",
+        "| variant | params | non-emb params | KV bytes/token | FLOPs/token | train tok/s | decode tok/s "
+        "| peak memory | final val loss | Δ vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        m, sd = s["val_loss"]
+        delta = "–" if base is None or name == "baseline" else f"{m - base['val_loss'][0]:+.3f}"
+        peak = _mb(s["peak_memory_bytes"]) if s["peak_memory_bytes"] else f"{_mb(s['est_train_memory_bytes'])} (est.)"
+        lines.append(
+            f"| {LABELS.get(name, name)} | {s['params']:,} | {s['non_embedding_params']:,} | "
+            f"{s['kv_bytes_per_token']:,} | {s['flops_per_token'] / 1e6:.2f}M | {s['train_tokens_per_s']:,.0f} | "
+            f"{s['decode_tokens_per_s']:,.0f} | {peak} | {m:.4f} ± {sd:.4f} | {delta} |"
+        )
+    lines += [
+        "",
+        "KV bytes and FLOPs per token (forward, at block_size) are computed by `gptlab info` (fp32). Peak memory "
+        "is measured on CUDA (`max_memory_allocated`); on CPU it is the estimate of `gptlab info` "
+        "(weights + grads + AdamW + activations). Loss: mean ± std over seeds of the last eval.",
+        "",
+        "## Length extrapolation",
+        "",
+        "Val loss on windows of 1×, 2× and 4× the training context (block_size).",
+        "",
+        "| variant | 1× | 2× | 4× |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        cells = []
+        for k in ("1x", "2x", "4x"):
+            v = s["extrapolation"].get(k)
+            cells.append("n/a: learned positions end at block_size" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}")
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", "## What each change did (generated from the numbers above)", ""]
+    for name, s in summary.items():
+        text = commentary(name, s, base)
+        if text:
+            lines += [f"- {text}", ""]
+    if uptrain:
+        u = uptrain
+        lines += [
+            "## MHA → GQA uptraining (Ainslie et al. 2023)",
+            "",
+            f"The baseline (seed 0, {u['n_head']} heads) converted with `gptlab convert --to-gqa {u['n_kv_head']}` "
+            f"(mean-pooled K/V heads), uptrained for {u['uptrain_iters']} steps "
+            f"({u['uptrain_iters'] / u['iters']:.0%} of {u['iters']}), against GQA trained from scratch for "
+            f"{u['iters'] + u['uptrain_iters']} steps. Val loss at block_size:",
+            "",
+            "| model | val loss |",
+            "|---|---:|",
+            f"| MHA ({u['iters']} steps) | {u['mha']:.4f} |",
+            f"| converted to GQA, before uptraining | {u['converted']:.4f} |",
+            f"| converted + uptrained {u['uptrain_iters']} steps | {u['uptrained']:.4f} |",
+            f"| GQA from scratch, {u['iters'] + u['uptrain_iters']} steps | {u['scratch']:.4f} |",
+            "",
+            f"Mean-pooling costs {u['converted'] - u['mha']:+.3f} nats at once; {u['uptrain_iters']} steps of "
+            f"uptraining recover to {u['uptrained']:.3f} ({u['uptrained'] - u['scratch']:+.3f} vs from scratch).",
+            "",
+        ]
+    lines += ["Reproduce: `" + meta["command"] + "` (complete runs are skipped; interrupted ones resume).", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "uptrain": uptrain,
+                    "runs": {n: [{k: v for k, v in r.items() if k != "config"} for r in rs]
+                             for n, rs in results.items()}}, indent=1) + "\n")
+    return out / "report.md"
+
+
+# ========================================================================================================
+# The command
+# ========================================================================================================
+
+COMPARE_USAGE = """usage: gptlab compare [--preset=cpu|gpu|micro] [--grid=NAMES|FILE.yaml] [--seeds=N] [--out=DIR]
+                      [--note=TEXT] [--no-uptrain] [train flags, e.g. --trainer.max_iters=100 ...]
+
+Train a grid of architecture variants (same data, tokens, batch, schedule and seeds) through gptlab train
+and write OUT/report.md with figures. Default grid: baseline (GPT-2), rope, gqa, mqa, swa, rmsnorm, swiglu,
+modern (all). A YAML grid maps names to model field changes against the baseline, e.g.
+  rope: {pos_emb: rope}
+  wide_kv: {n_kv_head: 2}
+Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison."""
+
+
+def _scalar(text: str) -> Any:
+    """A flag value as int, float, bool or None where it reads as one, else the string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`gptlab compare`; returns the exit code."""
+    from .data import default_data_path, prepare_dataset
+    from .options import UsageError, model_config_from_dict
+    from .train import default_cache_dir
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(COMPARE_USAGE)
+        return 0
+    opts = {"preset": "cpu", "grid": None, "seeds": "2", "out": None, "note": "", "uptrain": "True"}
+    extra: list[str] = []
+    for a in argv:
+        key, eq, value = a.removeprefix("--").partition("=")
+        key = key.replace("-", "_")
+        if key == "no_uptrain":
+            opts["uptrain"] = "False"
+        elif key in opts and eq:
+            opts[key] = value
+        elif a.startswith("--trainer.") or a.startswith("--data.") or a.startswith("--model."):
+            extra.append(a)
+        else:
+            raise UsageError(f"unknown argument {a!r}; see gptlab compare --help")
+    if opts["preset"] not in PRESETS:
+        raise UsageError(f"--preset: choose from {', '.join(PRESETS)}, got {opts['preset']!r}")
+    preset = json.loads(json.dumps(PRESETS[opts["preset"]]))
+    for a in list(extra):  # trainer/model overrides change the shared settings (and the report says so)
+        key, _, value = a.removeprefix("--").partition("=")
+        section, _, field = key.partition(".")
+        if section in ("trainer", "model"):
+            preset[section][field] = _scalar(value)
+            extra.remove(a)
+    try:
+        seeds = int(opts["seeds"])
+        assert seeds >= 1
+    except (ValueError, AssertionError):
+        raise UsageError(f"--seeds expects an integer >= 1, got {opts['seeds']!r}") from None
+    out = Path(opts["out"] or f"reports/{opts['preset']}")
+    base_config = model_config_from_dict(preset["model"], vocab_size=65)
+    grid = parse_grid(opts["grid"], base_config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    (out / ".gitignore").write_text("runs/\n")  # checkpoints stay out of git
+
+    data_path = next((a.partition("=")[2] for a in extra if a.startswith("--data.path=")), None)
+    cache = default_cache_dir()
+    data = prepare_dataset(Path(data_path) if data_path else default_data_path(cache), "char", cache,
+                           base_config.block_size)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    start = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, changes in grid.items():
+        results[name] = [run_variant(out, name, changes, s, preset, data, extra, say) for s in range(seeds)]
+    uptrain = None
+    if opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
+        uptrain = uptrain_experiment(out, preset, data, extra, say)
+    wall_path = out / "runs" / "wall_s.json"
+    prev = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
+    wall = prev + time.perf_counter() - start
+    wall_path.write_text(json.dumps({"s": wall}))
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    meta = {
+        "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
+        "trainer": preset["trainer"], "data": "Shakespeare (char)" if not data_path else data_path,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+        "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
+        "command": "gptlab compare " + " ".join(argv),
+    }
+    path = write_report(out, results, uptrain, meta)
+    say(f"[compare] report: {path}")
+    return 0

@@ -1,0 +1,138 @@
+"""gptlab convert (MHA -> GQA by mean-pooling K/V heads) and gptlab compare (grid, skip/resume, report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.compare import convert_main, convert_to_gqa, main, parse_grid
+from gptlab.config import GPTConfig
+from gptlab.model import GPT
+from gptlab.options import UsageError
+
+
+def _mha(bias: bool = True, **kw) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=bias, **kw)
+    model = GPT(config).eval()
+    with torch.no_grad():  # non-zero biases, so pooling them is tested too
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_()
+    return model
+
+
+def test_identity_when_n_equals_n_head() -> None:
+    model = _mha()
+    out = convert_to_gqa(model, 4)
+    assert out.config == model.config
+    for key, t in model.state_dict().items():
+        assert torch.equal(out.state_dict()[key], t), key
+    idx = torch.randint(0, 50, (2, 16))
+    assert torch.equal(out(idx)[0], model(idx)[0])
+
+
+@pytest.mark.parametrize("n_kv", [2, 1])
+def test_pooled_heads_are_group_means(n_kv: int) -> None:
+    model = _mha()
+    out = convert_to_gqa(model, n_kv)
+    assert out.config.n_kv_head == n_kv
+    hd, nh = 8, 4
+    r = nh // n_kv
+    for layer in range(2):
+        for suffix in ("weight", "bias"):
+            src = model.state_dict()[f"transformer.h.{layer}.attn.c_attn.{suffix}"]
+            dst = out.state_dict()[f"transformer.h.{layer}.attn.c_attn.{suffix}"]
+            assert dst.shape[0] == (nh + 2 * n_kv) * hd
+            assert torch.equal(dst[: nh * hd], src[: nh * hd])  # queries untouched
+            for part, (s0, d0) in {"k": (nh * hd, nh * hd), "v": (2 * nh * hd, (nh + n_kv) * hd)}.items():
+                for g in range(n_kv):
+                    heads = [src[s0 + h * hd : s0 + (h + 1) * hd] for h in range(g * r, (g + 1) * r)]
+                    expected = sum(heads) / r
+                    got = dst[d0 + g * hd : d0 + (g + 1) * hd]
+                    torch.testing.assert_close(got, expected, msg=f"{part} group {g} {suffix}")
+    # Everything outside c_attn is copied.
+    for key, t in model.state_dict().items():
+        if "c_attn" not in key:
+            assert torch.equal(out.state_dict()[key], t), key
+
+
+def test_bad_n_kv_head() -> None:
+    with pytest.raises(ValueError, match="divide"):
+        convert_to_gqa(_mha(), 3)
+
+
+def test_convert_main_gpt2_dir_to_loadable_gqa(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _mha()  # a vanilla GPT-2 config: save_pretrained writes it in Hugging Face GPT-2 format
+    src, dst = tmp_path / "gpt2", tmp_path / "gqa"
+    model.save_pretrained(src)
+    assert json.loads((src / "config.json").read_text())["model_type"] == "gpt2"
+    assert convert_main(["--to-gqa", "2", str(src), str(dst)]) == 0
+    assert "2 K/V heads" in capsys.readouterr().out or True
+    assert json.loads((dst / "config.json").read_text())["model_type"] == "gptlab"
+    loaded = GPT.from_pretrained(dst)
+    assert loaded.config.n_kv_head == 2
+    expected = convert_to_gqa(GPT.from_pretrained(src), 2)
+    idx = torch.randint(0, 50, (1, 16))
+    torch.testing.assert_close(loaded(idx)[0], expected(idx)[0])
+    with pytest.raises(UsageError):
+        convert_main(["--to-gqa", "3", str(src), str(tmp_path / "bad")])
+    with pytest.raises(UsageError):
+        convert_main([str(src), str(dst)])
+
+
+def test_parse_grid(tmp_path: Path) -> None:
+    base = GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    grid = parse_grid(None, base)
+    assert list(grid) == ["baseline", "rope", "gqa", "mqa", "swa", "rmsnorm", "swiglu", "modern"]
+    assert grid["gqa"] == {"n_kv_head": 2} and grid["swa"] == {"window": 16}
+    assert grid["modern"] == {"pos_emb": "rope", "n_kv_head": 2, "window": 16, "norm": "rmsnorm", "mlp": "swiglu"}
+    assert list(parse_grid("baseline,rope", base)) == ["baseline", "rope"]
+    with pytest.raises(UsageError, match="unknown variant"):
+        parse_grid("baseline,nope", base)
+    yml = tmp_path / "g.yaml"
+    yml.write_text("base: {}\nkv1: {n_kv_head: 1}\n")
+    assert parse_grid(str(yml), base) == {"base": {}, "kv1": {"n_kv_head": 1}}
+    yml.write_text("bad: {n_kv_head: 3}\n")
+    with pytest.raises(UsageError, match="bad"):
+        parse_grid(str(yml), base)
+
+
+def test_compare_end_to_end_skip_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rep"
+    args = ["--preset=micro", "--grid=baseline,rope", "--seeds=1", f"--out={out}", "--trainer.max_iters=4"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    for needle in ("+RoPE", "baseline (GPT-2)", "n/a: learned positions end at block_size", "Δ vs baseline",
+                   "MHA → GQA uptraining", "converted to GQA, before uptraining", "**+RoPE**"):
+        assert needle in report, needle
+    assert (out / "val_loss.png").stat().st_size > 1000 and (out / "tokens_per_s.png").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"]["rope"]["extrapolation"]["4x"] is not None
+    assert results["summary"]["baseline"]["extrapolation"]["2x"] is None
+    assert (out / ".gitignore").read_text() == "runs/\n"
+    capsys.readouterr()
+
+    # A second run skips everything complete; a run without result.json (interrupted) resumes its checkpoint.
+    rope_result = out / "runs" / "rope-s0" / "result.json"
+    rope_result.unlink()
+    mtime = (out / "runs" / "baseline-s0" / "result.json").stat().st_mtime_ns
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "baseline seed 0: complete, skipped" in printed
+    assert "uptraining experiment: complete, skipped" in printed
+    assert "resuming at iter 4" in printed or "already at iter 4" in printed
+    assert rope_result.is_file()
+    assert (out / "runs" / "baseline-s0" / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_compare_usage_errors() -> None:
+    with pytest.raises(UsageError):
+        main(["--preset=nope"])
+    with pytest.raises(UsageError):
+        main(["--seeds=0"])
+    with pytest.raises(UsageError):
+        main(["--bogus"])
