@@ -14,7 +14,12 @@ from gptlab.attention import naive_attention
 from gptlab.generate import make_caches, sample
 from gptlab.model import Rotary, apply_rotary
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    # Scoped to this module's tests: a module-level set_grad_enabled(False) would leak into every test file.
+    with torch.no_grad():
+        yield
 
 
 def tiny(**kw) -> GPTConfig:
