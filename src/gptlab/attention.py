@@ -186,10 +186,10 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
         B, T, w = ctx.shape
         N, H, D = qr.shape
         gr = _rows(grad, N // B)
-        # Chunks of c = w/2 rows: query r of chunk g sees chunk g causally (r' <= r), chunk g-1 entirely, and
-        # chunk g-2 at s > r. The kernel computes whole c x c tiles below 512 keys, so this does 3 tiles of
-        # (w/2)^2 per w queries where chunks of w would do 2 of w^2. The flash backward of each part, fed the full
-        # out and lse, gives that part's exact share of the gradient (the ring-attention trick); shares add up.
+        # Chunks of c = w/2 rows: query r of chunk g sees keys s <= r of chunk g (causal), all of chunk g-1, and
+        # s > r of chunk g-2. The kernel computes whole tiles below 512 keys, so this does 3 tiles of (w/2)^2 per
+        # w queries where chunks of w would do 2 of w^2. The flash backward of each part, fed the full out and
+        # lse, gives that part's exact share of the gradient (the ring-attention trick); the shares add up.
         c = w // 2 if w % 2 == 0 and w >= _HALF_CHUNKS_FROM else w
         n, k = N // B // c, w // c  # chunks per sequence; chunk g-k is the one the window only partly covers
         lse_h = lse.view(N // c, c, H).transpose(1, 2)
