@@ -71,7 +71,7 @@ def test_convert_main_gpt2_dir_to_loadable_gqa(tmp_path: Path, capsys: pytest.Ca
     model.save_pretrained(src)
     assert json.loads((src / "config.json").read_text())["model_type"] == "gpt2"
     assert convert_main(["--to-gqa", "2", str(src), str(dst)]) == 0
-    assert "2 K/V heads" in capsys.readouterr().out or True
+    assert "4 -> 2 K/V heads" in capsys.readouterr().out
     assert json.loads((dst / "config.json").read_text())["model_type"] == "gptlab"
     loaded = GPT.from_pretrained(dst)
     assert loaded.config.n_kv_head == 2
@@ -114,6 +114,10 @@ def test_compare_end_to_end_skip_and_resume(tmp_path: Path, capsys: pytest.Captu
     assert results["summary"]["rope"]["extrapolation"]["4x"] is not None
     assert results["summary"]["baseline"]["extrapolation"]["2x"] is None
     assert (out / ".gitignore").read_text() == "runs/\n"
+    # --report-only: a report of what is complete, training nothing.
+    assert main([*args[:1], "--grid=baseline,rope,gqa", *args[2:], "--report-only"]) == 0
+    assert "INCOMPLETE comparison, missing runs: gqa (1 of 1 seeds)" in (out / "report.md").read_text()
+    assert not (out / "runs" / "gqa-s0").exists()
     capsys.readouterr()
 
     # A second run skips everything complete; a run without result.json (interrupted) resumes its checkpoint.

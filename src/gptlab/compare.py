@@ -162,9 +162,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds: tests.
     "micro": {
         "model": {"preset": "tiny", "block_size": 32, "bias": False, "dropout": 0.0},
-        "trainer": {"max_iters": 8, "batch_size": 4, "warmup_iters": 2, "eval_interval": 4, "eval_iters": 2,
+        "trainer": {"max_iters": 8, "batch_size": 4, "warmup_iters": 2, "eval_interval": 4, "eval_iters": 1,
                     "log_interval": 2, "learning_rate": 1e-3},
-        "eval_batches": 2, "decode_tokens": 16,
+        "eval_batches": 1, "decode_tokens": 8,
     },
     # ~12 minutes on 2 shared CPU cores: 8 variants x 2 seeds + the uptraining runs. The tiny model (2 layers,
     # 4 heads, 64 dims, block 64): nanoGPT's baby model ran at ~700 tokens/s on the loaded machine, too slow.
@@ -240,6 +240,10 @@ def run_train(flags: list[str], work_dir: Path) -> None:
     code = train.main(flags)
     if code != 0:
         raise RuntimeError(f"training in {work_dir} failed (exit code {code})")
+    want = int(next(f for f in reversed(flags) if f.startswith("--trainer.max_iters=")).partition("=")[2])
+    state = json.loads((work_dir / "last" / "state.json").read_text())
+    if state["iter"] < want:  # stopped by a signal: the trainer saved and returned 0, but the run is not done
+        raise SystemExit(f"[compare] {work_dir} stopped at iter {state['iter']} of {want}; rerun to continue")
 
 
 @torch.no_grad()
@@ -410,6 +414,7 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
     """val_loss.png (mean with a min-max band over seeds) and tokens_per_s.png (over wall time)."""
 
     def val(ax: Any) -> None:
+        tops: list[float] = []
         for i, (name, runs) in enumerate(results.items()):
             iters = [it for it, _ in runs[0]["val_curve"]]
             curves = [[v for _, v in r["val_curve"]] for r in runs]
@@ -419,6 +424,10 @@ def plot_curves(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
             hi = [max(c[j] for c in curves) for j in range(n)]
             ax.plot(iters[:n], mean, color=f"C{i}", label=LABELS.get(name, name))
             ax.fill_between(iters[:n], lo, hi, color=f"C{i}", alpha=0.2)
+            if n > 2:
+                tops.append(hi[min(2, n - 1)])
+        if tops:  # zoom past the first evals, where all variants start near ln(vocab)
+            ax.set_ylim(top=max(tops) + 0.05)
         ax.set_xlabel("iteration")
         ax.set_ylabel("val loss (nats/token)")
         ax.set_title("val loss: mean over seeds, band = min..max")
@@ -471,7 +480,9 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     bm, bsd = base["val_loss"]
     d = m - bm
     noise = max(2 * math.hypot(sd, bsd), 0.005)
-    if abs(d) <= noise:
+    if s["seeds"] < 2 or base["seeds"] < 2:
+        verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}; one seed, so no noise estimate)"
+    elif abs(d) <= noise:
         verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}): within the seed noise (±{noise:.3f})"
     else:
         verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}, {'better' if d < 0 else 'worse'} beyond ±{noise:.3f})"
@@ -490,8 +501,17 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         parts.append(f"Longer contexts: val loss {e1:.3f} at 1×, {e2:.3f} at 2×, {e4:.3f} at 4× the training "
                      f"context ({'degrades' if e4 > e1 + 0.05 else 'holds up'}).")
     if kv < 1:
-        parts.append(f"The KV cache shrinks {1 / kv:.1f}×, which is what matters for long-context decoding memory; "
-                     "on CPU at this size decoding speed is dominated by the weights, not the cache.")
+        parts.append(f"The KV cache holds {1 / kv:.1f}× fewer bytes per token: that is the memory a long-context "
+                     "decode saves; whether it is faster depends on the cache dominating the step (here: "
+                     f"{dec:.2f}× decode speed).")
+    if s["config"].get("window"):
+        parts.append(f"Each query sees at most {s['config']['window']} keys, so the attention cost stops growing "
+                     "with the context; information from further back must travel through the layers.")
+    if s["config"].get("mlp") == "swiglu" and base["config"].get("mlp") != "swiglu":
+        only_mlp = {k for k, v in s["config"].items() if base["config"].get(k) != v} <= {"mlp", "mlp_hidden"}
+        parts.append(f"SwiGLU's hidden size {s['config']['mlp_hidden']} (vs {base['config']['mlp_hidden']}) keeps "
+                     f"the parameter count within {abs(dp):.1%} of the baseline's"
+                     + (", so the loss difference is the gating, not the size." if only_mlp else "."))
     return " ".join(parts)
 
 
@@ -587,14 +607,15 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
 # ========================================================================================================
 
 COMPARE_USAGE = """usage: gptlab compare [--preset=cpu|gpu|micro] [--grid=NAMES|FILE.yaml] [--seeds=N] [--out=DIR]
-                      [--note=TEXT] [--no-uptrain] [train flags, e.g. --trainer.max_iters=100 ...]
+                      [--note=TEXT] [--no-uptrain] [--report-only] [train flags, e.g. --trainer.max_iters=100 ...]
 
 Train a grid of architecture variants (same data, tokens, batch, schedule and seeds) through gptlab train
 and write OUT/report.md with figures. Default grid: baseline (GPT-2), rope, gqa, mqa, swa, rmsnorm, swiglu,
 modern (all). A YAML grid maps names to model field changes against the baseline, e.g.
   rope: {pos_emb: rope}
   wide_kv: {n_kv_head: 2}
-Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison."""
+Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison.
+--report-only writes the report from the runs complete so far (marked incomplete), training nothing."""
 
 
 def _scalar(text: str) -> Any:
@@ -617,13 +638,16 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(COMPARE_USAGE)
         return 0
-    opts = {"preset": "cpu", "grid": None, "seeds": "2", "out": None, "note": "", "uptrain": "True"}
+    opts = {"preset": "cpu", "grid": None, "seeds": "2", "out": None, "note": "", "uptrain": "True",
+            "report_only": "False"}
     extra: list[str] = []
     for a in argv:
         key, eq, value = a.removeprefix("--").partition("=")
         key = key.replace("-", "_")
         if key == "no_uptrain":
             opts["uptrain"] = "False"
+        elif key == "report_only" and not eq:
+            opts["report_only"] = "True"
         elif key in opts and eq:
             opts[key] = value
         elif a.startswith("--trainer.") or a.startswith("--data.") or a.startswith("--model."):
@@ -661,15 +685,35 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
-    for name, changes in grid.items():
-        results[name] = [run_variant(out, name, changes, s, preset, data, extra, say) for s in range(seeds)]
     uptrain = None
-    if opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
-        uptrain = uptrain_experiment(out, preset, data, extra, say)
+    if opts["report_only"] == "True":  # whatever is complete now, training nothing (a comparison in progress)
+        for name in grid:
+            done = [out / "runs" / f"{name}-s{s}" / "result.json" for s in range(seeds)]
+            runs = [json.loads(p.read_text()) for p in done if p.is_file()]
+            if runs:
+                results[name] = runs
+        if (out / "runs" / "uptrain.json").is_file():
+            uptrain = json.loads((out / "runs" / "uptrain.json").read_text())
+        if not results:
+            raise UsageError(f"--report-only: no complete runs in {out / 'runs'}")
+        missing = [f"{n} ({seeds - len(results.get(n, []))} of {seeds} seeds)" for n in grid
+                   if len(results.get(n, [])) < seeds]
+        if missing:
+            opts["note"] = "; ".join(filter(None, [opts["note"], "INCOMPLETE comparison, missing runs: "
+                                                   + ", ".join(missing)]))
+    else:
+        # Seed 0 of every variant first, then the uptraining experiment, then the other seeds: a comparison
+        # stopped early (--report-only) still covers every variant.
+        for seed in range(seeds):
+            for name, changes in grid.items():
+                results.setdefault(name, []).append(run_variant(out, name, changes, seed, preset, data, extra, say))
+            if seed == 0 and opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
+                uptrain = uptrain_experiment(out, preset, data, extra, say)
     wall_path = out / "runs" / "wall_s.json"
     prev = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
     wall = prev + time.perf_counter() - start
-    wall_path.write_text(json.dumps({"s": wall}))
+    if opts["report_only"] != "True":
+        wall_path.write_text(json.dumps({"s": wall}))
     device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
     meta = {
         "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
