@@ -158,6 +158,16 @@ def _publish(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _test_pause() -> None:
+    """Test hook: GPTLAB_TEST_SLOW_SAVE=SECONDS sleeps between the files of a checkpoint write, so that
+    tests/test_reliability.py can land SIGKILLs in the middle of one. Unset (always, outside tests): no-op."""
+    seconds = os.environ.get("GPTLAB_TEST_SLOW_SAVE")
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))
+
+
 def save_checkpoint(
     directory: str | Path,
     *,
@@ -179,6 +189,7 @@ def save_checkpoint(
         if config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
         _write_safetensors(tmp / MODEL_NAME, weights)
+        _test_pause()
         _write_json(tmp / CONFIG_NAME, {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()})
         save_tokenizer(tokenizer, tmp / TOKENIZER_NAME)
         full_state = {"format_version": FORMAT_VERSION, **(state or {})}
@@ -186,10 +197,12 @@ def save_checkpoint(
             tensors, meta = flatten_optimizer_state(optimizer_state)
             _write_safetensors(tmp / OPTIMIZER_NAME, tensors)
             full_state["optimizer"] = meta
+        _test_pause()
         _write_json(tmp / STATE_NAME, full_state)  # written last: a checkpoint with state.json is complete
         for f in tmp.iterdir():
             f.chmod(0o644)  # ordinary files (safetensors and mkstemp create them owner-only)
         _fsync_dir(tmp)
+        _test_pause()
         _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
