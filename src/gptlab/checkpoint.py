@@ -298,6 +298,8 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     """Read a checkpoint directory written by save_checkpoint, on CPU. CheckpointError if it is unusable."""
     directory = Path(directory)
     recover(directory)
+    if not directory.is_dir():  # say so, rather than "config.json is missing; the checkpoint is incomplete"
+        raise CheckpointError(f"checkpoint directory {directory} does not exist; check the path (a run's last/)")
     config = read_config(directory)
     weights = _read_safetensors(directory / MODEL_NAME)
     if config.tie_embeddings and "transformer.wte.weight" in weights:
