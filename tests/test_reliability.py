@@ -216,6 +216,19 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(world: Path, tmp
     assert not any((tmp_path / "killed" / n).exists() for n in ("last.new", "last.old", "best.new", "best.old"))
 
 
+@pytest.mark.slow
+def test_soak_20_sigkills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak (pytest -m slow; also benchmarks/soak_kill_resume.py): 20 kills over a 60-iteration run."""
+    (tmp_path / "input.txt").write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    n = {"trainer__max_iters": 60, "trainer__lr_decay_iters": 60}
+    orig = train_flags
+    monkeypatch.setattr(sys.modules[__name__], "train_flags", lambda r, w, **kw: orig(r, w, **{**n, **kw}))
+    assert T.main(train_flags(tmp_path, tmp_path / "ref")) == 0
+    landed = kill_and_resume(tmp_path, tmp_path / "killed", kills=20, seed=1)
+    assert sum(landed.values()) == 20 and landed["mid_write"] >= 5, landed
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "ref")
+
+
 def test_sigterm_saves_exits_0_and_resumes_exactly(world: Path, tmp_path: Path) -> None:
     work = tmp_path / "term"
     proc = gptlab_process(["train", *train_flags(world, work)], cwd=world, slow_save=0.1)
