@@ -229,17 +229,18 @@ def test_soak_20_sigkills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "ref")
 
 
-def test_sigterm_saves_exits_0_and_resumes_exactly(world: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_exits_0_and_resumes_exactly(world: Path, tmp_path: Path, sig: signal.Signals) -> None:
     work = tmp_path / "term"
     proc = gptlab_process(["train", *train_flags(world, work)], cwd=world, slow_save=0.1)
     try:
         assert wait_for(lambda: len([r for r in T.read_metrics(work) if "loss" in r]) >= 3, timeout=60)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert "stopped by SIGTERM" in out and "Traceback" not in err
+    assert f"stopped by {sig.name}" in out and "Traceback" not in err
     stopped = assert_readable(work)
     assert stopped is not None and 3 <= stopped < 12
     assert T.main(train_flags(world, work, trainer__resume=True)) == 0
