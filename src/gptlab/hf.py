@@ -332,9 +332,8 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-download or re-save it") from None
-    except Exception as e:  # UnpicklingError for anything beyond plain tensors; corrupt zip; EOF
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch's message carries terminal bold codes: not in ours
+    except Exception as e:  # UnpicklingError beyond plain tensors; corrupt zip; EOF. re.sub: drop torch's bold codes
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path} cannot be loaded safely with torch.load(weights_only=True) ({_one_line(first)}); "
             "it is corrupt or holds more than tensors (possibly code); convert it to model.safetensors "
