@@ -268,6 +268,7 @@ def test_disk_full_or_read_only_while_saving_keeps_the_previous_checkpoint(
     assert code == 2
     msg = capsys.readouterr().err
     assert msg.startswith("gptlab: error: ") and msg.count("\n") == 1 and os.strerror(err) in msg, msg
+    assert f"cannot write checkpoint {work / 'last'}" in msg and "the previous checkpoint there, if any, is" in msg
     assert snapshot(work / "last") == before  # the previous checkpoint is intact ...
     assert not (work / "last.new").exists()  # ... and no half-written one is left behind
     assert ckpt.load_checkpoint(work / "last").state["iter"] == 4

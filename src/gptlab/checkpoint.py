@@ -204,6 +204,12 @@ def save_checkpoint(
         _fsync_dir(tmp)
         _test_pause()
         _publish(tmp, final)
+    except OSError as e:  # disk full, read-only file system: one line saying what failed and that nothing is lost
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            e.errno, f"cannot write checkpoint {final} ({e.strerror or e}); the previous checkpoint there, if any, "
+            "is intact: free some space or fix the permissions, then continue with --trainer.resume=True"
+        ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
