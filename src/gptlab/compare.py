@@ -511,7 +511,9 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         only_mlp = {k for k, v in s["config"].items() if base["config"].get(k) != v} <= {"mlp", "mlp_hidden"}
         parts.append(f"SwiGLU's hidden size {s['config']['mlp_hidden']} (vs {base['config']['mlp_hidden']}) keeps "
                      f"the parameter count within {abs(dp):.1%} of the baseline's"
-                     + (", so the loss difference is the gating, not the size." if only_mlp else "."))
+                     + (", so the loss difference is the gating, not the size." if only_mlp and abs(dp) < 0.01
+                        else " (rounded up to a multiple of 64: at this width that is not equal; set mlp_hidden "
+                        "in a YAML grid for an exact match)." if abs(dp) >= 0.01 else "."))
     return " ".join(parts)
 
 
@@ -721,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
         "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
-        "command": "gptlab compare " + " ".join(argv),
+        "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
     }
     path = write_report(out, results, uptrain, meta)
     say(f"[compare] report: {path}")
