@@ -1,6 +1,6 @@
-"""Keep the generated parts of docs/*.md true: code citations and `gptlab info` output.
+"""Keep the generated parts of docs/*.md true: code citations, `gptlab info` output, comparison results.
 
-Two kinds of blocks in the Markdown are written by this script, never by hand:
+Three kinds of blocks in the Markdown are written by this script, never by hand:
 
     <!-- code: src/gptlab/model.py "def apply_rotary" -->          the block of code starting at the first line
     ...                                                             that starts with the anchor (a def, a class,
@@ -13,6 +13,10 @@ Two kinds of blocks in the Markdown are written by this script, never by hand:
     ...                                                                       (optionally `| sections: KV, FLOPs`
     <!-- /info -->                                                            to keep only sections starting so)
 
+    <!-- report: reports/cpu rope -->         what the comparison report in reports/cpu measured for a variant,
+    ...                                      against the baseline: a table and the report's own commentary,
+    <!-- /report -->                         from its results.json (`+uptrain` adds the MHA -> GQA experiment)
+
 Code is found by its content, not its line number, so a citation follows the code when lines move; the link
 shows the current line numbers. An anchor must match exactly one line (stripped), or this script fails.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import shlex
 import sys
@@ -33,7 +38,8 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 
 BLOCK = re.compile(
-    r"(?P<open><!-- (?P<kind>code|info): (?P<spec>.*?) -->\n)(?P<body>.*?)(?P<close><!-- /(?P=kind) -->)", re.DOTALL
+    r"(?P<open><!-- (?P<kind>code|info|report): (?P<spec>.*?) -->\n)(?P<body>.*?)(?P<close><!-- /(?P=kind) -->)",
+    re.DOTALL,
 )
 # Anchors in double quotes, or in single quotes when they contain double quotes.
 _ANCHOR = r"""(?:"(?P<{0}d>[^"]+)"|'(?P<{0}s>[^']+)')"""
@@ -118,12 +124,66 @@ def render_info(spec: str) -> str:
     return f"```text\n$ gptlab info {args_text.strip()}\n{text}\n```\n"
 
 
+def _loss(v: list[float] | None) -> str:
+    return "n/a (learned positions end at block_size)" if v is None else f"{v[0]:.3f} ± {v[1]:.3f}"
+
+
+def render_report(spec: str) -> str:
+    """A variant's numbers from a comparison report's results.json, next to the baseline's."""
+    from gptlab.compare import LABELS, commentary
+
+    directory, name, *extra = spec.split()
+    path = ROOT / directory / "results.json"
+    if not path.is_file():
+        raise DocsError(f"{directory}/results.json not found: run gptlab compare --out={directory} first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    summary, meta = data["summary"], data["meta"]
+    if name not in summary or "baseline" not in summary:
+        raise DocsError(f"{directory}/results.json has no variant {name!r} (or no baseline): {', '.join(summary)}")
+    base, v = summary["baseline"], summary[name]
+    cols = [base] if name == "baseline" else [base, v]
+    heads = [LABELS.get(n, n) for n in (["baseline"] if name == "baseline" else ["baseline", name])]
+    t = meta["trainer"]
+    rows = [
+        ("final val loss (mean ± std)", lambda s: f"{s['val_loss'][0]:.3f} ± {s['val_loss'][1]:.3f}"),
+        ("parameters", lambda s: f"{s['params']:,}"),
+        ("KV cache bytes / token (fp32)", lambda s: f"{s['kv_bytes_per_token']:,}"),
+        ("train tokens/s", lambda s: f"{s['train_tokens_per_s']:,.0f}"),
+        ("decode tokens/s", lambda s: f"{s['decode_tokens_per_s']:,.0f}"),
+        ("val loss at 2× the context", lambda s: _loss(s["extrapolation"].get("2x"))),
+        ("val loss at 4× the context", lambda s: _loss(s["extrapolation"].get("4x"))),
+    ]
+    lines = [
+        f"From [`{directory}/report.md`](../{directory}/report.md): the `{meta['preset']}` preset, "
+        f"{t['max_iters']} steps of {t['batch_size']} x {meta['model']['block_size']} tokens, "
+        f"{meta['seeds']} seeds, {meta['data']}, {meta['device']}"
+        + ("; tokens/s measured side by side in one process after training." if v.get("speed_side_by_side") else "."),
+        "",
+        "| | " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    lines += [f"| {label} | " + " | ".join(fmt(s) for s in cols) + " |" for label, fmt in rows]
+    text = commentary(name, v, base)
+    if text:
+        lines += ["", text]
+    u = data.get("uptrain")
+    if "+uptrain" in extra and u:
+        lines += [
+            "",
+            f"Uptraining (Ainslie et al. 2023): the baseline converted to {u['n_kv_head']} K/V heads by mean-pooling "
+            f"went from {u['mha']:.3f} to {u['converted']:.3f} at once; {u['uptrain_iters']} steps of uptraining "
+            f"({u['uptrain_iters'] / u['iters']:.0%} of the original {u['iters']}) brought it to {u['uptrained']:.3f}, "
+            f"against {u['scratch']:.3f} for GQA trained from scratch for {u['iters'] + u['uptrain_iters']} steps.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def render(markdown: str) -> str:
     """markdown with every block regenerated."""
+    renderers = {"code": render_code, "info": render_info, "report": render_report}
 
     def one(m: re.Match) -> str:
-        body = render_code(m["spec"]) if m["kind"] == "code" else render_info(m["spec"])
-        return m["open"] + body + m["close"]
+        return m["open"] + renderers[m["kind"]](m["spec"]) + m["close"]
 
     return BLOCK.sub(one, markdown)
 

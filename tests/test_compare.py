@@ -114,6 +114,14 @@ def test_compare_end_to_end_skip_and_resume(tmp_path: Path, capsys: pytest.Captu
     assert results["summary"]["rope"]["extrapolation"]["4x"] is not None
     assert results["summary"]["baseline"]["extrapolation"]["2x"] is None
     assert (out / ".gitignore").read_text() == "runs/\n"
+    # Speeds come from one side-by-side phase over every variant, and the table shows those numbers.
+    speeds = results["speeds"]
+    assert set(speeds["variants"]) == {"baseline", "rope"} and speeds["rounds"] >= 3
+    for name, v in speeds["variants"].items():
+        assert v["train_tokens_per_step"] == 4 * 32 and v["decode_tokens"] == 8
+        assert results["summary"][name]["train_tokens_per_s"] == v["train_tokens_per_s"] > 0
+        assert results["summary"][name]["decode_tokens_per_s"] == v["decode_tokens_per_s"] > 0
+    assert "measured side by side after training" in report
     # --report-only: a report of what is complete, training nothing.
     assert main([*args[:1], "--grid=baseline,rope,gqa", *args[2:], "--report-only"]) == 0
     assert "INCOMPLETE comparison, missing runs: gqa (1 of 1 seeds)" in (out / "report.md").read_text()

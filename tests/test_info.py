@@ -273,7 +273,7 @@ def test_main_json_and_flags(capsys):
 def test_main_errors_name_the_problem(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("gptlab info: error:") and message in err
+    assert err.startswith("gptlab: error:") and message in err
 
 
 def test_flags_describe_the_model_not_a_training_run(capsys):

@@ -347,7 +347,7 @@ CLI_CASES: list[tuple[str, str, str]] = [
     ("Python config file", f"train {TINY} --config={{w}}/config.py", "Python config files are not executed"),
     ("missing config file", f"train {TINY} --config={{w}}/nope.yaml", "config file not found"),
     ("resume of a run whose config differs", "train --system.work_dir={w}/run --trainer.resume=True --model.n_layer=3",
-     "--model.n_layer=3 differs from the run being resumed"),
+     "--model.n_layer=3 differs from the run being resumed (2)"),
     ("resume with nothing to resume", f"train {TINY} --trainer.resume=True", "nothing to resume"),
     ("new run over an existing one", "train --preset=tiny --system.work_dir={w}/run --data.path={w}/input.txt",
      "already holds a run; continue it with --trainer.resume=True"),

@@ -189,6 +189,17 @@ def test_finetune_a_hugging_face_gpt2_directory(tmp_path: Path, text_file: Path)
     assert ck.tokenizer.name == "gpt2" and ck.config == config  # --init replaces the preset's model
 
 
+def test_finetune_refuses_a_model_without_a_usable_tokenizer(tmp_path: Path, text_file: Path) -> None:
+    # A Llama-format directory with a 40-token vocabulary and no gptlab tokenizer: the text's char ids
+    # (more than 40) would index past its embedding table.
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    with pytest.raises(UsageError, match="without a tokenizer gptlab can use.*40-token vocabulary"):
+        T.main(flags(tmp_path, text_file, "ft", init=tmp_path / "llama", trainer__max_iters=2))
+
+
 def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, trainer__resume=True)) == 0

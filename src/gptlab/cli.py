@@ -31,8 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("gptlab.cli", "eval_main", "loss, perplexity and bits per char/token of a model on a text"),
     "plot": ("gptlab.cli", "plot_main", "loss curves of one or several run directories in one PNG"),
     "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
-    "compare": ("gptlab.compare", "main", "compare gptlab with a reference implementation"),
-    "convert": ("gptlab.compare", "convert_main", "convert a checkpoint between formats"),
+    "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
+    "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
 }
 
 

@@ -166,13 +166,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "log_interval": 2, "learning_rate": 1e-3},
         "eval_batches": 1, "decode_tokens": 8,
     },
-    # ~12 minutes on 2 shared CPU cores: 8 variants x 2 seeds + the uptraining runs. The tiny model (2 layers,
-    # 4 heads, 64 dims, block 64): nanoGPT's baby model ran at ~700 tokens/s on the loaded machine, too slow.
+    # nanoGPT's CPU "baby" model (4 layers, 4 heads, 128 dims, block 64, batch 12) for 1200 of its 2000 steps:
+    # 8 variants x 2 seeds + the uptraining runs in about 25 minutes on 2 quiet CPU cores.
     "cpu": {
-        "model": {"preset": "tiny", "block_size": 64, "bias": False, "dropout": 0.0},
-        "trainer": {"max_iters": 400, "batch_size": 8, "warmup_iters": 40, "eval_interval": 50, "eval_iters": 10,
-                    "log_interval": 10, "learning_rate": 2e-3, "min_lr": 2e-4},
-        "eval_batches": 10, "decode_tokens": 128,
+        "model": {"preset": "baby", "block_size": 64, "bias": False, "dropout": 0.0},
+        "trainer": {"max_iters": 1200, "batch_size": 12, "warmup_iters": 100, "eval_interval": 100,
+                    "eval_iters": 10, "log_interval": 20, "learning_rate": 1e-3, "min_lr": 1e-4},
+        "eval_batches": 20, "decode_tokens": 128,
     },
     # A GPU: nanoGPT's shakespeare-char size.
     "gpu": {
@@ -339,6 +339,85 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
 
 
 # ========================================================================================================
+# Speed, side by side: every variant in one process, alternating, median of several rounds
+# ========================================================================================================
+
+
+def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str, Any], rounds: int = 9,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train-step and decode tokens/s of every variant (seed 0's trained weights), measured round-robin.
+
+    Each run's own tokens/s is logged while the machine does whatever else it does; a speed compared across
+    variants must be measured under the same conditions, so every round times each variant once, in turn,
+    and the report takes the median over rounds. Training: forward + backward + AdamW on one batch of the
+    preset's shape, on a copy of the weights. Decoding: greedy with the KV cache from a one-token prompt.
+    """
+    from . import checkpoint as ckpt
+    from .train import TrainerConfig, make_optimizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch, tokens = int(preset["trainer"]["batch_size"]), int(preset["decode_tokens"])
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    trained: dict[str, GPT] = {}
+    for name in grid:
+        last = out / "runs" / f"{name}-s0" / "last"
+        if last.is_dir():
+            loaded = ckpt.load_checkpoint(last, with_optimizer=False)
+            trained[name] = GPT(loaded.config)
+            trained[name].load_state_dict(loaded.model_state)
+            trained[name].to(device).eval()
+    # One decode length for all: learned positions stop at block_size.
+    n = min([tokens] + [m.config.block_size - 1 for m in trained.values() if m.config.pos_emb == "learned"])
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    steps: dict[str, Callable[[], None]] = {}
+    decodes: dict[str, Callable[[], None]] = {}
+    train_tokens: dict[str, int] = {}
+    for name, model in trained.items():
+        c = model.config
+        learner = GPT(c).to(device).train()
+        learner.load_state_dict(model.state_dict())
+        opt = make_optimizer(learner, TrainerConfig(), fused=device == "cuda")
+        gen = torch.Generator().manual_seed(0)
+        x, y = (torch.randint(0, c.vocab_size, (batch, c.block_size), generator=gen).to(device) for _ in range(2))
+
+        def step(m: GPT = learner, o: torch.optim.Optimizer = opt, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
+            m(x, y)[1].backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+
+        steps[name], train_tokens[name] = step, batch * c.block_size
+        decodes[name] = lambda m=model: m.generate(prompt, n, temperature=0.0)
+    if not steps:
+        return {}
+    say(f"[compare] speed: {len(steps)} variants side by side, {rounds} rounds")
+    times: dict[str, dict[str, list[float]]] = {name: {"train": [], "decode": []} for name in steps}
+    for fns in (steps, decodes):  # warm-up: allocator, thread pools, first-call kernel choices
+        for f in fns.values():
+            f()
+    for _ in range(rounds):
+        for name in steps:
+            for kind, f in (("train", steps[name]), ("decode", decodes[name])):
+                sync()
+                t0 = time.perf_counter()
+                f()
+                sync()
+                times[name][kind].append(time.perf_counter() - t0)
+    result = {}
+    for name, t in times.items():
+        result[name] = {
+            "train_tokens_per_s": train_tokens[name] / statistics.median(t["train"]),
+            "decode_tokens_per_s": n / statistics.median(t["decode"]),
+            "train_tokens_per_step": train_tokens[name], "decode_tokens": n,
+        }
+    return {"rounds": rounds, "load_average": list(os.getloadavg()), "threads": torch.get_num_threads(),
+            "device": device, "variants": result}
+
+
+# ========================================================================================================
 # Uptraining experiment: MHA -> GQA (convert + ~5% of the steps) vs GQA from scratch
 # ========================================================================================================
 
@@ -449,9 +528,12 @@ def _mb(n: float | None) -> str:
     return "–" if n is None else f"{n / 2**20:.1f} MiB"
 
 
-def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per variant: the sizes of seed 0 and mean/std of the measured numbers over seeds."""
+def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """Per variant: the sizes of seed 0, mean/std of the measured numbers over seeds, and the side-by-side
+    speeds where measured (else the mean of what each run logged)."""
     out = {}
+    side = (speeds or {}).get("variants", {})
     for name, runs in results.items():
         r0 = runs[0]
         loss_m, loss_s = _mean_std([r["final_val_loss"] for r in runs])
@@ -463,8 +545,11 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         out[name] = {
             "seeds": len(runs), "params": r0["params"], "non_embedding_params": r0["non_embedding_params"],
             "kv_bytes_per_token": r0["kv_bytes_per_token"], "flops_per_token": r0["flops_per_token"],
-            "train_tokens_per_s": statistics.fmean(r["train_tokens_per_s"] for r in runs),
-            "decode_tokens_per_s": statistics.fmean(r["decode_tokens_per_s"] for r in runs),
+            "train_tokens_per_s": side[name]["train_tokens_per_s"] if name in side
+            else statistics.fmean(r["train_tokens_per_s"] for r in runs),
+            "decode_tokens_per_s": side[name]["decode_tokens_per_s"] if name in side
+            else statistics.fmean(r["decode_tokens_per_s"] for r in runs),
+            "speed_side_by_side": name in side,
             "peak_memory_bytes": max(peaks) if peaks else None,
             "est_train_memory_bytes": r0["est_train_memory_bytes"],
             "val_loss": (loss_m, loss_s), "extrapolation": extrap, "config": r0["config"],
@@ -517,10 +602,24 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     return " ".join(parts)
 
 
+def speed_note(speeds: dict[str, Any] | None) -> str:
+    """How the tokens/s columns were measured."""
+    if not speeds or not speeds.get("variants"):
+        return ("Tokens/s: each run's own log (train: median over the run; decode: after training), so they "
+                "carry whatever else the machine was doing at the time.")
+    v = next(iter(speeds["variants"].values()))
+    load = " / ".join(f"{x:.1f}" for x in speeds["load_average"])
+    return (f"Tokens/s: measured side by side after training, every variant in one process, in turn, median of "
+            f"{speeds['rounds']} rounds (train: forward + backward + AdamW on {v['train_tokens_per_step']:,} tokens; "
+            f"decode: {v['decode_tokens']} greedy tokens, batch 1, KV cache; {speeds['threads']} threads, "
+            f"{speeds['device']}, load average {load} at the end). The training-throughput figure is what each "
+            "run logged while it trained.")
+
+
 def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: dict[str, Any] | None,
-                 meta: dict[str, Any]) -> Path:
+                 meta: dict[str, Any], speeds: dict[str, Any] | None = None) -> Path:
     """report.md, val_loss.png, tokens_per_s.png, results.json in `out`."""
-    summary = summarize(results)
+    summary = summarize(results, speeds)
     plot_curves(results, out)
     base = summary.get("baseline")
     lines = [
@@ -555,6 +654,8 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
         "KV bytes and FLOPs per token (forward, at block_size) are computed by `gptlab info` (fp32). Peak memory "
         "is measured on CUDA (`max_memory_allocated`); on CPU it is the estimate of `gptlab info` "
         "(weights + grads + AdamW + activations). Loss: mean ± std over seeds of the last eval.",
+        "",
+        speed_note(speeds),
         "",
         "## Length extrapolation",
         "",
@@ -598,7 +699,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
     lines += ["Reproduce: `" + meta["command"] + "` (complete runs are skipped; interrupted ones resume).", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     (out / "results.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "uptrain": uptrain,
+        json.dumps({"meta": meta, "summary": summary, "uptrain": uptrain, "speeds": speeds,
                     "runs": {n: [{k: v for k, v in r.items() if k != "config"} for r in rs]
                              for n, rs in results.items()}}, indent=1) + "\n")
     return out / "report.md"
@@ -725,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
         "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
     }
-    path = write_report(out, results, uptrain, meta)
+    speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, say=say)
+    path = write_report(out, results, uptrain, meta, speeds)
     say(f"[compare] report: {path}")
     return 0

@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             raise usage(f"--dtype: {e}") from None
         stats = [model_stats(cfg, context, batch, dtype) for cfg, _ in configs]
     except ValueError as e:  # UsageError, invalid configs, unreadable checkpoints
-        print(f"gptlab info: error: {e}", file=sys.stderr)
+        print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
     names = [name for _, name in configs]
     if as_json:

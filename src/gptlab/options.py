@@ -348,6 +348,8 @@ def format_options(
             section = head
             lines.append(f"\n{section or 'options'}:")
         default = defaults.get(key, opt.default)
+        if isinstance(default, str) and not default.isprintable():  # a newline default stays on its line
+            default = default.encode("unicode_escape").decode("ascii")
         flag = f"--{key}={_type_name(opt.type)}"
         lines.append(f"  {flag:<44} {f'(default: {default})':<24} {opt.help}".rstrip())
     if aliases is None:

@@ -477,8 +477,11 @@ def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     for key in sorted(set(saved) | set(now)):
         fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer")
         if fixed and saved.get(key) != now.get(key):
+            was = saved.get(key)
+            if was is None and key.startswith("model."):  # the field came from a preset: show its real value
+                was = getattr(ckpt.read_config(work_dir / "last"), key.removeprefix("model."), None)
             raise UsageError(
-                f"--{key}={now.get(key)} differs from the run being resumed ({saved.get(key)}); a resumed run "
+                f"--{key}={now.get(key)} differs from the run being resumed ({was}); a resumed run "
                 "keeps its model and data (start a new run with --init to fine-tune from it)"
             )
     return cfg
@@ -537,6 +540,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             raise UsageError(
                 f"{data_path} tokenized with {tok_name} does not give the tokenizer the model was trained with "
                 f"({saved_tok!r}); a char model can only continue on text with exactly its characters"
+            )
+        if pretrained is not None and saved_tok is None and tokenizer.vocab_size > config.vocab_size:
+            raise UsageError(
+                f"--init={cfg.init} comes without a tokenizer gptlab can use, and the {tok_name} tokenizer's "
+                f"{tokenizer.vocab_size} ids do not fit its {config.vocab_size}-token vocabulary; gptlab fine-tunes "
+                "GPT-2-vocabulary models and its own runs (which carry their tokenizer.json)"
             )
         if not resumed and pretrained is None:
             config = config.replace(vocab_size=tokenizer.vocab_size)
