@@ -148,3 +148,16 @@ def test_compare_usage_errors() -> None:
         main(["--seeds=0"])
     with pytest.raises(UsageError):
         main(["--bogus"])
+
+
+def test_compare_measures_on_the_data_it_trains_on(tmp_path: Path) -> None:
+    text = tmp_path / "abc.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    out = tmp_path / "rep"
+    args = ["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+            f"--data.path={text}", "--data.tokenizer=char", f"--data.cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["data"] == f"{text} (char)"
+    assert results["summary"]["baseline"]["config"]["vocab_size"] == len(set(text.read_text()))
+    assert (tmp_path / "cache").is_dir()

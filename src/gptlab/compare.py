@@ -778,9 +778,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "runs").mkdir(exist_ok=True)
     (out / ".gitignore").write_text("runs/\n")  # checkpoints stay out of git
 
-    data_path = next((a.partition("=")[2] for a in extra if a.startswith("--data.path=")), None)
-    cache = default_cache_dir()
-    data = prepare_dataset(Path(data_path) if data_path else default_data_path(cache), "char", cache,
+    # Measured on the data the runs train on: the same --data.* flags the trainer gets.
+    data_flags = {a.partition("=")[0].removeprefix("--data."): a.partition("=")[2] for a in extra
+                  if a.startswith("--data.")}
+    data_path, tok_name = data_flags.get("path"), data_flags.get("tokenizer", "char")
+    cache = Path(data_flags["cache_dir"]) if data_flags.get("cache_dir") else default_cache_dir()
+    data = prepare_dataset(Path(data_path) if data_path else default_data_path(cache), tok_name, cache,
                            base_config.block_size)
 
     def say(msg: str) -> None:
@@ -820,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
     meta = {
         "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
-        "trainer": preset["trainer"], "data": "Shakespeare (char)" if not data_path else data_path,
+        "trainer": preset["trainer"], "data": f"{data_path or 'Shakespeare'} ({tok_name})",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
         "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
