@@ -380,7 +380,7 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
         c = model.config
         learner = GPT(c).to(device).train()
         learner.load_state_dict(model.state_dict())
-        opt = make_optimizer(learner, TrainerConfig(), fused=device == "cuda")
+        opt = make_optimizer(learner, TrainerConfig(), fused=True)  # as the trainer does
         gen = torch.Generator().manual_seed(0)
         x, y = (torch.randint(0, c.vocab_size, (batch, c.block_size), generator=gen).to(device) for _ in range(2))
 
