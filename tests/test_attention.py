@@ -150,3 +150,14 @@ def test_cpu_flash_swa_exact_with_half_window_chunks_in_backward(case, monkeypat
 
     monkeypatch.setattr(attention, "_HALF_CHUNKS_FROM", 2)  # the w/2 decomposition for every even window
     _check_exact(_SlidingWindowFlashCPU.apply, case)
+
+
+@pytest.mark.parametrize("case", [(3, 2, 1, 61, 4, 6), (2, 4, 2, 90, 8, 10), (3, 2, 2, 100, 4, 8)])
+@pytest.mark.parametrize("chunk_rows", [6, 13, 40])
+def test_cpu_flash_swa_exact_with_half_chunks_split_over_calls(case, chunk_rows, monkeypatch):
+    import gptlab.attention as attention
+
+    # The dense part of the w/2 backward, split into calls of a few chunks, some starting a new sequence.
+    monkeypatch.setattr(attention, "_HALF_CHUNKS_FROM", 2)
+    monkeypatch.setattr(attention, "_CHUNK_ROWS", chunk_rows)
+    _check_exact(_SlidingWindowFlashCPU.apply, case)

@@ -194,16 +194,22 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
         n, k = N // B // c, w // c  # chunks per sequence; chunk g-k is the one the window only partly covers
         lse_h = lse.view(N // c, c, H).transpose(1, 2)
         dq, dk, dv = (_unblock(x) for x in _flash_backward(*(_blocks(x, c) for x in (gr, qr, kr, vr, out)), lse_h))
-        if k == 2:  # chunk g-1, dense: query chunks from the second on, against the chunk before each in the rows
-            g_dense = gr[c:]
-            if B > 1:  # a sequence's first chunk follows another sequence's last: with zero gradient on those
-                g_dense = g_dense.clone()  # queries, their pairs contribute exactly nothing
-                g_dense.view(-1, c, H, D)[n - 1 :: n].zero_()
-            parts = (_blocks(x, c) for x in (g_dense, qr[c:], kr[:-c], vr[:-c], out[c:]))
-            dq_, dk_, dv_ = _flash_backward(*parts, lse_h[1:], causal=False)
-            dq[c:] += _unblock(dq_)
-            dk[:-c] += _unblock(dk_)
-            dv[:-c] += _unblock(dv_)
+        if k == 2:  # chunk g-1, dense: query chunk j (from the second on) against chunk j-1 of the rows
+            per_call = max(1, _CHUNK_ROWS // c)  # chunks per kernel call: bounds the temporaries
+            for j in range(1, N // c, per_call):
+                m = min(per_call, N // c - j)
+                qs, ks = slice(j * c, (j + m) * c), slice((j - 1) * c, (j + m - 1) * c)
+                g = gr[qs]
+                firsts = [i for i in range(j, j + m) if i % n == 0]
+                if firsts:  # a sequence's first chunk follows another sequence's last: with zero gradient on
+                    g = g.clone()  # those queries, their pairs contribute exactly nothing
+                    for i in firsts:
+                        g[(i - j) * c : (i - j + 1) * c] = 0
+                parts = (_blocks(x, c) for x in (g, qr[qs], kr[ks], vr[ks], out[qs]))
+                dq_, dk_, dv_ = _flash_backward(*parts, lse_h[j : j + m], causal=False)
+                dq[qs] += _unblock(dq_)
+                dk[ks] += _unblock(dk_)
+                dv[ks] += _unblock(dv_)
         if c > 1 and n > k:  # chunk g-k, at s > r: causal after reversal (window 1: each query sees only itself)
             all_q_rows, all_k_rows = _upper_rows(B, n, c, k, qr.device)
             per_call = max(1, _CHUNK_ROWS // c) * (c - 1)  # whole chunks per kernel call
