@@ -89,7 +89,14 @@ def test_parse_grid(tmp_path: Path) -> None:
     grid = parse_grid(None, base)
     assert list(grid) == ["baseline", "rope", "gqa", "mqa", "swa", "rmsnorm", "swiglu", "modern"]
     assert grid["gqa"] == {"n_kv_head": 2} and grid["swa"] == {"window": 16}
-    assert grid["modern"] == {"pos_emb": "rope", "n_kv_head": 2, "window": 16, "norm": "rmsnorm", "mlp": "swiglu"}
+    assert grid["modern"] == {"pos_emb": "rope", "n_kv_head": 2, "window": 16, "norm": "rmsnorm", "mlp": "swiglu",
+                              "mlp_hidden": 170}
+    # SwiGLU's hidden size keeps the MLP's parameters equal to GPT-2's (to within one row), with or without biases.
+    for bias in (False, True):
+        cfg = base.replace(bias=bias, n_embd=128)
+        variant = cfg.replace(**parse_grid(None, cfg)["swiglu"])
+        n_gelu, n_swiglu = (sum(p.numel() for p in GPT(c).transformer.h[0].mlp.parameters()) for c in (cfg, variant))
+        assert abs(n_swiglu - n_gelu) <= 3 * 128, (bias, n_gelu, n_swiglu)
     assert list(parse_grid("baseline,rope", base)) == ["baseline", "rope"]
     with pytest.raises(UsageError, match="unknown variant"):
         parse_grid("baseline,nope", base)

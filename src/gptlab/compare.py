@@ -133,6 +133,13 @@ def convert_main(argv: list[str] | None = None) -> int:
 # ========================================================================================================
 
 
+def equal_params_swiglu_hidden(config: GPTConfig) -> int:
+    """SwiGLU hidden size h whose three matrices (and biases) hold as many parameters as the baseline's MLP:
+    3 n h + (2 h + n) = 2 n m + (m + n) for GELU hidden m, so h = m (2 n + 1) / (3 n + 2) with biases."""
+    n, m = config.n_embd, config.mlp_hidden
+    return round(m * (2 * n + 1) / (3 * n + 2)) if config.bias else round(2 * m / 3)
+
+
 def default_grid(config: GPTConfig) -> dict[str, dict[str, Any]]:
     """Each change against the GPT-2 baseline, plus all of them together ("modern")."""
     bs = config.block_size
@@ -143,7 +150,7 @@ def default_grid(config: GPTConfig) -> dict[str, dict[str, Any]]:
         "mqa": {"n_kv_head": 1},
         "swa": {"window": max(1, bs // 4)},
         "rmsnorm": {"norm": "rmsnorm"},
-        "swiglu": {"mlp": "swiglu"},
+        "swiglu": {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(config)},
     }
     modern: dict[str, Any] = {}
     for name in ("rope", "gqa", "swa", "rmsnorm", "swiglu"):
