@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU wheel version; an unpinned torch would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install bench docs clean
 
 $(BIN)/gptlab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# After editing code that docs/ cites, or a report: redraw the figures and regenerate the pages' generated blocks
+# (tests/test_docs.py fails until this is run).
+docs: install
+	$(BIN)/python docs/make_figures.py
+	$(BIN)/python docs/sync_docs.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
