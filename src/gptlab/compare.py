@@ -600,12 +600,12 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         parts.append(f"Each query sees at most {s['config']['window']} keys, so the attention cost stops growing "
                      "with the context; information from further back must travel through the layers.")
     if s["config"].get("mlp") == "swiglu" and base["config"].get("mlp") != "swiglu":
-        only_mlp = {k for k, v in s["config"].items() if base["config"].get(k) != v} <= {"mlp", "mlp_hidden"}
-        parts.append(f"SwiGLU's hidden size {s['config']['mlp_hidden']} (vs {base['config']['mlp_hidden']}) keeps "
-                     f"the parameter count within {abs(dp):.1%} of the baseline's"
-                     + (", so the loss difference is the gating, not the size." if only_mlp and abs(dp) < 0.01
-                        else " (rounded up to a multiple of 64: at this width that is not equal; set mlp_hidden "
-                        "in a YAML grid for an exact match)." if abs(dp) >= 0.01 else "."))
+        h, m = s["config"]["mlp_hidden"], base["config"]["mlp_hidden"]
+        d_mlp = 3 * h / (2 * m) - 1  # SwiGLU's three matrices against GELU's two, at the same n_embd
+        parts.append(f"SwiGLU's hidden size {h} (vs GELU's {m}) gives its three matrices {d_mlp:+.1%} the "
+                     "parameters of GPT-2's two" + (", so the loss difference is the gating, not the size."
+                                                    if abs(d_mlp) < 0.01 else
+                                                    "; set mlp_hidden in a YAML grid to match them."))
     return " ".join(parts)
 
 
