@@ -1,6 +1,6 @@
 """Keep the generated parts of docs/*.md true: code citations, `gptlab info` output, comparison results.
 
-Three kinds of blocks in the Markdown are written by this script, never by hand:
+Four kinds of blocks in the Markdown are written by this script, never by hand:
 
     <!-- code: src/gptlab/model.py "def apply_rotary" -->          the block of code starting at the first line
     ...                                                             that starts with the anchor (a def, a class,
@@ -16,6 +16,13 @@ Three kinds of blocks in the Markdown are written by this script, never by hand:
     <!-- report: reports/cpu rope -->         what the comparison report in reports/cpu measured for a variant,
     ...                                      against the baseline: a table and the report's own commentary,
     <!-- /report -->                         from its results.json (`+uptrain` adds the MHA -> GQA experiment)
+
+    <!-- include: docs/reliability.md "### Command line" .. "## Static guarantees" -->   the lines of another
+    ...                                                                                  Markdown file from the
+    <!-- /include -->                                                                    first anchor up to
+                                                                                         (not including) the second
+
+The top-level README.md is processed too (its includes keep the catalogue there and here the same).
 
 Code is found by its content, not its line number, so a citation follows the code when lines move; the link
 shows the current line numbers. An anchor must match exactly one line (stripped), or this script fails.
@@ -38,7 +45,8 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 
 BLOCK = re.compile(
-    r"(?P<open><!-- (?P<kind>code|info|report): (?P<spec>.*?) -->\n)(?P<body>.*?)(?P<close><!-- /(?P=kind) -->)",
+    r"(?P<open><!-- (?P<kind>code|info|report|include): (?P<spec>.*?) -->\n)(?P<body>.*?)"
+    r"(?P<close><!-- /(?P=kind) -->)",
     re.DOTALL,
 )
 # Anchors in double quotes, or in single quotes when they contain double quotes.
@@ -178,9 +186,20 @@ def render_report(spec: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_include(spec: str) -> str:
+    """Lines of a Markdown file from the line starting with the first anchor up to the one starting with the second."""
+    m = CODE_SPEC.match(spec.strip())
+    if m is None or not (m["endd"] or m["ends"]):
+        raise DocsError(f'bad include marker "{spec}"; expected: PATH "START" .. "END"')
+    lines = (ROOT / m["path"]).read_text(encoding="utf-8").splitlines()
+    i = _find(lines, m["startd"] or m["starts"], m["path"])
+    j = _find(lines, m["endd"] or m["ends"], m["path"], after=i)
+    return "\n".join(lines[i:j]).strip("\n") + "\n"
+
+
 def render(markdown: str) -> str:
     """markdown with every block regenerated."""
-    renderers = {"code": render_code, "info": render_info, "report": render_report}
+    renderers = {"code": render_code, "info": render_info, "report": render_report, "include": render_include}
 
     def one(m: re.Match) -> str:
         return m["open"] + renderers[m["kind"]](m["spec"]) + m["close"]
@@ -189,12 +208,13 @@ def render(markdown: str) -> str:
 
 
 def pages() -> list[Path]:
-    return sorted(DOCS.glob("*.md"))
+    return sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 
 
 def stale() -> list[str]:
-    """Names of the pages whose generated blocks are not what the code gives now."""
-    return [p.name for p in pages() if render(p.read_text(encoding="utf-8")) != p.read_text(encoding="utf-8")]
+    """Paths (from the repository root) of the pages whose generated blocks are not what their sources give now."""
+    texts = {p: p.read_text(encoding="utf-8") for p in pages()}
+    return [str(p.relative_to(ROOT)) for p, text in texts.items() if render(text) != text]
 
 
 def main(argv: list[str]) -> int:

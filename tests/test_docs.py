@@ -72,7 +72,8 @@ def test_kernel_blocks_cover_the_window_mask_exactly():
 def test_generated_blocks_are_current(sync):
     stale = sync.stale()
     assert not stale, (
-        f"the code citations or gptlab info outputs in docs/{', docs/'.join(stale)} no longer match the code; "
+        f"the generated blocks (code citations, gptlab info outputs, report numbers, includes) in {', '.join(stale)} "
+        "no longer match their sources; "
         "run: python docs/sync_docs.py (and check the prose around them still holds)"
     )
 
@@ -145,3 +146,12 @@ def test_report_blocks_show_the_committed_report(sync):
         sync.render_report("reports/cpu nope")
     with pytest.raises(sync.DocsError, match="not found"):
         sync.render_report("reports/nowhere rope")
+
+
+def test_include_blocks_copy_the_lines_between_anchors(sync):
+    text = sync.render_include('docs/reliability.md "### Python API" .. "## Static guarantees"')
+    source = (DOCS / "reliability.md").read_text()
+    assert text.startswith("### Python API") and text.strip() in source
+    assert "## Static guarantees" not in text and "### Command line" not in text
+    with pytest.raises(sync.DocsError, match="bad include marker"):
+        sync.render_include('docs/reliability.md "### Python API"')

@@ -484,8 +484,10 @@ def test_catalogue_size() -> None:
 
 
 def test_docs_table_lists_every_case() -> None:
-    """docs/reliability.md has one table row per catalogue entry (its first cell is the entry's id)."""
-    rows = re.findall(r"^\| (.+?) \|", DOCS.read_text(encoding="utf-8"), re.MULTILINE)
+    """docs/reliability.md and the README's Reliability section have one table row per catalogue entry (its
+    first cell is the entry's id)."""
     ids = [c[0] for c in CLI_CASES] + [c[0] for c in API_CASES]
-    missing = [i for i in ids if i not in rows]
-    assert not missing, missing
+    for page in (DOCS, ROOT / "README.md"):
+        rows = re.findall(r"^\| (.+?) \|", page.read_text(encoding="utf-8"), re.MULTILINE)
+        missing = [i for i in ids if i not in rows]
+        assert not missing, (page.name, missing)
