@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU wheel version; an unpinned torch would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint install bench docs clean
+.PHONY: demo test lint install bench docs hooks clean
 
 $(BIN)/gptlab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: install
 docs: install
 	$(BIN)/python docs/make_figures.py
 	$(BIN)/python docs/sync_docs.py
+
+# For developers: check docs and ruff before every commit.
+hooks:
+	install -m 755 tools/pre-commit .git/hooks/pre-commit
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
