@@ -146,10 +146,10 @@ def _train_steps(device: str, dtype: torch.dtype = torch.float32):
     return step_ours, step_hf, ours
 
 
-def _train_child(repeats: int) -> None:
-    """In a fresh process: median step seconds of ours and the peer, as JSON on stdout."""
-    step_ours, step_hf, _ = _train_steps("cpu")
-    print(json.dumps(alternate({"ours": step_ours, "hf": step_hf}, repeats, "cpu")))
+def _train_times(repeats: int, device: str) -> dict[str, float]:
+    """Median step seconds of ours and the peer, alternating."""
+    step_ours, step_hf, _ = _train_steps(device)
+    return alternate({"ours": step_ours, "hf": step_hf}, repeats, device)
 
 
 def row_train(repeats: int, device: str, processes: int = 3) -> str:
@@ -162,8 +162,7 @@ def row_train(repeats: int, device: str, processes: int = 3) -> str:
                                  text=True, check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     else:
-        step_ours, step_hf, _ = _train_steps(device)
-        runs = [alternate({"ours": step_ours, "hf": step_hf}, repeats, device)]
+        runs = [_train_times(repeats, device)]
     ratios = [r["hf"] / r["ours"] for r in runs]
     t = {k: statistics.median(r[k] for r in runs) for k in ("ours", "hf")}
     tokens = TRAIN_BATCH * TRAIN["block_size"]
@@ -535,8 +534,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "T", "W"), help=argparse.SUPPRESS)
     p.add_argument("--train-child", type=int, metavar="REPEATS", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.train_child:
-        return _train_child(args.train_child)
+    if args.train_child:  # a fresh process of row_train: its times as JSON on stdout
+        return print(json.dumps(_train_times(args.train_child, "cpu")))
     if args.peak_child:
         variant, T, w = args.peak_child
         return _peak_child(variant, int(T), int(w))

@@ -149,8 +149,8 @@ def render_report(spec: str) -> str:
     if name not in summary or "baseline" not in summary:
         raise DocsError(f"{directory}/results.json has no variant {name!r} (or no baseline): {', '.join(summary)}")
     base, v = summary["baseline"], summary[name]
-    cols = [base] if name == "baseline" else [base, v]
-    heads = [LABELS.get(n, n) for n in (["baseline"] if name == "baseline" else ["baseline", name])]
+    names = ["baseline"] if name == "baseline" else ["baseline", name]
+    cols, heads = [summary[n] for n in names], [LABELS.get(n, n) for n in names]
     t = meta["trainer"]
     rows = [
         ("final val loss (mean ± std)", lambda s: f"{s['val_loss'][0]:.3f} ± {s['val_loss'][1]:.3f}"),

@@ -15,6 +15,7 @@ run cut in the middle resumes from its last checkpoint). The report is `OUT/repo
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -359,7 +360,6 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
     and the report takes the median over rounds. Training: forward + backward + AdamW on one batch of the
     preset's shape, on a copy of the weights. Decoding: greedy with the KV cache from a one-token prompt.
     """
-    from . import checkpoint as ckpt
     from .train import TrainerConfig, make_optimizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -369,14 +369,8 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
         if device == "cuda":
             torch.cuda.synchronize()
 
-    trained: dict[str, GPT] = {}
-    for name in grid:
-        last = out / "runs" / f"{name}-s0" / "last"
-        if last.is_dir():
-            loaded = ckpt.load_checkpoint(last, with_optimizer=False)
-            trained[name] = GPT(loaded.config)
-            trained[name].load_state_dict(loaded.model_state)
-            trained[name].to(device).eval()
+    lasts = {name: out / "runs" / f"{name}-s0" / "last" for name in grid}
+    trained = {name: GPT.from_pretrained(last).to(device).eval() for name, last in lasts.items() if last.is_dir()}
     # One decode length for all: learned positions stop at block_size.
     n = min([tokens] + [m.config.block_size - 1 for m in trained.values() if m.config.pos_emb == "learned"])
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
@@ -385,8 +379,7 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
     train_tokens: dict[str, int] = {}
     for name, model in trained.items():
         c = model.config
-        learner = GPT(c).to(device).train()
-        learner.load_state_dict(model.state_dict())
+        learner = copy.deepcopy(model).train()
         opt = make_optimizer(learner, TrainerConfig(), fused=True)  # as the trainer does
         gen = torch.Generator().manual_seed(0)
         x, y = (torch.randint(0, c.vocab_size, (batch, c.block_size), generator=gen).to(device) for _ in range(2))
