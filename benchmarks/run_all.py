@@ -319,9 +319,20 @@ def _qkv(T: int, device: str, requires_grad: bool = True):
     return q, k, v, torch.randn_like(q)
 
 
+def litgpt_window_mask(T: int, w: int, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The additive (T, T) mask litgpt gives SDPA for sliding-window attention, built as its build_mask_cache
+    builds it: -inf above the diagonal, plus a -inf bias where i - j >= w."""
+    mask = torch.ones(T, T, device=device, dtype=dtype).triu(diagonal=1)
+    mask.masked_fill_(mask.bool(), float("-inf"))
+    bias = torch.ones_like(mask).tril(diagonal=-w)
+    bias.masked_fill_(bias.bool(), float("-inf"))
+    mask += bias
+    return mask
+
+
 def _attention_fns(T: int, w: int, device: str) -> dict[str, Callable[[], None]]:
-    """Forward + backward closures for: ours, full causal flash, mask-based SWA (SDPA + T x T mask, as litgpt),
-    and eager masked softmax (scores materialized, as HF eager)."""
+    """Forward + backward closures for: ours, full causal flash, mask-based SWA (SDPA + litgpt's float T x T
+    mask), and eager masked softmax (scores materialized, as HF eager)."""
     q, k, v, g = _qkv(T, device)
 
     def fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -340,7 +351,7 @@ def _attention_fns(T: int, w: int, device: str) -> dict[str, Callable[[], None]]
         "ours": fwd_bwd(lambda: sliding_window_attention(q, k, v, w)),
         "causal": fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
         "mask": fwd_bwd(
-            lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(T, T, w, device=q.device))
+            lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=litgpt_window_mask(T, w, q.device, q.dtype))
         ),
         "eager": fwd_bwd(eager),
     }
@@ -359,8 +370,8 @@ def _peak_child(variant: str, T: int, w: int) -> None:
     print((_status_kb("VmHWM") - before) * 1024)
 
 
-def _status_kb(field: str) -> int:
-    return int(re.search(rf"{field}:\s*(\d+)", Path("/proc/self/status").read_text()).group(1))
+def _status_kb(field: str, path: str = "/proc/self/status") -> int:
+    return int(re.search(rf"{field}:\s*(\d+)", Path(path).read_text()).group(1))
 
 
 def peak_memory(variant: str, T: int, w: int) -> int:
@@ -390,7 +401,10 @@ def row_swa(repeats: int, device: str, T: int = 8192, w: int = 256) -> str:
         ),
     ]
     if device == "cpu":
-        eager_T = min(T, 4096)  # the eager scores at 8192 would take ~10 GB on a shared machine
+        # The eager path holds ~4 (H, T, T) fp32 tensors at its peak (10 GB at T = 8192): at half T if the
+        # machine lacks the memory.
+        need = 4 * SWA["B"] * SWA["H"] * T * T * 4
+        eager_T = T if _status_kb("MemAvailable", "/proc/meminfo") * 1024 > 1.5 * need else T // 2
         mem = {name: peak_memory(name, T, w) for name in ("ours", "causal", "mask")}
         mem["eager"] = peak_memory("eager", eager_T, w)
         lines += [
@@ -403,7 +417,7 @@ def row_swa(repeats: int, device: str, T: int = 8192, w: int = 256) -> str:
                 [
                     ["gptlab SWA", T, f"{mem['ours'] / 1e6:.0f}", ""],
                     ["full causal (flash)", T, f"{mem['causal'] / 1e6:.0f}", f"{mem['ours'] / mem['causal']:.2f}"],
-                    ["mask-based SWA: SDPA + T x T mask (litgpt)", T, f"{mem['mask'] / 1e6:.0f}",
+                    ["mask-based SWA: SDPA + litgpt's float T x T mask", T, f"{mem['mask'] / 1e6:.0f}",
                      f"**1/{mem['mask'] / mem['ours']:.1f}**"],
                     ["mask-based SWA: eager masked softmax (HF eager)", eager_T, f"{mem['eager'] / 1e6:.0f}",
                      f"**1/{mem['eager'] / mem['ours']:.1f}** (its T is half: it grows as T^2)"
