@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.compare import convert_main, convert_to_gqa, main, parse_grid
+from gptlab.compare import convert_main, convert_to_gqa, main, parse_grid, run_device
 from gptlab.config import GPTConfig
 from gptlab.model import GPT
 from gptlab.options import UsageError
@@ -155,6 +155,17 @@ def test_compare_usage_errors() -> None:
         main(["--seeds=0"])
     with pytest.raises(UsageError):
         main(["--bogus"])
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            main(["--trainer.device=cuda"])
+
+
+def test_compare_measures_on_the_device_it_trains_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a GPU present, --trainer.device=cpu runs train on the CPU, so their speeds are measured there too.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run_device({"trainer": {"device": "cpu"}}) == torch.device("cpu")
+    assert run_device({"trainer": {}}) == torch.device("cuda", 0)
 
 
 def test_compare_measures_on_the_data_it_trains_on(tmp_path: Path) -> None:

@@ -192,6 +192,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def run_device(preset: dict[str, Any]) -> torch.device:
+    """The device the runs train on (--trainer.device, auto: cuda if there is one), where they are measured too."""
+    from .distributed import resolve_device
+
+    return resolve_device(str(preset["trainer"].get("device", "auto")))
+
+
+def device_name(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
 def parse_grid(spec: str | None, base: GPTConfig) -> dict[str, dict[str, Any]]:
     """The grid: all defaults (None), a comma list of default names, or a YAML/JSON file {name: {field: v}}."""
     from .options import UsageError
@@ -287,14 +298,13 @@ def decode_tokens_per_s(model: GPT, n: int) -> float:
 
 
 def measure(work_dir: Path, data: Any, eval_batches: int, decode_tokens: int, batch_size: int,
-            peak_mem: int | None) -> dict[str, Any]:
+            peak_mem: int | None, device: torch.device) -> dict[str, Any]:
     """result.json of a finished run: losses, extrapolation, speeds, sizes."""
     from . import checkpoint as ckpt
     from .info import model_stats
     from .train import read_metrics
 
     loaded = ckpt.load_checkpoint(work_dir / "last", with_optimizer=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = GPT(loaded.config)
     model.load_state_dict(loaded.model_state)
     model.to(device).eval()
@@ -334,13 +344,14 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
         return json.loads(result_path.read_text())
     say(f"[compare] {name} seed {seed}: training in {work_dir}")
     peak = None
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    device = run_device(preset)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     run_train(_train_flags(preset, changes, seed, work_dir, extra), work_dir)
-    if torch.cuda.is_available():
-        peak = int(torch.cuda.max_memory_allocated())
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(device))
     result = measure(work_dir, data, preset["eval_batches"], preset["decode_tokens"],
-                     preset["trainer"]["batch_size"], peak)
+                     preset["trainer"]["batch_size"], peak, device)
     result.update(name=name, seed=seed, changes=changes)
     result_path.write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -362,12 +373,15 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
     """
     from .train import TrainerConfig, make_optimizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = run_device(preset)
     batch, tokens = int(preset["trainer"]["batch_size"]), int(preset["decode_tokens"])
+    # The step in the dtype the runs trained in: bf16 autocast on CUDA unless --trainer.dtype says otherwise.
+    dtype = str(preset["trainer"].get("dtype", "auto"))
+    bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     lasts = {name: out / "runs" / f"{name}-s0" / "last" for name in grid}
     trained = {name: GPT.from_pretrained(last).to(device).eval() for name, last in lasts.items() if last.is_dir()}
@@ -385,7 +399,9 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
         x, y = (torch.randint(0, c.vocab_size, (batch, c.block_size), generator=gen).to(device) for _ in range(2))
 
         def step(m: GPT = learner, o: torch.optim.Optimizer = opt, x: torch.Tensor = x, y: torch.Tensor = y) -> None:
-            m(x, y)[1].backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = m(x, y)[1]
+            loss.backward()
             o.step()
             o.zero_grad(set_to_none=True)
 
@@ -414,7 +430,7 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
             "train_tokens_per_step": train_tokens[name], "decode_tokens": n,
         }
     return {"rounds": rounds, "load_average": list(os.getloadavg()), "threads": torch.get_num_threads(),
-            "device": device, "variants": result}
+            "device": device_name(device) + (", bf16 autocast" if bf16 else ""), "variants": result}
 
 
 # ========================================================================================================
@@ -767,6 +783,10 @@ def main(argv: list[str] | None = None) -> int:
             preset[section][field] = _scalar(value)
             extra.remove(a)
     try:
+        run_device(preset)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
         seeds = int(opts["seeds"])
         assert seeds >= 1
     except (ValueError, AssertionError):
@@ -820,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = prev + time.perf_counter() - start
     if opts["report_only"] != "True":
         wall_path.write_text(json.dumps({"s": wall}))
-    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    device = device_name(run_device(preset))
     meta = {
         "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
         "trainer": preset["trainer"], "data": f"{data_path or 'Shakespeare'} ({tok_name})",
