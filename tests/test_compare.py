@@ -82,6 +82,14 @@ def test_convert_main_gpt2_dir_to_loadable_gqa(tmp_path: Path, capsys: pytest.Ca
         convert_main(["--to-gqa", "3", str(src), str(tmp_path / "bad")])
     with pytest.raises(UsageError):
         convert_main([str(src), str(dst)])
+    # Never into a directory that holds something: not the source, not an earlier conversion.
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    for target in (src, dst):
+        with pytest.raises(UsageError, match="exists and is not empty"):
+            convert_main(["--to-gqa", "1", str(src), str(target)])
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    (tmp_path / "empty").mkdir()
+    assert convert_main(["--to-gqa", "1", str(src), str(tmp_path / "empty")]) == 0
 
 
 def test_parse_grid(tmp_path: Path) -> None:

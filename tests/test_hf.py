@@ -7,6 +7,7 @@ import pickle
 import shutil
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -433,3 +434,37 @@ def test_hub_id_downloads_with_snapshot_download(monkeypatch, gptlab_dir):
     assert calls[0][0] == "someone/tiny"
     assert "config.json" in calls[0][1]["allow_patterns"]
     assert any(p.endswith(".safetensors") for p in calls[0][1]["allow_patterns"])
+
+
+@pytest.mark.parametrize("error, reason", [
+    ("LocalEntryNotFoundError", "the Hub could not be reached and it is not in the local cache"),
+    ("RepositoryNotFoundError", "no such repository, or a private one"),
+    ("GatedRepoError", "gated: accept its terms"),
+])
+def test_hub_failures_are_one_short_line(monkeypatch, tmp_path, error, reason):
+    """A name that is no local directory and that the Hub cannot give: one short line, the cause named."""
+    monkeypatch.chdir(tmp_path)
+    hub = pytest.importorskip("huggingface_hub")
+    cls = getattr(hub.errors, error)
+    response = types.SimpleNamespace(headers={}, status_code=404, request=None)  # what the error reads of one
+
+    def fake(repo_id, **kw):
+        raise cls("An error happened while trying to locate the files on the Hub. " * 5, **(
+            {} if error == "LocalEntryNotFoundError" else {"response": response}))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained("out/demoo")
+    message = str(info.value)
+    assert message.startswith("no local directory 'out/demoo'") and reason in message and "check the path" in message
+    assert "An error happened" not in message and len(message) < 250
+
+
+def test_missing_child_of_a_local_folder_is_not_looked_up_on_the_hub(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: pytest.fail("went to the Hub"))
+    with pytest.raises(CheckpointError, match="checkpoint directory out/demoo does not exist"):
+        load_pretrained("out/demoo")

@@ -334,6 +334,8 @@ CLI_CASES: list[tuple[str, str, str]] = [
     ("window 0", f"train {TINY} --model.window=0", "window must be None (full causal attention) or an integer >= 1"),
     ("window negative", f"train {TINY} --model.window=-4", "window must be None (full causal attention) or an integer"),
     ("dropout out of range", f"train {TINY} --model.dropout=1.5", "dropout must be in [0, 1)"),
+    ("vocab_size that the tokenizer does not give", f"train {TINY} --model.vocab_size=10",
+     "--model.vocab_size=10: the vocabulary size comes from the tokenizer (char: "),
     ("block_size above a loaded checkpoint's learned positions",
      f"train {NEW} --init={{w}}/run --model.block_size=64", "past the pretrained model's 32 learned positions"),
     ("changing the architecture when fine-tuning", f"train {NEW} --init={{w}}/run --model.n_layer=3",
@@ -363,6 +365,8 @@ CLI_CASES: list[tuple[str, str, str]] = [
      "past block_size=32, the last position this learned-position model has; use --max_new_tokens="),
     ("prompt file that does not exist", "sample {w}/run --prompt=FILE:{w}/nope.txt", "cannot read it"),
     ("missing checkpoint dir", "sample {w}/no_such_run", "no_such_run"),
+    ("missing run dir inside an existing folder (not looked up on the Hub)", "sample cache/no_such_run",
+     "checkpoint directory cache/no_such_run does not exist"),
     ("directory without a checkpoint", "sample {w}/cache", "holds no checkpoint"),
     ("checkpoint with a missing tensor", "sample {w}/missing_tensor", "transformer.h.0.mlp.c_fc.weight"),
     ("checkpoint tensor with a wrong shape", "sample {w}/wrong_shape", "transformer.h.1.attn.c_proj.weight"),
@@ -372,6 +376,8 @@ CLI_CASES: list[tuple[str, str, str]] = [
     ("eval on a binary text", "eval {w}/run --text={w}/binary.txt", "binary"),
     ("eval with max_tokens < 2", "eval {w}/run --text={w}/input.txt --max_tokens=1", "--max_tokens"),
     ("plot of a directory that is not a run", "plot {w}/cache", "has no metrics.jsonl"),
+    ("convert into a directory that is not empty", "convert --to-gqa 1 {w}/run {w}/run",
+     "exists and is not empty; convert writes a new model directory: pick a new DST"),
 ]
 
 
@@ -491,3 +497,4 @@ def test_docs_table_lists_every_case() -> None:
         rows = re.findall(r"^\| (.+?) \|", page.read_text(encoding="utf-8"), re.MULTILINE)
         missing = [i for i in ids if i not in rows]
         assert not missing, (page.name, missing)
+    assert f"the whole catalogue of {len(ids)} bad-input cases" in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -165,6 +165,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in last.model_state.values())
 
 
+def test_run_diverged_before_its_first_checkpoint_points_to_overwrite(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward = GPT.forward
+
+    def diverging(self, idx, targets=None, **kw):
+        logits, loss = forward(self, idx, targets, **kw)
+        return logits, loss * float("nan") if self.training else loss
+
+    monkeypatch.setattr(GPT, "forward", diverging)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=20, trainer__eval_interval=10)) == 1
+    assert not (tmp_path / "run" / "last").exists()
+    with pytest.raises(UsageError, match="start it over with --system.overwrite=True instead of --trainer.resume"):
+        T.main(flags(tmp_path, text_file, trainer__resume=True))
+    monkeypatch.setattr(GPT, "forward", forward)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, system__overwrite=True)) == 0
+
+
 def test_finetune_from_a_run(tmp_path: Path, text_file: Path) -> None:
     assert T.main(flags(tmp_path, text_file, "base", trainer__max_iters=3)) == 0
     base = load_checkpoint(tmp_path / "base" / "last")

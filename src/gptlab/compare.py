@@ -112,6 +112,8 @@ def convert_main(argv: list[str] | None = None) -> int:
     if n is None or len(rest) != 2:
         raise UsageError("expected --to-gqa N SRC DST; see gptlab convert --help")
     src, dst = rest
+    if Path(dst).exists() and (not Path(dst).is_dir() or any(Path(dst).iterdir())):
+        raise UsageError(f"{dst} exists and is not empty; convert writes a new model directory: pick a new DST")
     model, tokenizer = load_pretrained(src)
     try:
         out = convert_to_gqa(model, n)

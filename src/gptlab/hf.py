@@ -255,6 +255,7 @@ def _resolve(path_or_name: str | Path) -> Path:
         or name.startswith(("/", ".", "~"))
         or "\\" in name
         or name.count("/") > 1
+        or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir())  # out/typo: a local folder's child
         or not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?", name)
     )
     if looks_local:
@@ -273,8 +274,8 @@ def _download(repo_id: str) -> Path:
 
     def fail(reason: str) -> CheckpointError:
         return CheckpointError(
-            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face Hub "
-            f"({reason}); {_LOCAL_HINT}"
+            f"no local directory {repo_id!r}, and it could not be fetched from the Hugging Face Hub ({reason}); "
+            f"check the path, or {_LOCAL_HINT}"
         )
 
     try:
@@ -291,8 +292,19 @@ def _download(repo_id: str) -> Path:
             local = Path(snapshot_download(
                 repo_id, allow_patterns=[CONFIG_NAME, "pytorch_model*.bin", BIN_INDEX_NAME], **kwargs
             ))
-    except Exception as e:  # offline, unknown repo, gated repo, network errors: all one message
-        reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache" if offline else _one_line(e)
+    except Exception as e:  # offline, unknown repo, gated repo, network errors: all one short message
+        from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+        if offline:
+            reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache"
+        elif isinstance(e, GatedRepoError):
+            reason = "gated: accept its terms on the Hub, then `hf auth login`"
+        elif isinstance(e, RepositoryNotFoundError):
+            reason = "no such repository, or a private one"
+        elif isinstance(e, LocalEntryNotFoundError):  # what a failed connection surfaces as
+            reason = "the Hub could not be reached and it is not in the local cache"
+        else:
+            reason = _one_line(e)
         raise fail(reason) from None
     return local
 

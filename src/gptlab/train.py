@@ -444,13 +444,21 @@ RUN_FILES = (
 )
 
 
+def _nothing_to_resume(work_dir: Path) -> UsageError:
+    # A run that stopped before its first checkpoint (diverged, killed early) left metrics but no last/.
+    started = (work_dir / "metrics.jsonl").exists()
+    return UsageError(f"nothing to resume: {work_dir} has no last/ checkpoint; " + (
+        "start it over with --system.overwrite=True instead of --trainer.resume" if started else
+        "drop --trainer.resume"))
+
+
 def _prepare_work_dir(work_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to start a new run over an old one, unless asked to overwrite it; resume needs one."""
     ckpt.recover(work_dir / "last")
     has_run = any((work_dir / name).exists() for name in ("last", "best", "metrics.jsonl"))
     if cfg.trainer.resume:
         if not (work_dir / "last").is_dir():
-            raise UsageError(f"nothing to resume: {work_dir} has no last/ checkpoint; drop --trainer.resume")
+            raise _nothing_to_resume(work_dir)
     elif has_run:
         if not cfg.system.overwrite:
             raise UsageError(
@@ -470,7 +478,7 @@ def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     state_path = work_dir / "last" / ckpt.STATE_NAME
     ckpt.recover(work_dir / "last")
     if not state_path.is_file():
-        raise UsageError(f"nothing to resume: {work_dir} has no last/ checkpoint; drop --trainer.resume")
+        raise _nothing_to_resume(work_dir)
     saved = json.loads(state_path.read_text(encoding="utf-8"))["train_config"]
     cfg = parse_train_args(argv, base=saved)
     now = flatten(dataclasses.asdict(cfg))
@@ -548,6 +556,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                 "GPT-2-vocabulary models and its own runs (which carry their tokenizer.json)"
             )
         if not resumed and pretrained is None:
+            given = cfg.model.get("vocab_size")
+            if given is not None and given != tokenizer.vocab_size:
+                raise UsageError(
+                    f"--model.vocab_size={given}: the vocabulary size comes from the tokenizer ({tok_name}: "
+                    f"{tokenizer.vocab_size} ids for this text); drop the flag"
+                )
             config = config.replace(vocab_size=tokenizer.vocab_size)
         if info.is_main:  # the run directory carries its tokenizer (each checkpoint has a copy too)
             save_tokenizer(tokenizer, work_dir / "tokenizer.json")
