@@ -155,3 +155,17 @@ def test_include_blocks_copy_the_lines_between_anchors(sync):
     assert "## Static guarantees" not in text and "### Command line" not in text
     with pytest.raises(sync.DocsError, match="bad include marker"):
         sync.render_include('docs/reliability.md "### Python API"')
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python API block, run as written, with "path/to/gpt2" a small GPT-2 that transformers saved."""
+    transformers = pytest.importorskip("transformers")
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    hf_dir = tmp_path / "path" / "to" / "gpt2"
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(hf_dir)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # the README's own code: it is what users copy
+    assert namespace["loss"] is not None and namespace["out"].shape == (1, 5 + 50)
+    assert (tmp_path / "out" / "export" / "config.json").is_file()

@@ -132,7 +132,7 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
     },
     # nanoGPT's train_shakespeare_char.py: 6 layers x 384, block 256, dropout 0.2 (a GPU run, ~val 1.47).
     "shakespeare-char": {
-        "model.preset": "char-small", "trainer.batch_size": 64, "trainer.max_iters": 5000,
+        "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
         "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
     },
     # Seconds on a CPU: smoke tests.
