@@ -241,6 +241,7 @@ def test_sample(run: Path, capsys: pytest.CaptureFixture) -> None:
     (["--max_new_tokens=40"], "past block_size=32"),
     (["--prompt=Romeü"], "--prompt: character(s) 'ü' not in the char tokenizer's vocabulary"),
     (["--bogus=1"], "unknown flag --bogus"),
+    (["--device=tpu"], "--device: unknown device 'tpu'"),  # names sample's own flag, not the trainer's
 ])
 def test_sample_errors(run: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
     assert cli.main(["sample", str(run / "a"), *argv]) == 2

@@ -468,3 +468,13 @@ def test_missing_child_of_a_local_folder_is_not_looked_up_on_the_hub(monkeypatch
     monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: pytest.fail("went to the Hub"))
     with pytest.raises(CheckpointError, match="checkpoint directory out/demoo does not exist"):
         load_pretrained("out/demoo")
+
+
+def test_saved_files_are_ordinary_files(tmp_path):
+    """Written through private temp files, published readable like any other file (0644), not owner-only."""
+    from gptlab.tokenizer import CharTokenizer, save_tokenizer
+
+    GPT(GPTConfig.from_preset("tiny", vocab_size=16)).save_pretrained(tmp_path / "m")
+    save_tokenizer(CharTokenizer.from_text("abc"), tmp_path / "m" / "tokenizer.json")
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "m" / f).stat().st_mode & 0o777 == 0o644, f

@@ -376,6 +376,9 @@ CLI_CASES: list[tuple[str, str, str]] = [
     ("eval on a binary text", "eval {w}/run --text={w}/binary.txt", "binary"),
     ("eval with max_tokens < 2", "eval {w}/run --text={w}/input.txt --max_tokens=1", "--max_tokens"),
     ("plot of a directory that is not a run", "plot {w}/cache", "has no metrics.jsonl"),
+    ("plot into a folder that does not exist", "plot {w}/run --out={w}/nope/loss.png", "nope does not exist"),
+    ("work dir that cannot be created", f"train {TINY} --system.work_dir={{w}}/input.txt/run",
+     "cannot create it (Not a directory)"),
     ("convert into a directory that is not empty", "convert --to-gqa 1 {w}/run {w}/run",
      "exists and is not empty; convert writes a new model directory: pick a new DST"),
 ]

@@ -125,7 +125,7 @@ def load_model(source: str, which: str = "best", device: str = "auto") -> tuple[
     from .model import GPT
     from .tokenizer import get_tokenizer, load_tokenizer
 
-    dev = resolve_device(device)
+    dev = resolve_device(device, flag="--device")
     path = Path(source).expanduser()
     directory = None
     if path.exists():
@@ -387,8 +387,10 @@ def plot_main(argv: list[str]) -> int:
             raise UsageError(f"{run} has no metrics.jsonl; pass run directories written by gptlab train")
     labels = [s.strip() for s in cfg.labels.split(",")] if cfg.labels else None
     if labels is not None and len(labels) != len(runs):
-        raise UsageError(f"--labels has {len(labels)} labels for {len(runs)} runs")
-    out = plot_losses(runs, cfg.out, labels)
+        raise UsageError(f"--labels has {len(labels)} labels for {len(runs)} runs; give one per run, comma-separated")
+    if not Path(cfg.out).expanduser().parent.is_dir():
+        raise UsageError(f"--out={cfg.out}: folder {Path(cfg.out).parent} does not exist; create it or pick another")
+    out = plot_losses(runs, Path(cfg.out).expanduser(), labels)
     print(f"wrote {out}")
     return 0
 

@@ -56,25 +56,26 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda (this process's GPU under torchrun) if there is one, else cpu. ValueError if unusable."""
+def resolve_device(name: str, local_rank: int = 0, flag: str = "--trainer.device") -> torch.device:
+    """"auto" -> cuda (this process's GPU under torchrun) if there is one, else cpu. ValueError (naming the
+    flag the user set) if unusable."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--trainer.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"{flag}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--trainer.device=cuda but torch sees no CUDA GPU; use --trainer.device=cpu")
+            raise ValueError(f"{flag}=cuda but torch sees no CUDA GPU; use {flag}=cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise ValueError(f"{flag}={name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--trainer.device=mps but MPS is not available; use --trainer.device=cpu")
+        raise ValueError(f"{flag}=mps but MPS is not available; use {flag}=cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--trainer.device: unsupported device type {device.type!r}; use cpu, cuda or mps")
+        raise ValueError(f"{flag}: unsupported device type {device.type!r}; use cpu, cuda or mps")
     return device
 
 

@@ -342,6 +342,7 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is an ordinary file
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

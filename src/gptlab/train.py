@@ -521,7 +521,10 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
     # Rank 0 owns the directory. If it fails here, torchrun stops the ranks waiting at the barrier.
     lock = None
     if info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--system.work_dir={work_dir}: cannot create it ({e.strerror}); pick another") from None
         lock = ckpt.RunLock(work_dir).acquire()  # one run per directory
     try:
         if info.is_main:
