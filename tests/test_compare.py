@@ -163,6 +163,10 @@ def test_compare_usage_errors() -> None:
         main(["--seeds=0"])
     with pytest.raises(UsageError):
         main(["--bogus"])
+    with pytest.raises(UsageError, match="did you mean --trainer.max_iters"):  # before any training starts
+        main(["--preset=micro", "--out=/nonexistent/never", "--trainer.max_iter=3"])
+    with pytest.raises(UsageError, match="nope.yaml: file not found"):
+        main(["--grid=nope.yaml"])
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA GPU"):
             main(["--trainer.device=cuda"])

@@ -215,6 +215,8 @@ def parse_grid(spec: str | None, base: GPTConfig) -> dict[str, dict[str, Any]]:
     if Path(spec).suffix in (".yaml", ".yml", ".json"):
         import yaml
 
+        if not Path(spec).is_file():
+            raise UsageError(f"--grid {spec}: file not found; check the path")
         try:
             data = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as e:
@@ -753,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     """`gptlab compare`; returns the exit code."""
     from .data import default_data_path, prepare_dataset
     from .options import UsageError, model_config_from_dict
-    from .train import default_cache_dir
+    from .train import default_cache_dir, parse_train_args
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
@@ -796,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(opts["out"] or f"reports/{opts['preset']}")
     base_config = model_config_from_dict(preset["model"], vocab_size=65)
     grid = parse_grid(opts["grid"], base_config)
+    parse_train_args(_train_flags(preset, {}, 0, out / "runs" / "check", extra))  # a bad flag fails now, not later
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     (out / ".gitignore").write_text("runs/\n")  # checkpoints stay out of git
