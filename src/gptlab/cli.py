@@ -313,15 +313,13 @@ def eval_main(argv: list[str]) -> int:
         raise UsageError(f"--max_tokens must be >= 2 or None, got {cfg.max_tokens}")
     model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
     if cfg.text is not None:
-        from .data import DataError
+        from .data import DataError, read_text_file
 
         path = Path(cfg.text)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"--text: file not found: {path}") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"--text: {path} is not valid UTF-8 (byte offset {e.start})") from None
+            _, text = read_text_file(path)  # the checks training applies to a data file
+        except DataError as e:
+            raise DataError(f"--text: {e}") from None
         try:
             ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
         except ValueError as e:

@@ -307,7 +307,7 @@ class TokenData:
         return x.to(device), y.to(device)
 
 
-def _read_text(path: Path) -> tuple[bytes, str]:
+def read_text_file(path: Path) -> tuple[bytes, str]:
     """Raw bytes and decoded text of a data file, or a DataError saying what is wrong with it."""
     if not path.exists():
         raise DataError(f"data file not found: {path}; check the path")
@@ -412,7 +412,7 @@ def prepare_dataset(
             get_tokenizer(tokenizer_name)
         except ValueError as e:
             raise DataError(f"cannot prepare {path}: {e}") from None
-    raw, text = _read_text(path)
+    raw, text = read_text_file(path)
     cache_root = Path(cache_dir)
     entry = cache_root / _cache_key(raw, tokenizer_name)
     data = _load_entry(entry) if entry.is_dir() else None

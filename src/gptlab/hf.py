@@ -312,6 +312,9 @@ def _download(repo_id: str) -> Path:
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
+        runs = [directory / d for d in ("best", "last") if (directory / d / CONFIG_NAME).is_file()]
+        if runs:  # a `gptlab train` work dir: its checkpoints are one level down
+            raise CheckpointError(f"{directory} is a training run; load one of its checkpoints: {runs[0]}")
         raise CheckpointError(
             f"{directory} has no {CONFIG_NAME}; a checkpoint directory needs config.json next to the weights "
             "(save it with save_pretrained)"
