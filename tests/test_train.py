@@ -258,3 +258,9 @@ def test_signal_saves_checkpoint_and_exits_0(tmp_path: Path, text_file: Path, si
     # ... and the run continues from there.
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=stopped_at + 2, trainer__resume=True)) == 0
     assert load_checkpoint(work / "last").state["iter"] == stopped_at + 2
+
+
+def test_a_bad_model_setting_leaves_no_work_dir(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(UsageError, match="n_head"):
+        T.main(flags(tmp_path, text_file, model__n_head=5))
+    assert not (tmp_path / "run").exists()

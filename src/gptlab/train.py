@@ -518,6 +518,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             f"--trainer.batch_size={t.batch_size} must be divisible by grad_accum ({t.grad_accum}) x "
             f"processes ({info.world_size}) = {t.grad_accum * info.world_size}"
         )
+    if not t.resume and cfg.init is None:
+        model_config_from_dict(cfg.model, vocab_size=1)  # a bad model setting fails before the work dir exists
     # Rank 0 owns the directory. If it fails here, torchrun stops the ranks waiting at the barrier.
     lock = None
     if info.is_main:
