@@ -53,27 +53,32 @@ def _mask_axes(ax: plt.Axes, T: int, title: str) -> None:
     ax.tick_params(which="minor", length=0)
 
 
-def banded_blocks(T: int, window: int) -> np.ndarray:
-    """0 = not computed, 1 = own block (causal), 2 = previous block (strict upper triangle): the two parts the
-    CPU kernel computes for each block of `window` queries. Checked to cover the window mask exactly."""
+def forward_tiles(T: int, window: int, bq: int) -> np.ndarray:
+    """What the CPU kernel's forward computes (attention._band_forward, one sequence of T, a multiple of bq):
+    0 = not computed, 1 = computed and inside the window, 2 = computed, masked out. Positions < window: one
+    causal call. After them, blocks of bq queries, each against the bq + window keys ending at its last query,
+    with one shared mask. Checked to cover the window mask exactly."""
     parts = np.zeros((T, T), dtype=int)
-    for i in range(T):
-        b, r = divmod(i, window)
-        for j in range(T):
-            c, s = divmod(j, window)
-            if c == b and s <= r:
-                parts[i, j] = 1
-            elif c == b - 1 and s > r:
-                parts[i, j] = 2
-    assert np.array_equal(parts > 0, window_mask(T, T, window).numpy()), "block parts must cover the window mask"
+    for i in range(min(window, T)):
+        parts[i, : i + 1] = 1
+    n_blocks = max(0, (T - window) // bq)
+    starts = [window + g * bq for g in range(n_blocks)]
+    if T > window and window + n_blocks * bq < T:
+        starts.append(T - bq)  # the last rows: one more block, ending at the last row
+    for s in starts:
+        for r in range(bq):
+            for n in range(bq + window):
+                visible = r < n <= r + window
+                parts[s + r, s - window + n] = 1 if visible else max(parts[s + r, s - window + n], 2)
+    assert np.array_equal(parts == 1, window_mask(T, T, window).numpy()), "the tiles must cover the window mask"
     return parts
 
 
 def fig_attention_masks(out: Path) -> Path:
-    T, w = 16, 4
+    T, w, bq = 24, 8, 4
     causal = window_mask(T, T, None).numpy()
     sliding = window_mask(T, T, w).numpy()
-    parts = banded_blocks(T, w)
+    parts = forward_tiles(T, w, bq)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
     two = ListedColormap(["white", BLUE])
     axes[0].imshow(causal, cmap=two, vmin=0, vmax=1)
@@ -81,12 +86,11 @@ def fig_attention_masks(out: Path) -> Path:
     axes[1].imshow(sliding, cmap=two, vmin=0, vmax=1)
     _mask_axes(axes[1], T, f"sliding window {w}: i - {w} < j <= i\n{int(sliding.sum())} scores, O(T * window)")
     axes[2].imshow(parts, cmap=ListedColormap(["white", BLUE, ORANGE]), vmin=0, vmax=2)
-    _mask_axes(axes[2], T, f"what the fast kernel computes, blocks of {w} queries:\nown block + previous block")
-    for k in range(0, T + 1, w):  # block boundaries
-        axes[2].axhline(k - 0.5, color="black", linewidth=1)
-        axes[2].axvline(k - 0.5, color="black", linewidth=1)
+    _mask_axes(axes[2], T, f"what the fast kernel's forward computes:\nblocks of {bq} queries x {bq} + {w} keys")
+    for k in range(w, T + 1, bq):  # query blocks after the first window
+        axes[2].axhline(k - 0.5, color="black", linewidth=0.8)
     axes[2].legend(
-        handles=[Patch(color=BLUE, label="own block, causal"), Patch(color=ORANGE, label="previous block, j > i - w")],
+        handles=[Patch(color=BLUE, label="in the window"), Patch(color=ORANGE, label="computed, masked out")],
         loc="upper right", fontsize=8, framealpha=0.95,
     )
     fig.suptitle("Which keys each query sees (from gptlab.attention.window_mask)", fontsize=11)

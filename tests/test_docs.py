@@ -65,8 +65,8 @@ def test_every_committed_figure_is_drawn_and_shown():
 
 def test_kernel_blocks_cover_the_window_mask_exactly():
     figures = load("make_figures")
-    for T, w in [(16, 4), (10, 3), (7, 1), (5, 8)]:
-        figures.banded_blocks(T, w)  # asserts inside
+    for T, w, bq in [(24, 8, 4), (16, 4, 4), (12, 3, 3), (7, 1, 1), (5, 8, 8), (40, 6, 4)]:
+        figures.forward_tiles(T, w, bq)  # asserts inside
 
 
 def test_generated_blocks_are_current(sync):

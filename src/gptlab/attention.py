@@ -3,11 +3,12 @@
 SWA lets query i see keys i - window < j <= i. A mask over full attention still costs O(T^2); the paths here
 cost O(T * window):
 
-* CPU (fp32/bf16/fp16, no dropout), all through the CPU flash kernels. Forward: blocks of 32 queries, each
-  against the 32 + w keys its band can reach, as overlapping strided views (no copies) with one shared mask:
-  one kernel call per chunk of rows, (32 + w) / w of the ideal work. Backward: chunks of c = w/2 rows (w when
-  odd or small). Query r of chunk g sees chunk g at offsets <= r (causal), chunk g-1 entirely (dense), and
-  chunk g-2 at offsets > r (a strict upper triangle, which becomes causal once queries and keys are reversed).
+* CPU (fp32/bf16/fp16, no dropout), all through the CPU flash kernels. Forward: blocks of 32 queries (w if
+  smaller), each against the 32 + w keys its band can reach, as overlapping strided views (no copies) with one
+  shared mask: one kernel call per chunk of rows, (32 + w) / w of the ideal work (2x for w < 32). Backward:
+  chunks of c = w/2 rows (w when odd or small). Query r of chunk g sees chunk g at offsets <= r (causal), chunk
+  g-1 entirely (dense), and chunk g-2 at offsets > r (a strict upper triangle, which becomes causal once queries
+  and keys are reversed); with c = w, chunk g causal and chunk g-1 at offsets > r.
   The flash backward of each part, fed the full output and log-sum-exp (the ring-attention trick), gives that
   part's exact share of the gradient; the shares are summed.
 * CUDA: flex_attention with a block mask, compiled.
@@ -187,8 +188,8 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
         N, H, D = qr.shape
         gr = _rows(grad, N // B)
         # Chunks of c = w/2 rows: query r of chunk g sees keys s <= r of chunk g (causal), all of chunk g-1, and
-        # s > r of chunk g-2. The kernel computes whole tiles below 512 keys, so this does 3 tiles of (w/2)^2 per
-        # w queries where chunks of w would do 2 of w^2. The flash backward of each part, fed the full out and
+        # s > r of chunk g-2. The kernel computes whole tiles below 512 keys, so this does 6 tiles of (w/2)^2 per
+        # w queries (1.5 w^2) where chunks of w would do 2 of w^2. The flash backward of each part, fed the full out and
         # lse, gives that part's exact share of the gradient (the ring-attention trick); the shares add up.
         c = w // 2 if w % 2 == 0 and w >= _HALF_CHUNKS_FROM else w
         n, k = N // B // c, w // c  # chunks per sequence; chunk g-k is the one the window only partly covers

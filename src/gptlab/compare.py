@@ -615,8 +615,9 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     if s["config"].get("mlp") == "swiglu" and base["config"].get("mlp") != "swiglu":
         h, m = s["config"]["mlp_hidden"], base["config"]["mlp_hidden"]
         d_mlp = 3 * h / (2 * m) - 1  # SwiGLU's three matrices against GELU's two, at the same n_embd
-        parts.append(f"SwiGLU's hidden size {h} (vs GELU's {m}) gives its three matrices {d_mlp:+.1%} the "
-                     "parameters of GPT-2's two" + (", so the loss difference is the gating, not the size."
+        more = f"{abs(d_mlp):.1%} {'more' if d_mlp > 0 else 'fewer'} parameters than"
+        parts.append(f"SwiGLU's hidden size {h} (vs GELU's {m}) gives its three matrices {more} "
+                     "GPT-2's two" + (", so the loss difference is the gating, not the size."
                                                     if abs(d_mlp) < 0.01 else
                                                     "; set mlp_hidden in a YAML grid to match them."))
     return " ".join(parts)

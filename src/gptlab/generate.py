@@ -2,7 +2,8 @@
 
 The cache holds n_kv_head heads per layer (GQA/MQA shrink it), preallocated once. With a sliding window it is
 a rolling buffer of `window` slots: position p lives in slot p % window, so memory stays flat however long
-the generation. RoPE is applied before keys are cached, so slot order does not matter to attention.
+the generation. Attention sums over key-value pairs, so slot order never matters; RoPE is applied before keys
+are cached, so each cached key carries its own position.
 
 Decoding one token at a time is bound by reading the weights once per token; see _gemv_linear for how the
 CPU path keeps that at memory bandwidth.

@@ -1,13 +1,14 @@
 """Hugging Face checkpoints: load GPT-2, Llama and Mistral weights into GPT, and save GPT-2 in HF format.
 
 Loading reads a directory holding config.json and model.safetensors (or a sharded
-model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which cannot
-run code). config.json's model_type picks the key mapping:
+model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which is
+designed not to run code). config.json's model_type picks the key mapping:
 
   gpt2            HF GPT2LMHeadModel, with or without the "transformer." prefix (the hub's original files
                   have none). Its Conv1D weights are stored (in, out) and are transposed into nn.Linear.
-  llama, mistral  q/k/v projections fused into attn.c_attn, gate/up into mlp.c_fc; RoPE is in the same
-                  "rotate half" layout as ours, so q/k need no permutation.
+  llama, mistral  q/k/v projections fused into attn.c_attn, gate/up into mlp.c_fc. HF's files store RoPE in
+                  the "rotate half" layout we use (its converter permuted q/k rows from Meta's adjacent-pairs
+                  layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
   gptlab          our own state dict, written by save_pretrained for configs GPT-2 cannot express.
 
 Loading is strict: every parameter must be present with the right shape, and unknown tensors are an
