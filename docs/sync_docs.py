@@ -178,7 +178,8 @@ def render_report(spec: str) -> str:
     if "+uptrain" in extra and u:
         lines += [
             "",
-            f"Uptraining (Ainslie et al. 2023): the baseline converted to {u['n_kv_head']} K/V heads by mean-pooling "
+            f"Uptraining (Ainslie et al. 2023): the baseline (seed 0) converted to {u['n_kv_head']} K/V heads by "
+            "mean-pooling "
             f"went from {u['mha']:.3f} to {u['converted']:.3f} at once; {u['uptrain_iters']} steps of uptraining "
             f"({u['uptrain_iters'] / u['iters']:.0%} of the original {u['iters']}) brought it to {u['uptrained']:.3f}, "
             f"against {u['scratch']:.3f} for GQA trained from scratch for {u['iters'] + u['uptrain_iters']} steps.",

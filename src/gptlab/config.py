@@ -14,7 +14,8 @@ MLPS = ("gelu", "swiglu")
 
 
 def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
-    """Hidden size that gives SwiGLU (3 matrices) the parameters of a 4x GELU MLP (2 matrices)."""
+    """Hidden size that gives SwiGLU (3 matrices) the parameters of a 4x GELU MLP (2 matrices), rounded up to a
+    multiple of 64 (exact at n_embd = 768; +12.5% at 128)."""
     hidden = int(8 * n_embd / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
