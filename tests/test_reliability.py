@@ -466,7 +466,7 @@ API_CASES: list[tuple[str, Callable[[Path], object], type[BaseException], str]] 
     ("load_checkpoint: truncated safetensors", lambda w: ckpt.load_checkpoint(w / "truncated"), CheckpointError,
      "not a readable safetensors file"),
     ("load_checkpoint: config.json not JSON", lambda w: ckpt.load_checkpoint(w / "config_not_json"),
-     CheckpointError, "not valid JSON"),
+     CheckpointError, r"^\S*config_not_json/config\.json is not valid JSON"),  # the path once, not twice
     ("load_pretrained: a training run's directory", lambda w: load_pretrained(w / "run"), CheckpointError,
      r"run is a training run; load one of its checkpoints: .*run/(best|last)"),
     ("load_pretrained: missing tensor", lambda w: load_pretrained(w / "missing_tensor"), CheckpointError,

@@ -294,8 +294,9 @@ def read_config(directory: str | Path) -> GPTConfig:
     from .hf import config_from_hf
 
     directory = Path(directory)
+    raw = _read_json(directory / CONFIG_NAME)  # its errors name the file already
     try:
-        return config_from_hf(_read_json(directory / CONFIG_NAME))
+        return config_from_hf(raw)
     except CheckpointError as e:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
 
