@@ -642,6 +642,10 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
     """report.md, val_loss.png, tokens_per_s.png, results.json in `out`."""
     summary = summarize(results, speeds)
     plot_curves(results, out)
+
+    def pm(v: tuple[float, float]) -> str:  # mean ± std over seeds; one seed has no spread to show
+        return f"{v[0]:.4f} ± {v[1]:.4f}" if meta["seeds"] > 1 else f"{v[0]:.4f}"
+
     base = summary.get("baseline")
     lines = [
         f"# gptlab compare: {meta['preset']} preset",
@@ -668,7 +672,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
         lines.append(
             f"| {LABELS.get(name, name)} | {s['params']:,} | {s['non_embedding_params']:,} | "
             f"{s['kv_bytes_per_token']:,} | {s['flops_per_token'] / 1e6:.2f}M | {s['train_tokens_per_s']:,.0f} | "
-            f"{s['decode_tokens_per_s']:,.0f} | {peak} | {m:.4f} ± {sd:.4f} | {delta} |"
+            f"{s['decode_tokens_per_s']:,.0f} | {peak} | {pm((m, sd))} | {delta} |"
         )
     lines += [
         "",
@@ -689,7 +693,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
         cells = []
         for k in ("1x", "2x", "4x"):
             v = s["extrapolation"].get(k)
-            cells.append("n/a: learned positions end at block_size" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}")
+            cells.append("n/a: learned positions end at block_size" if v is None else pm(v))
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     lines += ["", "## What each change did (generated from the numbers above)", ""]
     for name, s in summary.items():
@@ -702,7 +706,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
             "## MHA → GQA uptraining (Ainslie et al. 2023)",
             "",
             f"The baseline (seed 0, {u['n_head']} heads) converted with `gptlab convert --to-gqa {u['n_kv_head']}` "
-            f"(mean-pooled K/V heads), uptrained for {u['uptrain_iters']} steps "
+            f"(mean-pooled K/V heads), uptrained for {u['uptrain_iters']} step{'s' * (u['uptrain_iters'] != 1)} "
             f"({u['uptrain_iters'] / u['iters']:.0%} of {u['iters']}), against GQA trained from scratch for "
             f"{u['iters'] + u['uptrain_iters']} steps. Val loss at block_size:",
             "",
@@ -713,7 +717,8 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
             f"| converted + uptrained {u['uptrain_iters']} steps | {u['uptrained']:.4f} |",
             f"| GQA from scratch, {u['iters'] + u['uptrain_iters']} steps | {u['scratch']:.4f} |",
             "",
-            f"Mean-pooling costs {u['converted'] - u['mha']:+.3f} nats at once; {u['uptrain_iters']} steps of "
+            f"Mean-pooling changes the loss by {u['converted'] - u['mha']:+.3f} nats at once; {u['uptrain_iters']} "
+            f"step{'s' * (u['uptrain_iters'] != 1)} of "
             f"uptraining recover to {u['uptrained']:.3f} ({u['uptrained'] - u['scratch']:+.3f} vs from scratch).",
             "",
         ]
