@@ -65,7 +65,7 @@ def dtype_name(dtype: str) -> str:
     """'fp32', 'bf16' or 'fp16' for any of their names (ValueError otherwise)."""
     name = DTYPE_ALIASES.get(str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch."))
     if name not in DTYPE_BYTES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
+        raise ValueError(f"expected one of {', '.join(sorted(DTYPE_BYTES))}, got {dtype!r}")
     return name
 
 
@@ -604,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `gptlab info`; returns the exit status (0 ok, 2 usage or configuration error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
-        print(HELP.format(presets=", ".join(PRESETS)))
+        from .options import MODEL_PRESETS
+
+        print(HELP.format(presets=", ".join(MODEL_PRESETS)))
         return 0
     usage = _usage_error()
     try:
