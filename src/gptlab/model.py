@@ -234,11 +234,14 @@ class GPT(nn.Module):
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, generator=generator)
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path, **kwargs) -> GPT:
-        """Load a Hugging Face GPT-2 / Llama / Mistral checkpoint, or a gptlab directory (see hf.py)."""
+    def from_pretrained(
+        cls, path_or_name: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> GPT:
+        """Load a Hugging Face GPT-2 / Llama / Mistral checkpoint, or a gptlab directory (see hf.py), in eval mode,
+        on `device` (default CPU) in `dtype` (default float32)."""
         from .hf import load_pretrained
 
-        return load_pretrained(path_or_name, **kwargs)
+        return load_pretrained(path_or_name, device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write safetensors + config.json; vanilla GPT-2 configs are written in HF GPT-2 format."""
