@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,19 +90,49 @@ def test_untied_head_is_kept(tmp_path: Path) -> None:
     assert ck.optimizer_state is None
 
 
-def test_a_kill_between_the_renames_is_recovered(tmp_path: Path) -> None:
+def test_a_kill_between_the_renames_is_read_and_recovered(tmp_path: Path) -> None:
     model, _ = _model_and_optimizer()
     _save(tmp_path / "last", model, iter=1)
     # Simulate a kill after `last` -> `last.old` and before `last.new` -> `last`.
     (tmp_path / "last").rename(tmp_path / "last.old")
     (tmp_path / "last.new").mkdir()
     (tmp_path / "last.new" / "model.safetensors").write_bytes(b"half")
+    # Readers read what is published and change nothing: a writer may be between its renames right now.
     assert C.load_checkpoint(tmp_path / "last").state["iter"] == 1
-    assert not (tmp_path / "last.old").exists() and not (tmp_path / "last.new").exists()
+    assert C.find_checkpoint(tmp_path, prefer=("last",)) == tmp_path / "last.old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.new", "last.old"]
+    # The run's lock holder repairs.
+    C.recover(tmp_path / "last")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
     # A stale last.old next to a complete last is removed; the newer checkpoint wins.
+    (tmp_path / "last.old").mkdir()
     _save(tmp_path / "last", model, iter=2)
     assert C.load_checkpoint(tmp_path / "last").state["iter"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_two_kills_never_lose_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kill 1 leaves only best.old (between the renames); the next publish, killed between its own renames,
+    must not have deleted it first."""
+    model, _ = _model_and_optimizer()
+    src = _save(tmp_path / "last", model, iter=7)
+    _save(tmp_path / "best", model, iter=3)
+    (tmp_path / "best").rename(tmp_path / "best.old")  # kill 1
+    real_rename = os.rename
+
+    def killed_at_second_rename(a: object, b: object) -> None:
+        if str(a).endswith("best.new"):
+            raise KeyboardInterrupt  # stands in for SIGKILL: the publish stops here
+        real_rename(a, b)
+
+    monkeypatch.setattr(C.os, "rename", killed_at_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        C.copy_checkpoint(src, tmp_path / "best")
+    monkeypatch.setattr(C.os, "rename", real_rename)
+    C.recover(tmp_path / "best")
+    assert C.load_checkpoint(tmp_path / "best").state["iter"] == 3  # the previous best, intact
+    C.copy_checkpoint(src, tmp_path / "best")
+    assert C.load_checkpoint(tmp_path / "best").state["iter"] == 7
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

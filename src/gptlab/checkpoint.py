@@ -12,8 +12,10 @@ Nothing is unpickled: loading reads safetensors and JSON only.
 
 Atomicity. The whole checkpoint is first written to `last.new/`, then published with two renames:
 `last/` -> `last.old/`, `last.new/` -> `last/`, and `last.old/` is removed. A rename is atomic, so at every
-moment either `last/` or `last.old/` holds a complete checkpoint; `recover()` (called before reading)
-renames `last.old/` back if a kill fell between the two renames, and deletes a half-written `last.new/`.
+moment either `last/` or `last.old/` holds a complete checkpoint. Readers (sampling while a run trains) only
+read: `published()` gives `last/`, or `last.old/` in the instant between the renames. Only the process that
+holds the run's lock repairs: `recover()` renames `last.old/` back if a kill fell between the two renames, and
+deletes a half-written `last.new/`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "published",
     "recover",
     "rng_state_from_json",
     "rng_state_to_json",
@@ -149,6 +152,8 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 def _publish(tmp: Path, final: Path) -> None:
     """Replace directory `final` by `tmp` so that a complete checkpoint exists at every instant (see top)."""
     old = final.with_name(final.name + ".old")
+    if old.exists() and not final.exists():  # a kill between the renames: old is the checkpoint, keep it
+        os.rename(old, final)
     if old.exists():  # left over from a kill after the second rename
         shutil.rmtree(old)
     if final.exists():
@@ -237,7 +242,8 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
 
 def recover(directory: str | Path) -> None:
-    """Finish or undo a publish that a kill interrupted (see the module docstring)."""
+    """Finish or undo a publish that a kill interrupted (see the module docstring). Only for the holder of the
+    run's lock: a reader repairing would race the writer (use published())."""
     final = Path(directory)
     old = final.with_name(final.name + ".old")
     tmp = final.with_name(final.name + ".new")
@@ -247,6 +253,14 @@ def recover(directory: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     if tmp.exists():
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def published(directory: str | Path) -> Path:
+    """Where the checkpoint published as `directory` is now, without changing anything: the directory, or its
+    `.old` twin while a publish is between its two renames (or was killed there)."""
+    final = Path(directory)
+    old = final.with_name(final.name + ".old")
+    return old if not final.exists() and old.is_dir() else final
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best", "last")) -> Path:
@@ -260,9 +274,9 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best", "last")
     if (path / CONFIG_NAME).is_file():
         return path
     for name in prefer:
-        recover(path / name)
-        if (path / name / CONFIG_NAME).is_file():
-            return path / name
+        found = published(path / name)
+        if (found / CONFIG_NAME).is_file():
+            return found
     raise CheckpointError(
         f"{path} holds no checkpoint (no config.json, and no {' or '.join(n + '/' for n in prefer)} inside); "
         "pass a run directory written by gptlab train or a model directory"
@@ -303,8 +317,7 @@ def read_config(directory: str | Path) -> GPTConfig:
 
 def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Checkpoint:
     """Read a checkpoint directory written by save_checkpoint, on CPU. CheckpointError if it is unusable."""
-    directory = Path(directory)
-    recover(directory)
+    directory = published(directory)
     if not directory.is_dir():  # say so, rather than "config.json is missing; the checkpoint is incomplete"
         raise CheckpointError(f"checkpoint directory {directory} does not exist; check the path (a run's last/)")
     config = read_config(directory)

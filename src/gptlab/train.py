@@ -454,7 +454,8 @@ def _nothing_to_resume(work_dir: Path) -> UsageError:
 
 def _prepare_work_dir(work_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to start a new run over an old one, unless asked to overwrite it; resume needs one."""
-    ckpt.recover(work_dir / "last")
+    ckpt.recover(work_dir / "last")  # we hold the run's lock: repair what a kill left
+    ckpt.recover(work_dir / "best")
     has_run = any((work_dir / name).exists() for name in ("last", "best", "metrics.jsonl"))
     if cfg.trainer.resume:
         if not (work_dir / "last").is_dir():
@@ -475,8 +476,7 @@ def _prepare_work_dir(work_dir: Path, cfg: TrainConfig) -> None:
 
 def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     """The config of a resumed run: its saved settings, changed by the flags given now (not model or data)."""
-    state_path = work_dir / "last" / ckpt.STATE_NAME
-    ckpt.recover(work_dir / "last")
+    state_path = ckpt.published(work_dir / "last") / ckpt.STATE_NAME  # read only: another run may hold the lock
     if not state_path.is_file():
         raise _nothing_to_resume(work_dir)
     saved = json.loads(state_path.read_text(encoding="utf-8"))["train_config"]
