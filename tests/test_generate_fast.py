@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab import GPT, GPTConfig
-from gptlab.generate import _gemv_linear, _gemv_linears, generate, make_caches
+from gptlab.generate import _gemv_linear, _gemv_linears, filter_logits, generate, make_caches
 
 
 def tiny(**kw) -> GPTConfig:
@@ -118,3 +118,26 @@ def test_batched_greedy_rows_are_independent(B, T):
     full = m.generate(idx, 10, temperature=0)
     for b in range(B):
         assert torch.equal(full[b : b + 1], m.generate(idx[b : b + 1], 10, temperature=0))
+
+
+@pytest.mark.parametrize("top_k, top_p", [(None, 0.5), (None, 0.9), (None, 0.75), (None, 0.01), (5, None), (1, None),
+                                          (5, 0.8), (3, 0.5)])
+def test_top_k_top_p_keep_what_transformers_keeps(top_k: int | None, top_p: float | None) -> None:
+    """The same tokens survive as with transformers' TopKLogitsWarper then TopPLogitsWarper; on exact ties at
+    the cut the same number survive (which of the tied tokens is arbitrary in both)."""
+    lp = pytest.importorskip("transformers.generation.logits_process")
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.randn(16, 50, generator=g) * 3
+    ties = [torch.zeros(2, 4), torch.tensor([[2.0, 2.0, 1.0, 1.0, 0.0]]),
+            torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()]
+    for logits in [smooth, *ties]:
+        ref = logits.clone()
+        if top_k is not None:
+            ref = lp.TopKLogitsWarper(top_k)(None, ref)
+        if top_p is not None:
+            ref = lp.TopPLogitsWarper(top_p)(None, ref)
+        ours = filter_logits(logits, top_k, top_p)
+        if logits is smooth:
+            assert torch.equal(ours.isinf(), ref.isinf())
+        else:
+            assert torch.equal(ours.isfinite().sum(-1), ref.isfinite().sum(-1)), (logits, top_k, top_p)

@@ -264,3 +264,13 @@ def test_a_bad_model_setting_leaves_no_work_dir(tmp_path: Path, text_file: Path)
     with pytest.raises(UsageError, match="n_head"):
         T.main(flags(tmp_path, text_file, model__n_head=5))
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_applies_changed_optimizer_flags(tmp_path: Path, text_file: Path) -> None:
+    """The optimizer state restores the old param_groups; weight decay and betas given on resume must win."""
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=3, trainer__resume=True,
+                        trainer__weight_decay=0.0, trainer__beta2=0.95)) == 0
+    groups = load_checkpoint(tmp_path / "run" / "last").optimizer_state["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.0]
+    assert all(tuple(g["betas"]) == (0.9, 0.95) for g in groups)

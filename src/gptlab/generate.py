@@ -102,18 +102,23 @@ def sample(
     """Next token ids (B, 1) from last-position logits (B, vocab)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Logits (B, vocab) with the tokens outside the top_k and the top_p nucleus set to -inf (as transformers'
+    TopKLogitsWarper and TopPLogitsWarper: ties at the k-th logit stay, the most likely token always stays)."""
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
-        # Drop a token once the tokens ranked above it already hold top_p of the mass (the first always stays).
-        drop = probs.cumsum(dim=-1) - probs > top_p
+        # Drop a token once the tokens ranked above it hold top_p of the mass (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs >= top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    return logits
 
 
 def _gemv_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -605,8 +605,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         step, best_val = 0, math.inf
         if resumed:
             state = resumed.state
-            step, best_val = state["iter"], state.get("best_val_loss") or math.inf
+            step, best_val = state["iter"], state.get("best_val_loss")
+            best_val = math.inf if best_val is None else best_val
             distributed.load_optimizer_state(raw, optimizer, resumed.optimizer_state)
+            # The saved param_groups carry the old hyperparameters; flags given now win (lr is set every step).
+            for group, decay in zip(optimizer.param_groups, (t.weight_decay, 0.0), strict=True):
+                group["weight_decay"], group["betas"] = decay, (t.beta1, t.beta2)
             batch_gen.set_state(ckpt.rng_state_from_json(state["rng"]["batches"]))
             per_rank = state["rng"]["torch"]
             torch.set_rng_state(ckpt.rng_state_from_json(per_rank[info.rank % len(per_rank)]))
