@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,3 +275,17 @@ def test_resume_applies_changed_optimizer_flags(tmp_path: Path, text_file: Path)
     groups = load_checkpoint(tmp_path / "run" / "last").optimizer_state["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.0, 0.0]
     assert all(tuple(g["betas"]) == (0.9, 0.95) for g in groups)
+
+
+def test_a_kill_between_saving_last_and_copying_best_is_repaired_on_resume(tmp_path: Path, text_file: Path) -> None:
+    run = tmp_path / "run"
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, trainer__eval_interval=2)) == 0
+    shutil.copytree(run / "best", tmp_path / "best_at_2")
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=4, trainer__eval_interval=2,
+                        trainer__resume=True)) == 0
+    assert load_checkpoint(run / "last").state["best_iter"] == 4  # iter 4 improved: best/ was copied from it
+    shutil.rmtree(run / "best")
+    shutil.copytree(tmp_path / "best_at_2", run / "best")  # as if killed before that copy
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=4, trainer__eval_interval=2,
+                        trainer__resume=True)) == 0
+    assert load_checkpoint(run / "best").state["iter"] == 4

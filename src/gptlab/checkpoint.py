@@ -40,6 +40,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "RunLock",
+    "checkpoint_iter",
     "copy_checkpoint",
     "find_checkpoint",
     "flatten_optimizer_state",
@@ -261,6 +262,15 @@ def published(directory: str | Path) -> Path:
     final = Path(directory)
     old = final.with_name(final.name + ".old")
     return old if not final.exists() and old.is_dir() else final
+
+
+def checkpoint_iter(directory: str | Path) -> int | None:
+    """The training iteration a published checkpoint holds, or None (no checkpoint, or not a training one)."""
+    path = published(directory) / STATE_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("iter")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best", "last")) -> Path:

@@ -602,11 +602,14 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         # dropout (different per rank). Both are checkpointed, so a resumed run draws what the first would.
         batch_gen = torch.Generator().manual_seed(cfg.system.seed)
         torch.manual_seed(cfg.system.seed + info.rank)
-        step, best_val = 0, math.inf
+        step, best_val, best_iter = 0, math.inf, None
         if resumed:
             state = resumed.state
-            step, best_val = state["iter"], state.get("best_val_loss")
+            step, best_val, best_iter = state["iter"], state.get("best_val_loss"), state.get("best_iter")
             best_val = math.inf if best_val is None else best_val
+            if info.is_main and best_iter == step and ckpt.checkpoint_iter(work_dir / "best") != step:
+                # Killed between saving last/ and copying it to best/: last/ is the best checkpoint.
+                ckpt.copy_checkpoint(work_dir / "last", work_dir / "best")
             distributed.load_optimizer_state(raw, optimizer, resumed.optimizer_state)
             # The saved param_groups carry the old hyperparameters; flags given now win (lr is set every step).
             for group, decay in zip(optimizer.param_groups, (t.weight_decay, 0.0), strict=True):
@@ -642,6 +645,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     optimizer_state=optim_state,
                     state={
                         "iter": step, "best_val_loss": None if math.isinf(best_val) else best_val,
+                        "best_iter": best_iter,
                         "world_size": info.world_size, "tokens_seen": step * tokens_per_step, "rng": rng,
                         "train_config": flatten(dataclasses.asdict(cfg)),
                     },
@@ -753,6 +757,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     losses = evaluate(step)
                     improved = losses["val"] < best_val
                     best_val = min(best_val, losses["val"])
+                    best_iter = step if improved else best_iter
                     save(step)
                     last_saved = step
                     if improved and info.is_main:
