@@ -87,7 +87,7 @@ class TrainerConfig:
     log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
     sample_tokens: int = 200  # tokens of the sample printed at each eval (capped at block_size); 0: none
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA if supported, else fp32
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast (+TF32) on CUDA, else fp32
     compile: bool = False  # torch.compile the model: slow start, faster steps on GPUs
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicates the model, FSDP2 shards it
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
@@ -588,7 +588,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         # Fused AdamW: one kernel over all parameters (on CPU too: 5x faster than foreach at 10M parameters).
         optimizer = make_optimizer(raw, t, fused=device.type in ("cuda", "cpu") and t.strategy != "fsdp")
         model = torch.compile(wrapped) if t.compile else wrapped
-        if device.type == "cuda":
+        if device.type == "cuda" and t.dtype != "float32":  # TF32 matmuls (as nanoGPT), unless fp32 was asked for
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         use_bf16 = t.dtype == "bfloat16" or (
