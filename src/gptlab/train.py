@@ -499,7 +499,9 @@ def train(cfg: TrainConfig) -> int:
     """Train as configured; returns the process exit code (0: finished or interrupted and saved)."""
     info = distributed.setup(cfg.trainer.device)
     try:
-        return _train(cfg, info)
+        code = _train(cfg, info)
+        distributed.barrier()  # every rank done before any closes its connections (gloo aborts otherwise)
+        return code
     finally:
         distributed.teardown()
 
