@@ -16,7 +16,7 @@ import torch
 
 from gptlab import train as T
 from gptlab.checkpoint import load_checkpoint
-from gptlab.data import shakespeare_text
+from gptlab.data import DataError, shakespeare_text
 from gptlab.model import GPT
 from gptlab.options import UsageError
 
@@ -289,3 +289,13 @@ def test_a_kill_between_saving_last_and_copying_best_is_repaired_on_resume(tmp_p
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=4, trainer__eval_interval=2,
                         trainer__resume=True)) == 0
     assert load_checkpoint(run / "best").state["iter"] == 4
+
+
+def test_a_run_refused_before_writing_anything_leaves_no_folder(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(DataError, match="data file not found"):
+        T.main(flags(tmp_path, text_file, data__path=tmp_path / "nope.txt"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is left alone, even empty
+    with pytest.raises(DataError):
+        T.main(flags(tmp_path, text_file, "mine", data__path=tmp_path / "nope.txt"))
+    assert (tmp_path / "mine").is_dir()

@@ -524,6 +524,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         model_config_from_dict(cfg.model, vocab_size=1)  # a bad model setting fails before the work dir exists
     # Rank 0 owns the directory. If it fails here, torchrun stops the ranks waiting at the barrier.
     lock = None
+    created = not work_dir.exists()
     if info.is_main:
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -807,6 +808,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
     finally:
         if lock is not None:
             lock.release()
+            if created and [p.name for p in work_dir.iterdir()] == [lock.path.name]:
+                shutil.rmtree(work_dir)  # a run refused before it wrote anything leaves no empty folder behind
 
 
 def _finetune_config(base: GPTConfig, model_flags: dict[str, Any]) -> GPTConfig:
