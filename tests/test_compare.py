@@ -168,6 +168,12 @@ def test_compare_usage_errors() -> None:
         main(["--preset=micro", "--out=/nonexistent/never", "--trainer.max_iter=3"])
     with pytest.raises(UsageError, match="nope.yaml: file not found"):
         main(["--grid=nope.yaml"])
+
+
+def test_report_only_without_runs_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no complete runs"):
+        main(["--preset=micro", f"--out={tmp_path / 'new'}", "--report-only"])
+    assert not (tmp_path / "new").exists()
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA GPU"):
             main(["--trainer.device=cuda"])

@@ -805,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     base_config = model_config_from_dict(preset["model"], vocab_size=65)
     grid = parse_grid(opts["grid"], base_config)
     parse_train_args(_train_flags(preset, {}, 0, out / "runs" / "check", extra))  # a bad flag fails now, not later
+    if opts["report_only"] == "True" and not (out / "runs").is_dir():
+        raise UsageError(f"--report-only: no complete runs in {out / 'runs'}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     (out / ".gitignore").write_text("runs/\n")  # checkpoints stay out of git
