@@ -822,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(msg, flush=True)
 
+    if "baseline" not in grid:
+        say("[compare] note: the grid has no 'baseline' variant, so the report compares nothing against it "
+            "(add `baseline: {}` to a YAML grid) and skips the uptraining experiment")
     start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {}
     uptrain = None
