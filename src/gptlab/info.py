@@ -402,6 +402,8 @@ The aliases of gptlab train work too (--model.n_query_head=N, --model.rope=True,
 --context N       tokens per sequence (default: block_size of the first configuration)
 --batch N         sequences (default 1), for the KV cache and training memory
 --dtype D         fp32 (default), bf16 or fp16: bytes of weights, gradients, AdamW moments, KV cache, activations
+                  (all in D, as in pure bf16 training; bf16 autocast, --trainer.dtype=bfloat16, keeps fp32 weights,
+                  gradients and moments)
 --json            print the numbers as JSON instead of a table
 
 --context, --batch, --dtype and --json may stand anywhere and apply to both configurations.
