@@ -8,7 +8,8 @@
 Rows: train (training step vs transformers), flops (that step vs this machine's matmul FLOP/s at the model's own
 GEMM shapes), decode (124M greedy decode vs transformers, and vs the memory-bandwidth limit), swa (sliding-window
 attention vs full causal attention, time and peak memory), sweep (SWA over T), kv (KV cache for MHA/GQA/MQA at a
-2048-token context), gpu (124M training MFU and decode on CUDA, when there is a GPU).
+2048-token context), gpu (124M training step on CUDA, bf16 + torch.compile: MFU and tokens/s vs transformers,
+when there is a GPU).
 
 Every row times ours and the peer alternately in the same process, `repeats` times after a warm-up, and reports
 medians and their ratio: the ratio is what carries over between machines, and a shared machine slows both sides.
@@ -49,7 +50,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -119,7 +120,9 @@ def _hf_gpt2(cfg: GPTConfig):
         n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
     )
     hf_cfg._attn_implementation = "sdpa"
-    return GPT2LMHeadModel(hf_cfg)
+    model = GPT2LMHeadModel(hf_cfg)
+    model.loss_type = "ForCausalLM"  # else a warning on every forward, and a graph break under torch.compile
+    return model
 
 
 def _train_steps(device: str, dtype: torch.dtype = torch.float32):
@@ -485,14 +488,17 @@ def row_kv(repeats: int, device: str, context: int = 2048, steps: int = 16) -> s
 
 # --- 7. GPU: 124M training MFU, bf16 + compile + flash, and decode, vs transformers --------------------------------
 
-PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12}  # dense bf16 tensor-core FLOP/s
+# Dense bf16 tensor-core FLOP/s by device name (torch.cuda.get_device_name), first match wins: the PCIe and NVL
+# cards run lower clocks than SXM ("NVIDIA H100 80GB HBM3", "NVIDIA H200").
+PEAK_BF16 = [("h100 pcie", 756e12), ("h100 nvl", 835e12), ("h200 nvl", 835e12), ("h100", 989e12),
+             ("h200", 989e12), ("a100", 312e12)]
 
 
 def row_gpu(repeats: int) -> str:
     if not torch.cuda.is_available():
         return "## 7. GPU\n\nNot measured: no GPU in this run."
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16.items() if k in name.lower()), None)
+    peak = next((v for k, v in PEAK_BF16 if k in name.lower()), None)
     torch.manual_seed(0)
     # GPT-2 124M with the vocabulary padded to a multiple of 64 (50304, as nanoGPT trains it): the lm_head GEMM
     # then tiles evenly on tensor cores. Both models get the same padded config.

@@ -255,6 +255,9 @@ def flex_sliding_window_attention(
 
     block_mask = _flex_block_mask(q.size(-2), window, str(q.device))
     fn = _compiled_flex() if compiled else flex_attention
+    # Contiguous inputs: the model's q, k, v are strided views of one fused projection, and compiled flex inside
+    # a compiled model gave wrong results on such views (seen on CPU; cheap insurance on CUDA).
+    q, k, v = (x.contiguous() for x in (q, k, v))
     return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
 
 

@@ -57,8 +57,9 @@ class KVCache(nn.Module):
         if T == 1:
             # The buffer holds exactly the last `window` positions: all visible, no mask.
             slot = pos % self.size
-            self.k[:, :, slot] = k[:, :, 0]
-            self.v[:, :, slot] = v[:, :, 0]
+            # A slice, not an integer index: torch.compile then keeps one graph for every slot.
+            self.k[:, :, slot : slot + 1] = k
+            self.v[:, :, slot : slot + 1] = v
             n = min(pos + 1, self.size)
             return F.scaled_dot_product_attention(q, self.k[:, :, :n], self.v[:, :, :n], enable_gqa=gqa)
 
