@@ -276,3 +276,5 @@ def test_plot(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (run / "a" / "loss.png").is_file()  # written by training at each eval
     assert cli.main(["plot", str(tmp_path)]) == 2
     assert "has no metrics.jsonl" in capsys.readouterr().err
+    assert cli.main(["plot", str(run / "a"), f"--out={tmp_path / 'loss.txt'}"]) == 2
+    assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "loss.txt").exists()

@@ -386,6 +386,8 @@ def plot_main(argv: list[str]) -> int:
     labels = [s.strip() for s in cfg.labels.split(",")] if cfg.labels else None
     if labels is not None and len(labels) != len(runs):
         raise UsageError(f"--labels has {len(labels)} labels for {len(runs)} runs; give one per run, comma-separated")
+    if Path(cfg.out).suffix.lower() != ".png":
+        raise UsageError(f"--out={cfg.out}: the plot is a PNG; give a file name ending in .png")
     if not Path(cfg.out).expanduser().parent.is_dir():
         raise UsageError(f"--out={cfg.out}: folder {Path(cfg.out).parent} does not exist; create it or pick another")
     out = plot_losses(runs, Path(cfg.out).expanduser(), labels)
