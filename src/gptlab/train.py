@@ -619,10 +619,13 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                 group["weight_decay"], group["betas"] = decay, (t.beta1, t.beta2)
             batch_gen.set_state(ckpt.rng_state_from_json(state["rng"]["batches"]))
             per_rank = state["rng"]["torch"]
-            torch.set_rng_state(ckpt.rng_state_from_json(per_rank[info.rank % len(per_rank)]))
             cuda_states = state["rng"].get("cuda") or []
-            if device.type == "cuda" and cuda_states:
-                torch.cuda.set_rng_state(ckpt.rng_state_from_json(cuda_states[info.rank % len(cuda_states)]), device)
+            if len(per_rank) == info.world_size:  # the same processes: each continues its own dropout stream
+                torch.set_rng_state(ckpt.rng_state_from_json(per_rank[info.rank]))
+                if device.type == "cuda" and len(cuda_states) == info.world_size:
+                    torch.cuda.set_rng_state(ckpt.rng_state_from_json(cuda_states[info.rank]), device)
+            else:  # a different number of processes: fresh, distinct streams (reusing saved ones would repeat)
+                torch.manual_seed(cfg.system.seed + info.rank + 1_000_003 * step)
             del resumed
             if info.is_main:  # forget metrics logged after this checkpoint (a kill between evals)
                 rows = [r for r in read_metrics(work_dir) if r.get("iter", 0) <= step]
