@@ -243,7 +243,17 @@ def _flex_block_mask(T: int, window: int, device: str):
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling():  # inside a compiled model: traced into its graph
+            return flex_attention(*args, **kwargs)
+        # One kernel per (T, dtype, grad mode, heads): a run evaluating at several lengths needs more than
+        # dynamo's default 8, past which flex would silently run its eager, O(T^2) reference.
+        with torch._dynamo.config.patch(recompile_limit=64):
+            return compiled(*args, **kwargs)
+
+    return run
 
 
 def flex_sliding_window_attention(
