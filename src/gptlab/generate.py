@@ -181,8 +181,10 @@ def generate(
     model.eval()
     out = torch.empty(B, total, dtype=idx.dtype, device=idx.device)
     out[:, :T] = idx
-    caches = make_caches(model, B, total)
-    step = torch.compile(model, dynamic=True) if compile and idx.device.type == "cuda" else model
+    compiled = compile and idx.device.type == "cuda"
+    # A compiled step is specialised to the cache's size: rounded up, other lengths reuse its graph.
+    caches = make_caches(model, B, -(-total // 256) * 256 if compiled else total)
+    step = torch.compile(model, dynamic=True) if compiled else model
     try:
         with _gemv_linears(model):
             logits, _ = model(idx, cache=caches, input_pos=0, last_only=True)
