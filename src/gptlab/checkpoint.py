@@ -150,13 +150,24 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         os.fsync(f.fileno())
 
 
+def _old(final: Path) -> Path:
+    return final.with_name(final.name + ".old")
+
+
+def _settle(final: Path) -> None:
+    """Undo what a kill between a publish's renames left: `.old` is the checkpoint if `final` is missing, and
+    a stale copy if `final` exists."""
+    old = _old(final)
+    if not final.exists() and old.is_dir():
+        os.rename(old, final)
+    elif old.exists() and final.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _publish(tmp: Path, final: Path) -> None:
     """Replace directory `final` by `tmp` so that a complete checkpoint exists at every instant (see top)."""
-    old = final.with_name(final.name + ".old")
-    if old.exists() and not final.exists():  # a kill between the renames: old is the checkpoint, keep it
-        os.rename(old, final)
-    if old.exists():  # left over from a kill after the second rename
-        shutil.rmtree(old)
+    _settle(final)  # never delete `.old` while it is the only complete copy
+    old = _old(final)
     if final.exists():
         os.rename(final, old)
     os.rename(tmp, final)
@@ -246,12 +257,8 @@ def recover(directory: str | Path) -> None:
     """Finish or undo a publish that a kill interrupted (see the module docstring). Only for the holder of the
     run's lock: a reader repairing would race the writer (use published())."""
     final = Path(directory)
-    old = final.with_name(final.name + ".old")
     tmp = final.with_name(final.name + ".new")
-    if not final.exists() and old.is_dir():
-        os.rename(old, final)
-    elif old.exists() and final.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
+    _settle(final)
     if tmp.exists():
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -260,8 +267,7 @@ def published(directory: str | Path) -> Path:
     """Where the checkpoint published as `directory` is now, without changing anything: the directory, or its
     `.old` twin while a publish is between its two renames (or was killed there)."""
     final = Path(directory)
-    old = final.with_name(final.name + ".old")
-    return old if not final.exists() and old.is_dir() else final
+    return _old(final) if not final.exists() and _old(final).is_dir() else final
 
 
 def checkpoint_iter(directory: str | Path) -> int | None:

@@ -339,7 +339,7 @@ def measure(work_dir: Path, data: Any, eval_batches: int, decode_tokens: int, ba
 
 
 def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset: dict[str, Any], data: Any,
-                extra: list[str], say: Callable[[str], None]) -> dict[str, Any]:
+                extra: list[str], device: torch.device, say: Callable[[str], None]) -> dict[str, Any]:
     """Train (or skip, or resume) one variant/seed and return its result.json."""
     work_dir = out / "runs" / f"{name}-s{seed}"
     result_path = work_dir / "result.json"
@@ -348,7 +348,6 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
         return json.loads(result_path.read_text())
     say(f"[compare] {name} seed {seed}: training in {work_dir}")
     peak = None
-    device = run_device(preset)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run_train(_train_flags(preset, changes, seed, work_dir, extra), work_dir)
@@ -366,8 +365,8 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
 # ========================================================================================================
 
 
-def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str, Any], rounds: int = 9,
-                   say: Callable[[str], None] = print) -> dict[str, Any]:
+def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str, Any], device: torch.device,
+                   rounds: int = 9, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train-step and decode tokens/s of every variant (seed 0's trained weights), measured round-robin.
 
     Each run's own tokens/s is logged while the machine does whatever else it does; a speed compared across
@@ -377,7 +376,6 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
     """
     from .train import TrainerConfig, make_optimizer
 
-    device = run_device(preset)
     batch, tokens = int(preset["trainer"]["batch_size"]), int(preset["decode_tokens"])
     # The step in the dtype the runs trained in: bf16 autocast on CUDA unless --trainer.dtype says otherwise.
     dtype = str(preset["trainer"].get("dtype", "auto"))
@@ -793,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
             preset[section][field] = _scalar(value)
             extra.remove(a)
     try:
-        run_device(preset)
+        device = run_device(preset)  # the runs train there, and are measured there
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
@@ -848,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         # stopped early (--report-only) still covers every variant.
         for seed in range(seeds):
             for name, changes in grid.items():
-                results.setdefault(name, []).append(run_variant(out, name, changes, seed, preset, data, extra, say))
+                result = run_variant(out, name, changes, seed, preset, data, extra, device, say)
+                results.setdefault(name, []).append(result)
             if seed == 0 and opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
                 uptrain = uptrain_experiment(out, preset, data, extra, say)
     wall_path = out / "runs" / "wall_s.json"
@@ -856,16 +855,15 @@ def main(argv: list[str] | None = None) -> int:
     wall = prev + time.perf_counter() - start
     if opts["report_only"] != "True":
         wall_path.write_text(json.dumps({"s": wall}))
-    device = device_name(run_device(preset))
     meta = {
         "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
         "trainer": preset["trainer"], "data": f"{data_path or 'Shakespeare'} ({tok_name})",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device),
         "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
         "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
     }
-    speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, say=say)
+    speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, device, say=say)
     path = write_report(out, results, uptrain, meta, speeds)
     say(f"[compare] report: {path}")
     return 0

@@ -520,8 +520,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             f"--trainer.batch_size={t.batch_size} must be divisible by grad_accum ({t.grad_accum}) x "
             f"processes ({info.world_size}) = {t.grad_accum * info.world_size}"
         )
-    if not t.resume and cfg.init is None:
-        model_config_from_dict(cfg.model, vocab_size=1)  # a bad model setting fails before the work dir exists
+    # A new model's config (its real vocab_size comes from the tokenizer): a bad setting fails before the work
+    # dir exists.
+    new_config = model_config_from_dict(cfg.model, vocab_size=1) if not t.resume and cfg.init is None else None
     # Rank 0 owns the directory. If it fails here, torchrun stops the ranks waiting at the barrier.
     lock = None
     created = not work_dir.exists()
@@ -549,7 +550,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         elif pretrained is not None:
             config = _finetune_config(pretrained.config, cfg.model)
         else:
-            config = model_config_from_dict(cfg.model, vocab_size=1)  # the real vocab_size comes next
+            config = new_config
         data = prepare_dataset(data_path, tok_name, cache_dir, config.block_size)
         tokenizer = data.tokenizer
         if saved_tok is not None and tokenizer != saved_tok:
