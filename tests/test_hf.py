@@ -16,6 +16,7 @@ from gptlab import GPT, GPTConfig
 from gptlab.hf import (
     CheckpointError,
     config_from_hf,
+    export_format,
     hf_gpt2_config,
     is_hf_gpt2_compatible,
     load_pretrained,
@@ -136,18 +137,19 @@ def test_small_gpt2_export_loads_in_transformers(tmp_path):
 @pytest.mark.parametrize(
     "changes",
     [
-        dict(pos_emb="rope", n_kv_head=2, window=8, norm="rmsnorm", mlp="swiglu", bias=False,
+        dict(pos_emb="rope", n_kv_head=2, window=8, norm="layernorm", mlp="swiglu", bias=False,
              tie_embeddings=False, rope_theta=5000.0),
+        dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True),
         dict(n_kv_head=1, mlp_hidden=100),
-        dict(tie_embeddings=False, norm_eps=1e-6),
         dict(bias=False),
     ],
-    ids=["modern", "mqa", "untied", "nobias"],
+    ids=["modern-layernorm", "llama-with-bias", "mqa", "nobias"],
 )
 def test_gptlab_format_round_trip(tmp_path, changes):
+    # Mixtures that no Hugging Face architecture holds go to gptlab's own format.
     torch.manual_seed(0)
     model = GPT(tiny_gpt2_config(**changes)).eval()
-    assert not is_hf_gpt2_compatible(model.config)
+    assert not is_hf_gpt2_compatible(model.config) and export_format(model.config) == "gptlab"
     with pytest.raises(ValueError, match="not a GPT-2 config"):
         hf_gpt2_config(model.config)
     model.save_pretrained(tmp_path)
@@ -162,6 +164,40 @@ def test_gptlab_format_round_trip(tmp_path, changes):
     idx = torch.randint(0, 96, (2, 24))
     assert torch.equal(our_logits(back, idx), our_logits(model, idx))
     assert torch.equal(back.generate(idx[:, :4], 12, temperature=0), model.generate(idx[:, :4], 12, temperature=0))
+
+
+@pytest.mark.parametrize(
+    "kind, changes",
+    [
+        ("gpt2", dict(tie_embeddings=False, mlp_hidden=100, norm_eps=1e-6)),
+        ("llama", dict(n_kv_head=2, rope_theta=5000.0, norm_eps=1e-5, mlp_hidden=120)),
+        ("llama", dict(n_kv_head=1, tie_embeddings=False)),
+        ("mistral", dict(n_kv_head=2, window=8, tie_embeddings=False, rope_theta=20000.0)),
+    ],
+    ids=["gpt2-untied-n_inner", "llama-gqa-tied", "llama-mqa-untied", "mistral-window"],
+)
+def test_export_to_hugging_face_architectures(tmp_path, kind, changes):
+    # The saved directory loads in transformers' own class and gives the same logits and greedy tokens.
+    base = dict(bias=True) if kind == "gpt2" else dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    torch.manual_seed(0)
+    model = GPT(tiny_gpt2_config(**base, **changes)).eval()
+    for p in model.parameters():  # non-trivial norms and biases, so a wrong mapping shows
+        p.data.add_(0.05 * torch.randn_like(p))
+    assert export_format(model.config) == kind
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model_type"] == kind
+    cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
+           "mistral": transformers.MistralForCausalLM}[kind]
+    hf = cls.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert (hf.lm_head.weight is hf.get_input_embeddings().weight) == model.config.tie_embeddings
+    idx = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(1))  # 24 > the window of 8
+    diff = (hf_logits(hf, idx) - our_logits(model, idx)).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert torch.equal(hf_greedy_uncached(hf, idx[:, :6], 10), model.generate(idx[:, :6], 10, temperature=0))
+    back = GPT.from_pretrained(tmp_path)  # and back: the same config, the same numbers
+    assert back.config == model.config.replace(dropout=0.0)
+    assert torch.equal(our_logits(back, idx), our_logits(model, idx))
 
 
 def test_dtype_and_device(tmp_path):

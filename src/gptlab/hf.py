@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: load GPT-2, Llama and Mistral weights into GPT, and save GPT-2 in HF format.
+"""Hugging Face checkpoints: load GPT-2, Llama and Mistral weights into GPT, and save them in those formats.
 
 Loading reads a directory holding config.json and model.safetensors (or a sharded
 model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which is
@@ -9,7 +9,9 @@ designed not to run code). config.json's model_type picks the key mapping:
   llama, mistral  q/k/v projections fused into attn.c_attn, gate/up into mlp.c_fc. HF's files store RoPE in
                   the "rotate half" layout we use (its converter permuted q/k rows from Meta's adjacent-pairs
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
-  gptlab          our own state dict, written by save_pretrained for configs GPT-2 cannot express.
+  gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
+
+Saving runs the same mapping backwards (save_pretrained picks the format from the config: export_format).
 
 Loading is strict: every parameter must be present with the right shape, and unknown tensors are an
 error. Every problem with a checkpoint raises CheckpointError (a ValueError) with a one-line message.
@@ -34,7 +36,9 @@ __all__ = [
     "CheckpointError",
     "SUPPORTED_MODEL_TYPES",
     "config_from_hf",
+    "export_format",
     "hf_gpt2_config",
+    "hf_llama_config",
     "is_hf_gpt2_compatible",
     "load_pretrained",
     "save_pretrained",
@@ -196,11 +200,55 @@ def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
 
 
 def _gpt2_mismatches(config: GPTConfig) -> list[str]:
-    wanted = dict(
-        pos_emb="learned", window=None, norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True,
-        n_kv_head=config.n_head, mlp_hidden=4 * config.n_embd,
-    )
+    wanted = dict(pos_emb="learned", window=None, norm="layernorm", mlp="gelu", bias=True, n_kv_head=config.n_head)
     return [f"{k}={getattr(config, k)!r} (GPT-2: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+
+
+def _llama_mismatches(config: GPTConfig) -> list[str]:
+    wanted = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    return [f"{k}={getattr(config, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+
+
+def export_format(config: GPTConfig) -> str:
+    """The format save_pretrained writes a config in: HF "gpt2", "llama", "mistral" (Llama with a sliding
+    window), or "gptlab" (our own) for the mixtures no Hugging Face architecture holds."""
+    if not _gpt2_mismatches(config):
+        return "gpt2"
+    if not _llama_mismatches(config):
+        return "llama" if config.window is None else "mistral"
+    return "gptlab"
+
+
+def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
+    """The HF Llama (or, with a window, Mistral) config.json for a Llama-shaped GPTConfig."""
+    bad = _llama_mismatches(config)
+    if bad:
+        raise ValueError(f"not a Llama config, HF Llama format cannot hold it: {', '.join(bad)}")
+    kind = "llama" if config.window is None else "mistral"
+    hf = {
+        "architectures": ["LlamaForCausalLM" if kind == "llama" else "MistralForCausalLM"],
+        "model_type": kind,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.block_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,  # transformers 4; 5 reads rope_parameters
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_dropout": config.dropout,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": 0.02,
+    }
+    if kind == "llama":
+        hf.update(attention_bias=False, mlp_bias=False)
+    else:
+        hf["sliding_window"] = config.window
+    return hf
 
 
 def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
@@ -218,7 +266,7 @@ def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,
+        "n_inner": None if config.mlp_hidden == 4 * config.n_embd else config.mlp_hidden,
         "activation_function": "gelu_new",
         "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout,
@@ -226,7 +274,7 @@ def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
         "attn_pdrop": config.dropout,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": special,
         "eos_token_id": special,
     }
@@ -573,11 +621,30 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def _export_tensors(model_type: str, config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors for our state dict: the loading plans of _PLANS run backwards."""
+    prefix = "transformer." if model_type == "gpt2" else ""  # what transformers itself writes
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        sources, combine = _PLANS[model_type](key, tuple(t.shape), prefix, config)
+        t = t.detach().cpu()
+        if combine is _transpose:
+            parts = [t.t()]
+        elif combine is _concat:
+            parts = list(t.split([shape[0] for _, shape in sources], dim=0))
+        else:
+            parts = [t]
+        for (name, _), part in zip(sources, parts, strict=True):
+            out[name] = part.contiguous().clone()
+    return out
+
+
 def save_pretrained(model: GPT, directory: str | Path) -> None:
     """Write config.json and model.safetensors to directory (created if needed).
 
-    A plain GPT-2 config is written in Hugging Face GPT-2 format (transformers.GPT2LMHeadModel loads it);
-    any other config in gptlab format: our own tensor names and {"model_type": "gptlab", "gptlab": {...}}.
+    In the Hugging Face format that holds the config exactly, so transformers loads it: GPT-2
+    (GPT2LMHeadModel), Llama (RoPE + RMSNorm + SwiGLU, no biases) or Mistral (Llama with a sliding window);
+    anything else in gptlab format: our own tensor names and {"model_type": "gptlab", "gptlab": {...}}.
     A tied lm_head is not stored.
     """
     from safetensors.torch import save_file
@@ -588,17 +655,14 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
     state = model.state_dict()
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
-    tensors: dict[str, torch.Tensor] = {}
-    if is_hf_gpt2_compatible(config):
+    kind = export_format(config)
+    if kind == "gpt2":
         hf_config = hf_gpt2_config(config)
-        for key, t in state.items():
-            t = t.detach().cpu()
-            if _CONV1D.fullmatch(key.removeprefix("transformer.")):
-                t = t.t()
-            tensors[key] = t.contiguous().clone()
+    elif kind in ("llama", "mistral"):
+        hf_config = hf_llama_config(config)
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}
-        tensors = {key: t.detach().cpu().contiguous().clone() for key, t in state.items()}
+    tensors = _export_tensors(kind, config, state)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
