@@ -138,15 +138,30 @@ def test_compare_end_to_end_skip_and_resume(tmp_path: Path, capsys: pytest.Captu
         assert results["summary"][name]["train_tokens_per_s"] == v["train_tokens_per_s"] > 0
         assert results["summary"][name]["decode_tokens_per_s"] == v["decode_tokens_per_s"] > 0
     assert "measured side by side after training" in report
-    # --report-only: a report of what is complete, training nothing.
-    assert main([*args[:1], "--grid=baseline,rope,gqa", *args[2:], "--report-only"]) == 0
-    assert "INCOMPLETE comparison, missing runs: gqa (1 of 1 seeds)" in (out / "report.md").read_text()
-    assert not (out / "runs" / "gqa-s0").exists()
-    capsys.readouterr()
-
-    # A second run skips everything complete; a run without result.json (interrupted) resumes its checkpoint.
+    # --report-only: the report of the runs, with the settings they were trained with (not the flags of the
+    # report's own command: here none but --out) and the speeds measured after them, training nothing.
+    assert main([f"--out={out}", "--report-only"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["speeds"] == speeds and again["meta"]["trainer"]["max_iters"] == 4
+    assert "--seeds=1" in again["meta"]["command"] and "--trainer.max_iters=4" in again["meta"]["command"]
+    assert "INCOMPLETE" not in (out / "report.md").read_text()
+    with pytest.raises(UsageError, match="drop --grid=baseline,rope,gqa"):
+        main([*args[:1], "--grid=baseline,rope,gqa", *args[2:], "--report-only"])
     rope_result = out / "runs" / "rope-s0" / "result.json"
     rope_result.unlink()
+    assert main([f"--out={out}", "--report-only"]) == 0
+    assert "INCOMPLETE comparison, missing runs: rope (1 of 1 seeds)" in (out / "report.md").read_text()
+    capsys.readouterr()
+
+    # Runs started with other settings are never reused under the new ones; nothing trains.
+    with pytest.raises(UsageError, match=r"baseline-s0 was trained with other settings: --trainer.max_iters=5 \(was 4"):
+        main([*args[:-1], "--trainer.max_iters=5"])
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("baseline: {}\nrope: {pos_emb: rope, n_kv_head: 2}\n")
+    with pytest.raises(UsageError, match=r"rope-s0 was trained with other settings: --model.n_kv_head=2"):
+        main([args[0], f"--grid={grid}", *args[2:]])
+
+    # A second run skips everything complete; a run without result.json (interrupted) resumes its checkpoint.
     mtime = (out / "runs" / "baseline-s0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0
     printed = capsys.readouterr().out

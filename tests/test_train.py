@@ -133,13 +133,17 @@ def test_weight_decay_on_matrices_only() -> None:
     assert n == model.num_params()  # every parameter once (the tied lm_head is wte)
 
 
-def test_grad_accum_gives_the_same_step(tmp_path: Path, text_file: Path) -> None:
-    # The batch is the global batch: accumulating it in 4 micro-batches is the same computation.
+def test_grad_accum_gives_the_same_step_and_eval(tmp_path: Path, text_file: Path) -> None:
+    # The batch is the global batch: accumulating it in 4 micro-batches is the same computation, and evals
+    # see the same rows (they once drew micro-batches, so grad_accum shrank and changed the eval sample).
     for accum in (1, 4):
         T.main(flags(tmp_path, text_file, f"acc{accum}", trainer__max_iters=4, trainer__log_interval=1,
-                     trainer__grad_accum=accum))
+                     trainer__eval_interval=2, trainer__grad_accum=accum))
     a, b = losses(tmp_path / "acc1"), losses(tmp_path / "acc4")
     assert [x for _, x in a] == pytest.approx([x for _, x in b], abs=1e-5)
+    evals = [[r[k] for r in T.read_metrics(tmp_path / f"acc{n}") if "val_loss" in r for k in ("train_loss", "val_loss")]
+             for n in (1, 4)]
+    assert len(evals[0]) == 6 and evals[0] == pytest.approx(evals[1], abs=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
@@ -208,15 +212,23 @@ def test_finetune_a_hugging_face_gpt2_directory(tmp_path: Path, text_file: Path)
     assert ck.tokenizer.name == "gpt2" and ck.config == config  # --init replaces the preset's model
 
 
-def test_finetune_refuses_a_model_without_a_usable_tokenizer(tmp_path: Path, text_file: Path) -> None:
-    # A Llama-format directory with a 40-token vocabulary and no gptlab tokenizer: the text's char ids
-    # (more than 40) would index past its embedding table.
+@pytest.mark.parametrize("vocab", [40, 300])
+def test_finetune_refuses_a_model_without_a_usable_tokenizer(tmp_path: Path, text_file: Path, vocab: int) -> None:
+    # A Llama-format directory with its own (non-GPT-2) vocabulary and no gptlab tokenizer: char ids built from
+    # the text would silently stand for the Llama's tokens (300 > the text's characters: it used to train).
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
-    with pytest.raises(UsageError, match="without a tokenizer gptlab can use.*40-token vocabulary"):
+    with pytest.raises(UsageError, match=f"no gptlab tokenizer.json and its vocabulary \\({vocab}\\) is not GPT-2"):
         T.main(flags(tmp_path, text_file, "ft", init=tmp_path / "llama", trainer__max_iters=2))
+    assert not (tmp_path / "ft").exists()
+
+
+def test_finetune_names_the_tokenizer_flag_that_conflicts(tmp_path: Path, text_file: Path) -> None:
+    GPT(T.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64)).save_pretrained(tmp_path / "hf")
+    with pytest.raises(UsageError, match="--data.tokenizer=char: the model was trained with the gpt2 tokenizer"):
+        T.main(flags(tmp_path, text_file, "ft", init=tmp_path / "hf", data__tokenizer="char"))
 
 
 def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:

@@ -123,7 +123,7 @@ def load_model(source: str, which: str = "best", device: str = "auto") -> tuple[
     from .checkpoint import CheckpointError, find_checkpoint
     from .distributed import resolve_device
     from .model import GPT
-    from .tokenizer import get_tokenizer, load_tokenizer
+    from .tokenizer import tokenizer_for_model
 
     dev = resolve_device(device, flag="--device")
     path = Path(source).expanduser()
@@ -134,19 +134,10 @@ def load_model(source: str, which: str = "best", device: str = "auto") -> tuple[
         model = GPT.from_pretrained(directory, device=dev)
     else:
         model = GPT.from_pretrained(source, device=dev)  # a Hugging Face hub id (CheckpointError when offline)
-    tokenizer = None
-    if directory is not None and (directory / "tokenizer.json").is_file():
-        try:
-            tokenizer = load_tokenizer(directory / "tokenizer.json")
-        except ValueError:
-            pass  # a Hugging Face tokenizer.json, not ours
-    if tokenizer is None:
-        if model.config.vocab_size not in (50257, 50304):
-            raise CheckpointError(
-                f"{source} has no gptlab tokenizer.json and its vocabulary ({model.config.vocab_size}) is not "
-                "GPT-2's; gptlab can only pair GPT-2-vocabulary models with a tokenizer it ships"
-            )
-        tokenizer = get_tokenizer("gpt2")
+    try:
+        tokenizer = tokenizer_for_model(directory, model.config.vocab_size, source)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     return model.eval(), tokenizer, directory
 
 

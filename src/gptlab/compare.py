@@ -114,7 +114,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     src, dst = rest
     if Path(dst).exists() and (not Path(dst).is_dir() or any(Path(dst).iterdir())):
         raise UsageError(f"{dst} exists and is not empty; convert writes a new model directory: pick a new DST")
-    model, tokenizer = load_pretrained(src)
+    model, tokenizer = load_pretrained(src, need_tokenizer=False)
     try:
         out = convert_to_gqa(model, n)
     except ValueError as e:
@@ -252,6 +252,54 @@ def _train_flags(preset: dict[str, Any], changes: dict[str, Any], seed: int, wor
     return flags + list(extra)
 
 
+def _settings_path(out: Path) -> Path:
+    return out / "runs" / "settings.json"
+
+
+def read_settings(out: Path) -> dict[str, Any]:
+    """OUT/runs/settings.json: the command of the comparison, its grid, and the train flags of every run started."""
+    path = _settings_path(out)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = _settings_path(out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _run_key_flags(flags: list[str]) -> list[str]:
+    return [f for f in flags if not f.startswith("--system.work_dir=")]
+
+
+def record_run_flags(out: Path, run: str, flags: list[str]) -> None:
+    """Remember the settings a run was started with, so a later command cannot reuse it under others."""
+    settings = read_settings(out)
+    settings.setdefault("runs", {})[run] = _run_key_flags(flags)
+    _write_settings(out, settings)
+
+
+def check_run_flags(out: Path, planned: dict[str, list[str]]) -> None:
+    """Refuse, before anything trains, to reuse a run (complete or interrupted) started with other settings."""
+    saved = read_settings(out).get("runs", {})
+    for run, flags in planned.items():
+        before = saved.get(run)
+        if before is None or not (out / "runs" / run).exists():
+            continue
+        was = dict(f.partition("=")[::2] for f in before)
+        now = dict(f.partition("=")[::2] for f in _run_key_flags(flags))
+        if was != now:
+            from .options import UsageError
+
+            changed = [f"{k}={now.get(k, '(unset)')} (was {was.get(k, '(unset)')})"
+                       for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
+            raise UsageError(
+                f"{out / 'runs' / run} was trained with other settings: {', '.join(changed)}; use another --out, "
+                "or delete that run to train it again"
+            )
+
+
 def run_train(flags: list[str], work_dir: Path) -> None:
     """Train through `gptlab train`, resuming a run that stopped in the middle."""
     from . import train
@@ -266,7 +314,8 @@ def run_train(flags: list[str], work_dir: Path) -> None:
     want = int(next(f for f in reversed(flags) if f.startswith("--trainer.max_iters=")).partition("=")[2])
     state = json.loads((work_dir / "last" / "state.json").read_text())
     if state["iter"] < want:  # stopped by a signal: the trainer saved and returned 0, but the run is not done
-        raise SystemExit(f"[compare] {work_dir} stopped at iter {state['iter']} of {want}; rerun to continue")
+        raise SystemExit(f"[compare] {work_dir} stopped at iter {state['iter']} of {want}; rerun this gptlab compare "
+                         "command to continue the whole comparison")
 
 
 @torch.no_grad()
@@ -350,7 +399,9 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
     peak = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run_train(_train_flags(preset, changes, seed, work_dir, extra), work_dir)
+    flags = _train_flags(preset, changes, seed, work_dir, extra)
+    record_run_flags(out, work_dir.name, flags)
+    run_train(flags, work_dir)
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     result = measure(work_dir, data, preset["eval_batches"], preset["decode_tokens"],
@@ -450,6 +501,7 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
     if path.is_file():
         say("[compare] uptraining experiment: complete, skipped")
         return json.loads(path.read_text())
+    record_run_flags(out, "uptrained-gqa", _train_flags(preset, {}, 0, Path(), extra))
     base_dir = out / "runs" / "baseline-s0"
     iters = int(preset["trainer"]["max_iters"])
     up_iters = max(1, round(0.05 * iters))
@@ -659,6 +711,10 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
         "",
         "## Variants",
         "",
+        "Changes to the baseline's model: " + "; ".join(
+            f"{LABELS.get(n, n)}: " + (", ".join(f"{k}={v}" for k, v in c.items()) or "none")
+            for n, c in meta["grid"].items() if n in results) + ".",
+        "",
         "| variant | params | non-emb params | KV bytes/token | FLOPs/token | train tok/s | decode tok/s "
         "| peak memory | final val loss | Δ vs baseline |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -755,16 +811,10 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`gptlab compare`; returns the exit code."""
-    from .data import default_data_path, prepare_dataset
-    from .options import UsageError, model_config_from_dict
-    from .train import default_cache_dir, parse_train_args
+def _parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(options of compare itself, train flags) from the command line."""
+    from .options import UsageError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        print(COMPARE_USAGE)
-        return 0
     opts = {"preset": "cpu", "grid": None, "seeds": "2", "out": None, "note": "", "uptrain": "True",
             "report_only": "False"}
     extra: list[str] = []
@@ -781,6 +831,31 @@ def main(argv: list[str] | None = None) -> int:
             extra.append(a)
         else:
             raise UsageError(f"unknown argument {a!r}; see gptlab compare --help")
+    return opts, extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`gptlab compare`; returns the exit code."""
+    from .data import default_data_path, prepare_dataset
+    from .options import UsageError, model_config_from_dict
+    from .train import default_cache_dir, parse_train_args
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(COMPARE_USAGE)
+        return 0
+    opts, extra = _parse_args(argv)
+    saved = read_settings(Path(opts["out"] or f"reports/{opts['preset']}"))
+    if opts["report_only"] == "True" and "argv" in saved:
+        # The report of a comparison describes its runs: its settings come from the command that trained them.
+        allowed = ("--out", "--preset", "--note", "--report-only", "--report_only")
+        own = [a for a in argv if a.partition("=")[0] not in allowed]
+        if own:
+            raise UsageError(f"--report-only takes the comparison's settings from its runs; drop {own[0]} (only "
+                             "--out, --preset and --note go with it)")
+        out_dir = opts["out"]
+        opts, extra = _parse_args([*saved["argv"], *(a for a in argv if a.startswith("--note=")), "--report-only"])
+        opts["out"], argv = out_dir, saved["argv"]
     if opts["preset"] not in PRESETS:
         raise UsageError(f"--preset: choose from {', '.join(PRESETS)}, got {opts['preset']!r}")
     preset = json.loads(json.dumps(PRESETS[opts["preset"]]))
@@ -801,13 +876,21 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--seeds expects an integer >= 1, got {opts['seeds']!r}") from None
     out = Path(opts["out"] or f"reports/{opts['preset']}")
     base_config = model_config_from_dict(preset["model"], vocab_size=65)
-    grid = parse_grid(opts["grid"], base_config)
+    # A report reads the grid its runs were trained with (the YAML file may have changed since).
+    grid = saved["grid"] if opts["report_only"] == "True" and "grid" in saved else parse_grid(opts["grid"], base_config)
     parse_train_args(_train_flags(preset, {}, 0, out / "runs" / "check", extra))  # a bad flag fails now, not later
     if opts["report_only"] == "True" and not (out / "runs").is_dir():
         raise UsageError(f"--report-only: no complete runs in {out / 'runs'}")
+    if opts["report_only"] != "True":
+        planned = {f"{n}-s{seed}": _train_flags(preset, c, seed, Path(), extra) for seed in range(seeds)
+                   for n, c in grid.items()}
+        planned["uptrained-gqa"] = _train_flags(preset, {}, 0, Path(), extra)
+        check_run_flags(out, planned)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     (out / ".gitignore").write_text("runs/\n")  # checkpoints stay out of git
+    if opts["report_only"] != "True":
+        _write_settings(out, {**read_settings(out), "argv": argv, "grid": grid})
 
     # Measured on the data the runs train on: the same --data.* flags the trainer gets.
     data_flags = {a.partition("=")[0].removeprefix("--data."): a.partition("=")[2] for a in extra
@@ -823,7 +906,15 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" not in grid:
         say("[compare] note: the grid has no 'baseline' variant, so the report compares nothing against it "
             "(add `baseline: {}` to a YAML grid) and skips the uptraining experiment")
-    start = time.perf_counter()
+    wall_path = out / "runs" / "wall_s.json"
+    clock = [time.perf_counter()]
+
+    def add_wall() -> None:  # the comparison's wall time sums every command that trained (interrupted ones too)
+        prev = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
+        now = time.perf_counter()
+        wall_path.write_text(json.dumps({"s": prev + now - clock[0]}))
+        clock[0] = now
+
     results: dict[str, list[dict[str, Any]]] = {}
     uptrain = None
     if opts["report_only"] == "True":  # whatever is complete now, training nothing (a comparison in progress)
@@ -844,17 +935,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # Seed 0 of every variant first, then the uptraining experiment, then the other seeds: a comparison
         # stopped early (--report-only) still covers every variant.
-        for seed in range(seeds):
-            for name, changes in grid.items():
-                result = run_variant(out, name, changes, seed, preset, data, extra, device, say)
-                results.setdefault(name, []).append(result)
-            if seed == 0 and opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
-                uptrain = uptrain_experiment(out, preset, data, extra, say)
-    wall_path = out / "runs" / "wall_s.json"
-    prev = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
-    wall = prev + time.perf_counter() - start
-    if opts["report_only"] != "True":
-        wall_path.write_text(json.dumps({"s": wall}))
+        try:
+            for seed in range(seeds):
+                for name, changes in grid.items():
+                    result = run_variant(out, name, changes, seed, preset, data, extra, device, say)
+                    results.setdefault(name, []).append(result)
+                    add_wall()
+                if seed == 0 and opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
+                    uptrain = uptrain_experiment(out, preset, data, extra, say)
+        finally:
+            add_wall()
+    wall = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
     meta = {
         "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
         "trainer": preset["trainer"], "data": f"{data_path or 'Shakespeare'} ({tok_name})",
@@ -863,7 +954,13 @@ def main(argv: list[str] | None = None) -> int:
         "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
         "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
     }
-    speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, device, say=say)
+    # Speeds are measured once all runs are done; a report of the same runs shows those numbers again.
+    speeds_path = out / "runs" / "speeds.json"
+    speeds = json.loads(speeds_path.read_text()) if opts["report_only"] == "True" and speeds_path.is_file() else None
+    if speeds is None or set(speeds["variants"]) != set(results):
+        speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, device, say=say)
+        if opts["report_only"] != "True":
+            speeds_path.write_text(json.dumps(speeds, indent=1) + "\n")
     path = write_report(out, results, uptrain, meta, speeds)
     say(f"[compare] report: {path}")
     return 0

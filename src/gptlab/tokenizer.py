@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -364,3 +365,18 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
         return tokenizer_from_dict(d)
     except ValueError as e:
         raise ValueError(f"{src}: {e}") from None
+
+
+def tokenizer_for_model(directory: Path | None, vocab_size: int, source: str) -> Tokenizer:
+    """The tokenizer of a model: the gptlab tokenizer.json its directory carries, else GPT-2's for a model with
+    GPT-2's vocabulary (50257, or 50304 padded). Anything else (a Llama's own tokenizer) is refused."""
+    if directory is not None and (directory / "tokenizer.json").is_file():
+        with contextlib.suppress(ValueError):  # a Hugging Face tokenizer.json, not ours
+            return load_tokenizer(directory / "tokenizer.json")
+    if vocab_size not in (50257, 50304):
+        raise ValueError(
+            f"{source} has no gptlab tokenizer.json and its vocabulary ({vocab_size}) is not GPT-2's; gptlab "
+            "pairs only GPT-2-vocabulary models and its own runs with a tokenizer (Llama/Mistral tokenizers are "
+            "not supported)"
+        )
+    return get_tokenizer("gpt2")

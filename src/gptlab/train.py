@@ -314,22 +314,20 @@ def pretrained_model_config(init: str) -> GPTConfig:
     return GPT.from_pretrained(init).config  # any other hub id: download it
 
 
-def load_pretrained(init: str) -> tuple[GPT, Any]:
-    """(model on CPU, its tokenizer or None) for --init: a gptlab run/checkpoint dir, a HF dir, or a hub id."""
-    from .tokenizer import get_tokenizer, load_tokenizer
+def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
+    """(model on CPU, its tokenizer) for --init: a gptlab run/checkpoint dir, a HF dir, or a hub id.
+    A model without a tokenizer gptlab can use is refused, or comes with None if need_tokenizer is False."""
+    from .tokenizer import tokenizer_for_model
 
     path = Path(init).expanduser()
-    tokenizer = None
-    if path.exists():
-        directory = ckpt.find_checkpoint(path)
-        model = GPT.from_pretrained(directory)
-        with contextlib.suppress(ValueError, OSError):  # a Hugging Face tokenizer.json is not ours
-            tokenizer = load_tokenizer(directory / "tokenizer.json")
-    else:
-        model = GPT.from_pretrained(init)
-    if tokenizer is None and model.config.vocab_size in (50257, 50304):  # GPT-2's vocabulary (50304: padded)
-        tokenizer = get_tokenizer("gpt2")
-    return model, tokenizer
+    directory = ckpt.find_checkpoint(path) if path.exists() else None
+    model = GPT.from_pretrained(directory or init)
+    try:
+        return model, tokenizer_for_model(directory, model.config.vocab_size, f"--init={init}")
+    except ValueError as e:
+        if not need_tokenizer:
+            return model, None
+        raise UsageError(f"{e}; fine-tune a GPT-2-vocabulary model or a gptlab run") from None
 
 
 @dataclass
@@ -357,21 +355,22 @@ class Batches:
 
 @torch.no_grad()
 def estimate_loss(
-    model: torch.nn.Module, batches: Batches, eval_iters: int, seed: int, autocast: Callable
+    model: torch.nn.Module, batches: Batches, eval_iters: int, seed: int, autocast: Callable, grad_accum: int = 1
 ) -> dict[str, float]:
-    """Mean loss over eval_iters batches of each split. The same batches every time (a fixed seed), so eval
-    losses are comparable across evals and runs, and evaluating never disturbs the training RNGs."""
+    """Mean loss over eval_iters full batches of each split, each in grad_accum micro-batches as in training.
+    The same rows every time (a fixed seed) whatever grad_accum and the number of processes, so eval losses
+    are comparable across evals and runs; evaluating never disturbs the training RNGs."""
     model.eval()
     out = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(seed)
         total = torch.zeros((), device=batches.info.device)
-        for _ in range(eval_iters):
+        for _ in range(eval_iters * grad_accum):
             x, y = batches.get(split, generator)
             with autocast():
                 _, loss = model(x, y)
             total += loss.float()
-        out[split] = distributed.all_reduce_mean(total / eval_iters).item()
+        out[split] = distributed.all_reduce_mean(total / (eval_iters * grad_accum)).item()
     model.train()
     return out
 
@@ -551,18 +550,16 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             config = _finetune_config(pretrained.config, cfg.model)
         else:
             config = new_config
+        if saved_tok is not None and tok_name != saved_tok.name:
+            raise UsageError(
+                f"--data.tokenizer={tok_name}: the model was trained with the {saved_tok.name} tokenizer; drop the flag"
+            )
         data = prepare_dataset(data_path, tok_name, cache_dir, config.block_size)
         tokenizer = data.tokenizer
         if saved_tok is not None and tokenizer != saved_tok:
             raise UsageError(
-                f"{data_path} tokenized with {tok_name} does not give the tokenizer the model was trained with "
-                f"({saved_tok!r}); a char model can only continue on text with exactly its characters"
-            )
-        if pretrained is not None and saved_tok is None and tokenizer.vocab_size > config.vocab_size:
-            raise UsageError(
-                f"--init={cfg.init} comes without a tokenizer gptlab can use, and the {tok_name} tokenizer's "
-                f"{tokenizer.vocab_size} ids do not fit its {config.vocab_size}-token vocabulary; gptlab fine-tunes "
-                "GPT-2-vocabulary models and its own runs (which carry their tokenizer.json)"
+                f"{data_path} does not give the char tokenizer the model was trained with ({saved_tok!r}); a char "
+                "model can only continue on text with exactly its characters"
             )
         if not resumed and pretrained is None:
             given = cfg.model.get("vocab_size")
@@ -666,7 +663,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     f.write(json.dumps(row) + "\n")
 
         def evaluate(step: int) -> dict[str, float]:
-            losses = estimate_loss(model, batches, t.eval_iters, cfg.system.seed + 1, autocast)
+            losses = estimate_loss(model, batches, t.eval_iters, cfg.system.seed + 1, autocast, t.grad_accum)
             log_metrics({"iter": step, "train_loss": losses["train"], "val_loss": losses["val"]})
             if info.is_main:
                 plot_losses([work_dir], work_dir / "loss.png")
