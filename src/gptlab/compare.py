@@ -76,8 +76,9 @@ CONVERT_USAGE = """usage: gptlab convert --to-gqa N SRC DST
 
 Turn a multi-head (or GQA) checkpoint into grouped-query attention with N K/V heads by mean-pooling each
 group's key and value heads (Ainslie et al. 2023, section 2). SRC: a gptlab run or checkpoint directory, a
-Hugging Face GPT-2 directory, or a hub id (gpt2). DST: a model directory (gptlab format, with the tokenizer);
-uptrain it with `gptlab train --init=DST`."""
+Hugging Face GPT-2/Llama/Mistral directory, or a hub id (gpt2). DST: a new model directory (Llama/Mistral
+format where SRC is one, else gptlab's, with a char model's tokenizer); uptrain it with
+`gptlab train --init=DST`."""
 
 
 def convert_main(argv: list[str] | None = None) -> int:
