@@ -130,6 +130,17 @@ def test_dropout_routes_to_banded_path_and_keeps_the_window():
     torch.testing.assert_close(a[:, :, w:], b[:, :, w:])
 
 
+def test_banded_dropout_drops_and_rescales_attention_weights():
+    # Query 0 sees key 0 alone (weight 1): with dropout its output is v_0 / (1 - p) or exactly 0, never v_0.
+    torch.manual_seed(0)
+    B, H, T, D, w, p = 4, 8, 24, 8, 4, 0.5
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
+    y = sliding_window_attention(q, k, v, w, dropout_p=p)[:, :, 0]
+    kept = torch.isclose(y, v[:, :, 0] / (1 - p)).all(-1)
+    dropped = (y == 0).all(-1)
+    assert (kept | dropped).all() and kept.any() and dropped.any()
+
+
 def test_window_mask_convention():
     m = window_mask(5, 5, 2)
     assert m.tolist()[3] == [False, False, True, True, False]

@@ -142,8 +142,12 @@ def test_small_gpt2_export_loads_in_transformers(tmp_path):
         dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True),
         dict(n_kv_head=1, mlp_hidden=100),
         dict(bias=False),
+        # One switch away from GPT-2 or from Llama: each alone is a mixture neither format holds.
+        dict(window=8), dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
+        dict(norm="rmsnorm", mlp="swiglu", bias=False), dict(pos_emb="rope", norm="rmsnorm", bias=False),
     ],
-    ids=["modern-layernorm", "llama-with-bias", "mqa", "nobias"],
+    ids=["modern-layernorm", "llama-with-bias", "mqa", "nobias", "gpt2-window", "gpt2-rope", "gpt2-rmsnorm",
+         "gpt2-swiglu", "llama-learned", "llama-gelu"],
 )
 def test_gptlab_format_round_trip(tmp_path, changes):
     # Mixtures that no Hugging Face architecture holds go to gptlab's own format.
@@ -251,6 +255,18 @@ def test_llama_mistral_match_hf(tmp_path, kind):
     assert torch.equal(ours, hf_generate(hf, prompt, 16))
 
 
+def test_mistral_window_applies_as_transformers_applies_it(tmp_path):
+    # Some Mistral configs carry Qwen2's use_sliding_window: false; transformers' Mistral ignores it and
+    # slides (gptlab once dropped the window: logits off by ~3).
+    hf = tiny_hf("mistral")
+    hf.config.use_sliding_window = False
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(tmp_path)
+    assert model.config.window == 8
+    idx = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(3))
+    assert (our_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() <= 1e-4
+
+
 def test_config_from_hf_rope_layouts():
     base = dict(
         model_type="llama", hidden_size=64, num_attention_heads=4, num_hidden_layers=1, intermediate_size=96,
@@ -262,6 +278,7 @@ def test_config_from_hf_rope_layouts():
     assert config_from_hf(v5).rope_theta == 777.0  # transformers 5
     c = config_from_hf(base)
     assert (c.rope_theta, c.n_kv_head, c.window, c.block_size, c.tie_embeddings) == (10000.0, 4, None, 128, False)
+    assert c.norm_eps == transformers.LlamaConfig().rms_norm_eps  # transformers' default when the key is absent
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": None}).window is None
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": 16}).window == 16
     assert config_from_hf({**base, "sliding_window": 16}).window is None  # llama has no window

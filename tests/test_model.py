@@ -217,6 +217,43 @@ def test_window_locality_one_layer():
     assert not torch.allclose(m(changed)[0][0, i], ref)
 
 
+# --- Dropout ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_eval_mode_applies_no_attention_dropout(window):
+    # A config with dropout, in eval mode: exactly the naive formula (SDPA path without a window, SWA path with one).
+    cfg = tiny(dropout=0.5, window=window, n_kv_head=2)
+    m = model_of(cfg)
+    attn = m.transformer.h[0].attn
+    x = torch.randn(2, 12, cfg.n_embd)
+    q, k, v = qkv_of(attn, x)
+    y = naive_window_reference(q, k, v, window or 12).transpose(1, 2).reshape(2, 12, -1)
+    torch.testing.assert_close(attn(x), y @ attn.c_proj.weight.T + attn.c_proj.bias, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_training_mode_attention_dropout_is_random_and_unbiased(window):
+    # Inverted dropout on the attention weights: each call differs, the mean over calls is the naive formula
+    # (with a window, training takes the banded path, as dropout rules out the flash kernels).
+    cfg = tiny(dropout=0.3, window=window, n_layer=1)
+    m = model_of(cfg)
+    attn = m.transformer.h[0].attn
+    attn.resid_dropout = torch.nn.Identity()  # only the dropout inside attention is left
+    attn.c_attn.weight.normal_(0.0, cfg.n_embd**-0.5)  # O(1) head outputs, read directly through c_proj = I
+    attn.c_proj.weight.copy_(torch.eye(cfg.n_embd))
+    attn.c_proj.bias.zero_()
+    x = torch.randn(1, 12, cfg.n_embd)
+    q, k, v = qkv_of(attn, x)
+    ref = naive_window_reference(q, k, v, window or 12).transpose(1, 2).reshape(1, 12, -1)
+    attn.train()
+    torch.manual_seed(0)
+    draws = torch.stack([attn(x) for _ in range(2000)])
+    assert not torch.allclose(draws[0], draws[1])
+    assert (draws[0] - ref).abs().max() > 0.1
+    torch.testing.assert_close(draws.mean(0), ref, atol=0.15, rtol=0)  # ~4.5 standard errors
+
+
 # --- KV cache ---------------------------------------------------------------------------------------------
 
 COMBOS = list(
@@ -235,6 +272,25 @@ def test_kv_cache_incremental_equals_full(pos_emb, n_kv_head, window, norm, mlp)
     # A prompt chunk, then single tokens, then another chunk that crosses the window boundary.
     pieces, pos = [], 0
     for n in (7, 1, 1, 1, 9, 1, 1, 1, 1, 1, 6):
+        pieces.append(m(idx[:, pos : pos + n], cache=caches, input_pos=pos)[0])
+        pos += n
+    assert pos == T
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 1])
+def test_kv_cache_single_tokens_from_the_start_equals_full(n_kv_head):
+    # Decoding from a prompt shorter than the window: the rolling buffer is not full yet (its empty slots must
+    # stay unseen), then wraps. Logits, not argmax tokens, so a small error shows.
+    cfg = tiny(pos_emb="rope", n_kv_head=n_kv_head, window=6, norm="rmsnorm", mlp="swiglu", bias=False)
+    m = model_of(cfg)
+    T = 16
+    idx = torch.randint(0, 97, (2, T))
+    full = m(idx)[0]
+    caches = make_caches(m, 2, T)
+    assert caches[0].rolling
+    pieces, pos = [], 0
+    for n in (1, 1, 2, 1, 1, 1, 1, 1, 3, 1, 1, 1, 1):
         pieces.append(m(idx[:, pos : pos + n], cache=caches, input_pos=pos)[0])
         pos += n
     assert pos == T
@@ -301,6 +357,22 @@ def test_sampling_top_k_and_top_p_keep_only_allowed_tokens():
     assert draws() == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("temperature,top_p", [(0.5, None), (2.0, None), (2.0, 0.75)])
+def test_sampling_temperature_follows_the_formula(temperature, top_p):
+    # Draws follow p^(1/T) renormalised (softmax(log p / T)); top_p cuts the nucleus of those tempered
+    # probabilities (as transformers: temperature first). Frequencies of 20k draws, within 5 sigma.
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    want = p ** (1 / temperature)
+    want /= want.sum()
+    if top_p is not None:  # p is sorted: keep a token while the ones before it hold less than top_p
+        want[(want.cumsum(0) - want) >= top_p] = 0
+        want /= want.sum()
+    n = 20000
+    draws = sample(p.log().float().expand(n, 4), temperature, top_p=top_p, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws.view(-1), minlength=4).double() / n
+    assert (freq - want).abs().max() < 0.018, (freq, want)
+
+
 def test_sampling_is_reproducible_with_a_seed():
     m = model_of(tiny())
     idx = torch.zeros(1, 1, dtype=torch.long)
@@ -363,6 +435,7 @@ def test_presets_and_unknowns():
     modern = GPTConfig.from_preset("gpt2-modern")
     assert (modern.pos_emb, modern.norm, modern.mlp, modern.n_kv_head) == ("rope", "rmsnorm", "swiglu", 4)
     assert modern.mlp_hidden == 2048  # SwiGLU sized to a 4x GELU MLP's parameters
+    assert GPTConfig(n_embd=128, n_head=4, mlp="swiglu").mlp_hidden == 384  # 8 * 128 / 3 = 341, rounded up to 64s
     for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny", "baby", "char-small"):
         GPTConfig.from_preset(name)
     with pytest.raises(ValueError, match="allowed presets"):
@@ -372,6 +445,15 @@ def test_presets_and_unknowns():
     assert GPTConfig.from_dict(modern.to_dict()) == modern
 
 
+def test_config_replace_recomputes_derived_defaults():
+    gpt2 = GPTConfig()
+    assert gpt2.replace(mlp="swiglu").mlp_hidden == GPTConfig(mlp="swiglu").mlp_hidden == 2048
+    assert gpt2.replace(n_embd=256, n_head=4).mlp_hidden == 4 * 256
+    assert gpt2.replace(mlp="swiglu", mlp_hidden=100).mlp_hidden == 100  # an explicit size stays
+    assert gpt2.replace(n_head=8).n_kv_head == 8  # MHA stays MHA
+    assert gpt2.replace(n_kv_head=4).replace(n_head=8).n_kv_head == 4  # a chosen GQA stays
+
+
 def test_swiglu_matches_formula():
     m = model_of(tiny(mlp="swiglu", bias=False))
     mlp = m.transformer.h[0].mlp
@@ -379,6 +461,40 @@ def test_swiglu_matches_formula():
     gate, up = mlp.c_fc.weight.chunk(2, dim=0)
     ref = (F.silu(x @ gate.T) * (x @ up.T)) @ mlp.c_proj.weight.T
     torch.testing.assert_close(mlp(x), ref)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm_matches_formula_with_config_eps_and_bias(bias):
+    eps = 0.1  # large, so an epsilon that is not the config's shows
+    m = model_of(tiny(norm_eps=eps, bias=bias))
+    ln = m.transformer.ln_f
+    x = torch.randn(4, 32) * 0.5 + 1
+    mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    ref = (x - mu) / torch.sqrt(var + eps) * ln.weight
+    if bias:
+        ref = ref + ln.bias
+    torch.testing.assert_close(ln(x), ref)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(bias=False, n_kv_head=2),
+    dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=1),
+    dict(norm="rmsnorm", mlp_hidden=50, window=4),
+])
+def test_num_params_matches_formula(kw):
+    c = tiny(**kw)
+    V, C, L, hd, hidden = c.vocab_size, c.n_embd, c.n_layer, c.head_dim, c.mlp_hidden
+    qkv = (c.n_head + 2 * c.n_kv_head) * hd
+    n_fc = 2 * hidden if c.mlp == "swiglu" else hidden
+    attn = C * qkv + C * C + (qkv + C if c.bias else 0)
+    mlp = C * n_fc + hidden * C + (n_fc + C if c.bias else 0)
+    norm = C + (C if c.norm == "layernorm" and c.bias else 0)  # weight, and a bias only for a biased LayerNorm
+    tables = V * C + (c.block_size * C if c.pos_emb == "learned" else 0)
+    head = 0 if c.tie_embeddings else V * C
+    m = GPT(c)
+    assert m.num_params() == tables + L * (attn + mlp + 2 * norm) + norm + head
+    assert m.num_params(non_embedding=True) == L * (attn + mlp + 2 * norm) + norm + head
 
 
 def test_rmsnorm_matches_formula():

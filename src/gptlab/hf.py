@@ -145,9 +145,8 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
             f"head_dim={head_dim} but hidden_size/num_attention_heads = {n_embd}/{n_head}: gptlab needs "
             "head_dim == hidden_size / num_attention_heads"
         )
+    # transformers' Mistral applies sliding_window whenever it is set (it has no use_sliding_window switch).
     window = hf.get("sliding_window") if model_type == "mistral" else None
-    if model_type == "mistral" and hf.get("use_sliding_window") is False:
-        window = None
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
