@@ -171,7 +171,7 @@ def test_model_config_from_flags(tmp_path: Path) -> None:
 
 
 def test_command_table(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert set(cli.COMMANDS) == {"train", "sample", "eval", "plot", "info", "compare", "convert"}
+    assert set(cli.COMMANDS) == {"train", "sample", "eval", "plot", "info", "compare", "convert", "export"}
     assert cli.main(["--help"]) == 0 and "commands:" in capsys.readouterr().out
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
@@ -278,3 +278,53 @@ def test_plot(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "has no metrics.jsonl" in capsys.readouterr().err
     assert cli.main(["plot", str(run / "a"), f"--out={tmp_path / 'loss.txt'}"]) == 2
     assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "loss.txt").exists()
+
+
+# --------------------------------------------------------------------------------------------------------
+# gptlab export
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_export_a_bpe_run_loads_in_transformers_with_its_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                                   ) -> None:
+    # A modern-switch run on GPT-2's BPE: Llama format plus GPT-2's tokenizer files; transformers' Auto classes
+    # load both, and the model computes what gptlab computes.
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from gptlab.model import GPT
+
+    text = tmp_path / "input.txt"
+    text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    assert T.main(["--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
+                   "--data.tokenizer=gpt2", "--trainer.device=cpu", "--trainer.max_iters=2",
+                   "--trainer.sample_tokens=0",
+                   "--model.pos_emb=rope", "--model.norm=rmsnorm", "--model.mlp=swiglu", "--model.bias=False",
+                   "--model.n_kv_head=2", f"--system.work_dir={tmp_path / 'run'}"]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert "Hugging Face llama format" in capsys.readouterr().out
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    ours = GPT.from_pretrained(tmp_path / "run" / "best")
+    idx = torch.tensor([tok("To be, or not to be")["input_ids"]])
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() <= 1e-5
+    # gptlab reads the export back too, pairing it with GPT-2's tokenizer.
+    assert cli.main(["sample", str(tmp_path / "hf"), "--prompt=To be", "--max_new_tokens=3"]) == 0
+    assert capsys.readouterr().out.startswith("To be")
+
+
+def test_export_a_char_run_and_refusals(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["export", str(run / "a"), str(tmp_path / "a")]) == 0
+    assert "Hugging Face gpt2 format" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model_type"] == "gpt2"
+    assert json.loads((tmp_path / "a" / "tokenizer.json").read_text())["type"] == "char"
+    assert cli.main(["sample", str(tmp_path / "a"), "--prompt=ROMEO:", "--max_new_tokens=5"]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(run / "b"), str(tmp_path / "a")]) == 2  # DST not empty: nothing overwritten
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert cli.main(["export", str(run / "b")]) == 2
+    assert "expected RUN_OR_MODEL and DST" in capsys.readouterr().err

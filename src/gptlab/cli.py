@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
     "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
+    "export": ("gptlab.cli", "export_main", "save a run's model for transformers (GPT-2, Llama or Mistral format)"),
 }
 
 
@@ -118,8 +119,11 @@ def _source(cfg: Any, positionals: list[str]) -> str:
     return source
 
 
-def load_model(source: str, which: str = "best", device: str = "auto") -> tuple[Any, Any, Path | None]:
-    """(GPT in eval mode, tokenizer, checkpoint dir or None) from a run dir, a checkpoint/HF dir or a hub id."""
+def load_model(
+    source: str, which: str = "best", device: str = "auto", need_tokenizer: bool = True
+) -> tuple[Any, Any, Path | None]:
+    """(GPT in eval mode, tokenizer, checkpoint dir or None) from a run dir, a checkpoint/HF dir or a hub id.
+    A model without a tokenizer gptlab can use is refused, or comes with None if need_tokenizer is False."""
     from .checkpoint import CheckpointError, find_checkpoint
     from .distributed import resolve_device
     from .model import GPT
@@ -137,7 +141,9 @@ def load_model(source: str, which: str = "best", device: str = "auto") -> tuple[
     try:
         tokenizer = tokenizer_for_model(directory, model.config.vocab_size, source)
     except ValueError as e:
-        raise CheckpointError(str(e)) from None
+        if need_tokenizer:
+            raise CheckpointError(str(e)) from None
+        tokenizer = None
     return model.eval(), tokenizer, directory
 
 
@@ -217,6 +223,68 @@ def sample_main(argv: list[str]) -> int:
         if i:
             print("-" * 40)
         print(tokenizer.decode(row))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# gptlab export
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: Literal["best", "last"] = "best"  # which checkpoint of a run directory
+
+
+_HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def export_main(argv: list[str]) -> int:
+    """`gptlab export RUN_OR_MODEL DST`: the model in the Hugging Face format that holds it, with its tokenizer."""
+    import json
+    import shutil
+
+    from .hf import export_format
+    from .tokenizer import ASSETS_DIR, ENDOFTEXT, save_tokenizer
+
+    parsed = _parse(
+        ExportConfig, argv, {},
+        "usage: gptlab export RUN_OR_MODEL DST [--checkpoint=best|last]\n\n"
+        "Write a run's model (its best checkpoint), or any model gptlab loads, to the new directory DST in the\n"
+        "Hugging Face format that holds its switches exactly: GPT-2, Llama (RoPE + RMSNorm + SwiGLU, no biases)\n"
+        "or Mistral (Llama with a window); other mixtures in gptlab's own format. A GPT-2-vocabulary model gets\n"
+        "GPT-2's tokenizer files (vocab.json, merges.txt), which transformers' AutoTokenizer reads.\n",
+    )
+    if parsed is None:
+        return 0
+    cfg, positionals = parsed
+    if len(positionals) != 2:
+        raise UsageError(f"expected RUN_OR_MODEL and DST, got {positionals or 'nothing'}; see gptlab export --help")
+    source, dst = positionals[0], Path(positionals[1])
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise UsageError(f"{dst} exists and is not empty; export writes a new model directory: pick a new DST")
+    model, tokenizer, _ = load_model(source, cfg.checkpoint, "cpu", need_tokenizer=False)
+    kind = export_format(model.config)
+    model.save_pretrained(dst)
+    if tokenizer is not None and tokenizer.name == "gpt2":
+        # GPT-2's own files under the names transformers gives them (encoder.json is vocab.json, vocab.bpe is
+        # merges.txt); tokenizer_config names the class, so a Llama-format model gets GPT-2's tokenizer too.
+        shutil.copyfile(ASSETS_DIR / "encoder.json", dst / "vocab.json")
+        shutil.copyfile(ASSETS_DIR / "vocab.bpe", dst / "merges.txt")
+        special = dict(bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT)
+        tok_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.block_size, **special}
+        (dst / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
+        tok_note = "GPT-2's tokenizer (transformers.AutoTokenizer loads it)"
+    elif tokenizer is not None:
+        save_tokenizer(tokenizer, dst / "tokenizer.json")
+        tok_note = (f"its {tokenizer.vocab_size}-character tokenizer in gptlab's tokenizer.json (transformers has no "
+                    "char tokenizer: map characters to ids with its \"chars\" list)")
+    else:
+        tok_note = "no tokenizer (gptlab had none for it)"
+    where = (f"Hugging Face {kind} format (transformers.{_HF_CLASSES[kind]}, or AutoModelForCausalLM)"
+             if kind in _HF_CLASSES else "gptlab format (this mixture of switches has no Hugging Face architecture; "
+             "GPT.from_pretrained loads it)")
+    print(f"exported {source} to {dst}: {where}, with {tok_note}")
     return 0
 
 
