@@ -239,7 +239,7 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,  # transformers 4; 5 reads rope_parameters
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "attention_dropout": config.dropout,
+        "attention_dropout": 0.0,  # Llama has dropout on attention weights only, gptlab also on residuals: none
         "tie_word_embeddings": config.tie_embeddings,
         "initializer_range": 0.02,
     }
