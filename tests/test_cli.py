@@ -304,6 +304,7 @@ def test_export_a_bpe_run_loads_in_transformers_with_its_tokenizer(tmp_path: Pat
     capsys.readouterr()
     assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert "Hugging Face llama format" in capsys.readouterr().out
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 50256  # not Llama's 2
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok("Hello world")["input_ids"] == [15496, 995]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -321,10 +322,32 @@ def test_export_a_char_run_and_refusals(run: Path, tmp_path: Path, capsys: pytes
     assert cli.main(["export", str(run / "a"), str(tmp_path / "a")]) == 0
     assert "Hugging Face gpt2 format" in capsys.readouterr().out
     assert json.loads((tmp_path / "a" / "config.json").read_text())["model_type"] == "gpt2"
-    assert json.loads((tmp_path / "a" / "tokenizer.json").read_text())["type"] == "char"
+    # Not under the name tokenizer.json, which transformers would read as its own format.
+    assert json.loads((tmp_path / "a" / "gptlab_tokenizer.json").read_text())["type"] == "char"
+    assert not (tmp_path / "a" / "tokenizer.json").exists()
     assert cli.main(["sample", str(tmp_path / "a"), "--prompt=ROMEO:", "--max_new_tokens=5"]) == 0
     capsys.readouterr()
     assert cli.main(["export", str(run / "b"), str(tmp_path / "a")]) == 2  # DST not empty: nothing overwritten
     assert "exists and is not empty" in capsys.readouterr().err
     assert cli.main(["export", str(run / "b")]) == 2
     assert "expected RUN_OR_MODEL and DST" in capsys.readouterr().err
+
+
+def test_export_and_convert_keep_a_hugging_face_models_own_tokenizer(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    # A Llama with its own vocabulary: gptlab has no tokenizer for it, so its files travel with the weights.
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "llama" / name).write_text(json.dumps({"stand-in": name}), encoding="utf-8")
+    assert cli.main(["export", str(tmp_path / "llama"), str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "own tokenizer files (tokenizer.json, tokenizer_config.json, generation_config.json)" in printed
+    assert json.loads((tmp_path / "out" / "tokenizer.json").read_text()) == {"stand-in": "tokenizer.json"}
+    assert cli.main(["convert", "--to-gqa", "2", str(tmp_path / "llama"), str(tmp_path / "gqa")]) == 0
+    out = capsys.readouterr().out
+    assert "uptrain it with transformers" in out and "gptlab train" not in out
+    assert (tmp_path / "gqa" / "tokenizer_config.json").is_file()
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gqa").config.num_key_value_heads == 2

@@ -154,12 +154,22 @@ def test_compare_end_to_end_skip_and_resume(tmp_path: Path, capsys: pytest.Captu
     capsys.readouterr()
 
     # Runs started with other settings are never reused under the new ones; nothing trains.
-    with pytest.raises(UsageError, match=r"baseline-s0 was trained with other settings: --trainer.max_iters=5 \(was 4"):
+    with pytest.raises(UsageError, match=r"3 run\(s\) .* other settings \(--trainer.max_iters=5 \(was 4\)\)") as e:
         main([*args[:-1], "--trainer.max_iters=5"])
+    for stale in ("baseline-s0", "rope-s0", "uptrain.json", "scratch-gqa-s0"):  # all named, uptraining included
+        assert stale in str(e.value)
     grid = tmp_path / "grid.yaml"
     grid.write_text("baseline: {}\nrope: {pos_emb: rope, n_kv_head: 2}\n")
-    with pytest.raises(UsageError, match=r"rope-s0 was trained with other settings: --model.n_kv_head=2"):
+    with pytest.raises(UsageError, match=r"1 run\(s\) .* \(--model.n_kv_head=2 \(was \(unset\)\)\).*rope-s0$"):
         main([args[0], f"--grid={grid}", *args[2:]])
+    # An empty speeds file (no checkpoints were left to time) is measured again, not a crash.
+    (out / "runs" / "speeds.json").write_text("{}")
+    assert main([f"--out={out}", "--report-only"]) == 0
+    # Runs without settings.json (an older gptlab): the report needs the training command's flags.
+    (out / "runs" / "settings.json").unlink()
+    with pytest.raises(UsageError, match="no settings.json"):
+        main([f"--out={out}", "--report-only"])
+    assert main([*args, "--report-only"]) == 0
 
     # A second run skips everything complete; a run without result.json (interrupted) resumes its checkpoint.
     mtime = (out / "runs" / "baseline-s0" / "result.json").stat().st_mtime_ns

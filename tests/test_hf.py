@@ -191,6 +191,7 @@ def test_export_to_hugging_face_architectures(tmp_path, kind, changes):
     model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == kind
+    assert cfg["eos_token_id"] is None and cfg["bos_token_id"] is None  # 96 tokens: no GPT-2 <|endoftext|>
     cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
            "mistral": transformers.MistralForCausalLM}[kind]
     hf = cls.from_pretrained(tmp_path, attn_implementation="eager").eval()
@@ -282,6 +283,7 @@ def test_config_from_hf_rope_layouts():
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": None}).window is None
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": 16}).window == 16
     assert config_from_hf({**base, "sliding_window": 16}).window is None  # llama has no window
+    assert config_from_hf({**base, "model_type": "mistral"}).window == transformers.MistralConfig().sliding_window
     assert config_from_hf({"model_type": "gpt2"}) == GPTConfig()
 
 

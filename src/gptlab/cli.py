@@ -244,7 +244,7 @@ def export_main(argv: list[str]) -> int:
     import json
     import shutil
 
-    from .hf import export_format
+    from .hf import copy_hf_tokenizer, export_format
     from .tokenizer import ASSETS_DIR, ENDOFTEXT, save_tokenizer
 
     parsed = _parse(
@@ -276,11 +276,12 @@ def export_main(argv: list[str]) -> int:
         (dst / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
         tok_note = "GPT-2's tokenizer (transformers.AutoTokenizer loads it)"
     elif tokenizer is not None:
-        save_tokenizer(tokenizer, dst / "tokenizer.json")
-        tok_note = (f"its {tokenizer.vocab_size}-character tokenizer in gptlab's tokenizer.json (transformers has no "
+        save_tokenizer(tokenizer, dst / "gptlab_tokenizer.json")  # not tokenizer.json: transformers claims that name
+        tok_note = (f"its {tokenizer.vocab_size}-character tokenizer in gptlab_tokenizer.json (transformers has no "
                     "char tokenizer: map characters to ids with its \"chars\" list)")
     else:
-        tok_note = "no tokenizer (gptlab had none for it)"
+        copied = copy_hf_tokenizer(source, dst)
+        tok_note = f"{source}'s own tokenizer files ({', '.join(copied)})" if copied else "no tokenizer (none found)"
     where = (f"Hugging Face {kind} format (transformers.{_HF_CLASSES[kind]}, or AutoModelForCausalLM)"
              if kind in _HF_CLASSES else "gptlab format (this mixture of switches has no Hugging Face architecture; "
              "GPT.from_pretrained loads it)")

@@ -124,10 +124,17 @@ def convert_main(argv: list[str] | None = None) -> int:
     if tokenizer is not None and getattr(tokenizer, "name", "") == "char":
         save_tokenizer(tokenizer, Path(dst) / "tokenizer.json")
     c0, c1 = model.config, out.config
+    if tokenizer is None:  # a Llama with its own tokenizer: transformers can uptrain it, gptlab cannot
+        from .hf import copy_hf_tokenizer
+
+        copied = copy_hf_tokenizer(src, Path(dst))
+        nxt = (f"copied its tokenizer files ({', '.join(copied) or 'none found'}); gptlab has no tokenizer for "
+               "this vocabulary: uptrain it with transformers")
+    else:
+        nxt = f"uptrain with: gptlab train --init={dst}"
     print(
         f"converted {src}: {c0.n_head} query heads, {c0.n_kv_head} -> {c1.n_kv_head} K/V heads "
-        f"({model.num_params() / 1e6:.2f}M -> {out.num_params() / 1e6:.2f}M params); wrote {dst}\n"
-        f"uptrain with: gptlab train --init={dst}"
+        f"({model.num_params() / 1e6:.2f}M -> {out.num_params() / 1e6:.2f}M params); wrote {dst}\n{nxt}"
     )
     return 0
 
@@ -281,24 +288,32 @@ def record_run_flags(out: Path, run: str, flags: list[str]) -> None:
     _write_settings(out, settings)
 
 
+# The uptraining experiment's files: one unit, recorded under "uptrain", redone together.
+UPTRAIN_PATHS = ("uptrain.json", "converted-gqa", "uptrained-gqa", "scratch-gqa-s0")
+
+
 def check_run_flags(out: Path, planned: dict[str, list[str]]) -> None:
-    """Refuse, before anything trains, to reuse a run (complete or interrupted) started with other settings."""
+    """Refuse, before anything trains, to reuse runs (complete or interrupted) started with other settings."""
     saved = read_settings(out).get("runs", {})
+    stale = []
     for run, flags in planned.items():
+        paths = [out / "runs" / p for p in (UPTRAIN_PATHS if run == "uptrain" else (run,))]
         before = saved.get(run)
-        if before is None or not (out / "runs" / run).exists():
+        if before is None or not any(p.exists() for p in paths):
             continue
         was = dict(f.partition("=")[::2] for f in before)
         now = dict(f.partition("=")[::2] for f in _run_key_flags(flags))
         if was != now:
-            from .options import UsageError
-
             changed = [f"{k}={now.get(k, '(unset)')} (was {was.get(k, '(unset)')})"
                        for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
-            raise UsageError(
-                f"{out / 'runs' / run} was trained with other settings: {', '.join(changed)}; use another --out, "
-                "or delete that run to train it again"
-            )
+            stale.append((" ".join(str(p) for p in paths if p.exists()), changed))
+    if stale:
+        from .options import UsageError
+
+        raise UsageError(
+            f"{len(stale)} run(s) in {out / 'runs'} were trained with other settings ({', '.join(stale[0][1])}); "
+            f"use another --out, or delete them to train them again: rm -r {' '.join(p for p, _ in stale)}"
+        )
 
 
 def run_train(flags: list[str], work_dir: Path) -> None:
@@ -502,7 +517,7 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
     if path.is_file():
         say("[compare] uptraining experiment: complete, skipped")
         return json.loads(path.read_text())
-    record_run_flags(out, "uptrained-gqa", _train_flags(preset, {}, 0, Path(), extra))
+    record_run_flags(out, "uptrain", _train_flags(preset, {}, 0, Path(), extra))
     base_dir = out / "runs" / "baseline-s0"
     iters = int(preset["trainer"]["max_iters"])
     up_iters = max(1, round(0.05 * iters))
@@ -847,10 +862,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     opts, extra = _parse_args(argv)
     saved = read_settings(Path(opts["out"] or f"reports/{opts['preset']}"))
+    report_flags = ("--out", "--preset", "--note", "--report-only", "--report_only")
+    only_report_flags = all(a.partition("=")[0] in report_flags for a in argv)
+    if opts["report_only"] == "True" and "argv" not in saved and only_report_flags:
+        out_dir = Path(opts["out"] or f"reports/{opts['preset']}")
+        if (out_dir / "runs").is_dir():  # runs of an older gptlab, which did not record their settings
+            raise UsageError(f"{out_dir / 'runs'} has no settings.json to say how its runs were trained: give "
+                             "--report-only the flags of the gptlab compare command that trained them")
     if opts["report_only"] == "True" and "argv" in saved:
         # The report of a comparison describes its runs: its settings come from the command that trained them.
-        allowed = ("--out", "--preset", "--note", "--report-only", "--report_only")
-        own = [a for a in argv if a.partition("=")[0] not in allowed]
+        own = [a for a in argv if a.partition("=")[0] not in report_flags]
         if own:
             raise UsageError(f"--report-only takes the comparison's settings from its runs; drop {own[0]} (only "
                              "--out, --preset and --note go with it)")
@@ -885,7 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts["report_only"] != "True":
         planned = {f"{n}-s{seed}": _train_flags(preset, c, seed, Path(), extra) for seed in range(seeds)
                    for n, c in grid.items()}
-        planned["uptrained-gqa"] = _train_flags(preset, {}, 0, Path(), extra)
+        if opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
+            planned["uptrain"] = _train_flags(preset, {}, 0, Path(), extra)
         check_run_flags(out, planned)
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
@@ -958,9 +980,9 @@ def main(argv: list[str] | None = None) -> int:
     # Speeds are measured once all runs are done; a report of the same runs shows those numbers again.
     speeds_path = out / "runs" / "speeds.json"
     speeds = json.loads(speeds_path.read_text()) if opts["report_only"] == "True" and speeds_path.is_file() else None
-    if speeds is None or set(speeds["variants"]) != set(results):
+    if not speeds or set(speeds.get("variants", {})) != set(results):
         speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, device, say=say)
-        if opts["report_only"] != "True":
+        if opts["report_only"] != "True" and speeds:
             speeds_path.write_text(json.dumps(speeds, indent=1) + "\n")
     path = write_report(out, results, uptrain, meta, speeds)
     say(f"[compare] report: {path}")

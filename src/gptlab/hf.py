@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,9 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 WEIGHT_NAMES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, BIN_NAME, BIN_INDEX_NAME)
+# A Hugging Face directory's tokenizer, copied along when gptlab rewrites its model (convert, export).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                      "vocab.json", "merges.txt", "generation_config.json")
 
 # HF GPT-2 stores these as Conv1D, weight shape (in, out): the transpose of nn.Linear's (out, in).
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
@@ -145,8 +149,9 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
             f"head_dim={head_dim} but hidden_size/num_attention_heads = {n_embd}/{n_head}: gptlab needs "
             "head_dim == hidden_size / num_attention_heads"
         )
-    # transformers' Mistral applies sliding_window whenever it is set (it has no use_sliding_window switch).
-    window = hf.get("sliding_window") if model_type == "mistral" else None
+    # transformers' Mistral slides whenever sliding_window is not null (it has no use_sliding_window switch),
+    # by 4096 when the key is absent.
+    window = hf.get("sliding_window", 4096) if model_type == "mistral" else None
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
@@ -224,6 +229,7 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     if bad:
         raise ValueError(f"not a Llama config, HF Llama format cannot hold it: {', '.join(bad)}")
     kind = "llama" if config.window is None else "mistral"
+    special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none (not Llama's 1, 2)
     hf = {
         "architectures": ["LlamaForCausalLM" if kind == "llama" else "MistralForCausalLM"],
         "model_type": kind,
@@ -242,6 +248,8 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
         "attention_dropout": 0.0,  # Llama has dropout on attention weights only, gptlab also on residuals: none
         "tie_word_embeddings": config.tie_embeddings,
         "initializer_range": 0.02,
+        "bos_token_id": special,
+        "eos_token_id": special,
     }
     if kind == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
@@ -607,6 +615,15 @@ def load_pretrained(
 # ----------------------------------------------------------------------------------------------- saving
 
 
+def copy_hf_tokenizer(source: str | Path, dst: Path) -> list[str]:
+    """Copy the tokenizer files of a local Hugging Face directory (a Llama's, say) into dst; their names."""
+    src = Path(source).expanduser()
+    files = [src / n for n in HF_TOKENIZER_FILES if (src / n).is_file()] if src.is_dir() else []
+    for f in files:
+        shutil.copyfile(f, dst / f.name)
+    return [f.name for f in files]
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """write(tmp) to a temporary file next to path, then rename it over path: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -641,10 +658,10 @@ def _export_tensors(model_type: str, config: GPTConfig, state: dict[str, torch.T
 def save_pretrained(model: GPT, directory: str | Path) -> None:
     """Write config.json and model.safetensors to directory (created if needed).
 
-    In the Hugging Face format that holds the config exactly, so transformers loads it: GPT-2
+    In the Hugging Face format that holds the architecture exactly, so transformers loads it: GPT-2
     (GPT2LMHeadModel), Llama (RoPE + RMSNorm + SwiGLU, no biases) or Mistral (Llama with a sliding window);
     anything else in gptlab format: our own tensor names and {"model_type": "gptlab", "gptlab": {...}}.
-    A tied lm_head is not stored.
+    A tied lm_head is not stored. Dropout, a training setting, is kept only by the gptlab format.
     """
     from safetensors.torch import save_file
 

@@ -244,7 +244,7 @@ class GPT(nn.Module):
         return load_pretrained(path_or_name, device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write safetensors + config.json; vanilla GPT-2 configs are written in HF GPT-2 format."""
+        """Write safetensors + config.json, in HF GPT-2, Llama or Mistral format where one holds the config."""
         from .hf import save_pretrained
 
         save_pretrained(self, directory)

@@ -370,9 +370,11 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
 def tokenizer_for_model(directory: Path | None, vocab_size: int, source: str) -> Tokenizer:
     """The tokenizer of a model: the gptlab tokenizer.json its directory carries, else GPT-2's for a model with
     GPT-2's vocabulary (50257, or 50304 padded). Anything else (a Llama's own tokenizer) is refused."""
-    if directory is not None and (directory / "tokenizer.json").is_file():
-        with contextlib.suppress(ValueError):  # a Hugging Face tokenizer.json, not ours
-            return load_tokenizer(directory / "tokenizer.json")
+    # gptlab_tokenizer.json: the name `gptlab export` uses, as transformers reads any tokenizer.json as its own.
+    for name in (TOKENIZER_FILENAME, "gptlab_tokenizer.json"):
+        if directory is not None and (directory / name).is_file():
+            with contextlib.suppress(ValueError):  # a Hugging Face tokenizer.json, not ours
+                return load_tokenizer(directory / name)
     if vocab_size not in (50257, 50304):
         raise ValueError(
             f"{source} has no gptlab tokenizer.json and its vocabulary ({vocab_size}) is not GPT-2's; gptlab "

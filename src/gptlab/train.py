@@ -83,7 +83,7 @@ class TrainerConfig:
     beta2: float = 0.99  # AdamW beta2 (0.99: small batches, as nanoGPT's shakespeare_char)
     grad_clip: float = 1.0  # clip the gradient norm to this; 0: no clipping
     eval_interval: int = 250  # every N steps: estimate train/val loss, checkpoint, plot, print a sample
-    eval_iters: int = 20  # batches per split in each loss estimate
+    eval_iters: int = 20  # batches (of batch_size rows, as in training) per split in each loss estimate
     log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
     sample_tokens: int = 200  # tokens of the sample printed at each eval (capped at block_size); 0: none
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
