@@ -278,7 +278,9 @@ def _write_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _run_key_flags(flags: list[str]) -> list[str]:
-    return [f for f in flags if not f.startswith("--system.work_dir=")]
+    """The flags that make a run what it is: not where it lives, its data cache or how often it prints."""
+    bookkeeping = ("--system.work_dir=", "--data.cache_dir=", "--trainer.log_interval=")
+    return [f for f in flags if not f.startswith(bookkeeping)]
 
 
 def record_run_flags(out: Path, run: str, flags: list[str]) -> None:
