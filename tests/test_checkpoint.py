@@ -205,3 +205,45 @@ def test_run_lock_message(tmp_path: Path) -> None:
         # flock locks belong to the open file description: a second open in this process conflicts too.
         with pytest.raises(UsageError, match="another gptlab process"):
             C.RunLock(tmp_path).acquire()
+
+
+def test_a_stale_old_copy_next_to_a_complete_checkpoint_is_cleared(tmp_path: Path) -> None:
+    """A kill while the previous copy was being removed (after both renames) leaves a partial last.old/ next to a
+    complete last/: readers use last/, and the next publish and recover() clear the leftover instead of failing."""
+    import shutil
+
+    model, _ = _model_and_optimizer()
+    _save(tmp_path / "last", model, iter=1)
+    shutil.copytree(tmp_path / "last", tmp_path / "last.old")
+    (tmp_path / "last.old" / "model.safetensors").unlink()  # rmtree got this far
+    assert C.load_checkpoint(tmp_path / "last").path == tmp_path / "last"
+    _save(tmp_path / "last", model, iter=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert C.load_checkpoint(tmp_path / "last").state["iter"] == 2
+    shutil.copytree(tmp_path / "last", tmp_path / "last.old")
+    C.recover(tmp_path / "last")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert C.load_checkpoint(tmp_path / "last").state["iter"] == 2
+
+
+def test_checkpoint_files_are_readable_by_others(tmp_path: Path) -> None:
+    # safetensors and mkstemp create owner-only (0600) files; a run shared with a group must stay readable.
+    model, opt = _model_and_optimizer()
+    directory = _save(tmp_path / "last", model, opt, iter=1)
+    C.copy_checkpoint(directory, tmp_path / "best")
+    for d in (directory, tmp_path / "best"):
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in d.iterdir()}
+        assert set(modes) == {"config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors",
+                              "state.json"}
+        assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_checkpoint_iter(tmp_path: Path) -> None:
+    model, _ = _model_and_optimizer()
+    assert C.checkpoint_iter(tmp_path / "last") is None  # nothing there
+    _save(tmp_path / "last", model, iter=7, best_iter=3)
+    assert C.checkpoint_iter(tmp_path / "last") == 7  # the checkpoint's own iteration, not its best one
+    (tmp_path / "last").rename(tmp_path / "last.old")  # between a publish's renames: the published copy
+    assert C.checkpoint_iter(tmp_path / "last") == 7
+    GPT(model.config).save_pretrained(tmp_path / "model")  # a model directory, not a training checkpoint
+    assert C.checkpoint_iter(tmp_path / "model") is None

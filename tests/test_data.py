@@ -353,3 +353,16 @@ def test_get_batch_on_prepared_gpt2(tmp_path: Path, small_file: Path) -> None:
         starts = [i for i in range(len(val) - 8) if torch.equal(val[i : i + 8], row_x)]
         assert starts and any(torch.equal(val[i + 1 : i + 9], row_y) for i in starts)
     assert int(x.max()) < ds.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a mutation-testing pass
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_token_memmaps_are_read_only(tmp_path: Path, small_file: Path) -> None:
+    # The cache is shared by every later run: nothing done to a batch's source arrays may write to it.
+    ds = D.prepare_dataset(small_file, "char", tmp_path / "cache", block_size=8)
+    assert not ds.train.flags.writeable and not ds.val.flags.writeable
+    with pytest.raises(ValueError):
+        ds.train[0] = 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +90,74 @@ def test_resolve_device() -> None:
             distributed.resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         distributed.resolve_device("tpu9")
+
+
+# ---- From a mutation-testing pass: the pieces every rank relies on, without torchrun.
+
+
+def test_ranks_take_disjoint_rows_of_the_same_global_batch() -> None:
+    from gptlab.data import TokenData
+    from gptlab.tokenizer import CharTokenizer
+
+    ramp = TokenData(train=np.arange(1000, dtype=np.uint16), val=np.arange(50, dtype=np.uint16),
+                     tokenizer=CharTokenizer("ab"), path=Path("ramp"))  # token i == i: rows are identifiable
+
+    def rows(world_size: int, rank: int) -> list[int]:
+        batches = T.Batches(ramp, 8, 16, distributed.DistInfo(rank=rank, world_size=world_size))
+        x, y = batches.get("train", torch.Generator().manual_seed(3))
+        assert torch.equal(y, x + 1)
+        return x[:, 0].tolist()
+
+    whole = rows(1, 0)
+    assert len(whole) == 8 and rows(2, 0) + rows(2, 1) == whole
+    assert rows(4, 0) + rows(4, 1) + rows(4, 2) + rows(4, 3) == whole
+
+
+def _collectives(rank: int, init_file: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        cpu = torch.device("cpu")
+        result = {
+            "mean": distributed.all_reduce_mean(torch.tensor(float(rank + 1))).item(),
+            "any": distributed.any_rank(rank == 1, cpu),  # a signal that reached rank 1 only stops both
+            "none": distributed.any_rank(False, cpu),
+            "gather": distributed.gather_objects(f"state of rank {rank}"),
+        }
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_collectives_across_two_processes(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_collectives, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert result == {"mean": 1.5, "any": True, "none": False,
+                          "gather": ["state of rank 0", "state of rank 1"]}, rank
+
+
+def _ddp_runs(rank: int, root: str, common: list[str]) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    runs = [("straight", 4, False), ("resumed", 2, False), ("resumed", 4, True)]
+    for i, (work, iters, resume) in enumerate(runs):
+        # A fresh group for each run (train() tears its group down at the end), as torchrun would give.
+        torch.distributed.init_process_group("gloo", init_method=f"file://{root}/init{i}", rank=rank, world_size=2)
+        assert T.main([*common, f"--system.work_dir={root}/{work}", f"--trainer.max_iters={iters}",
+                       f"--trainer.resume={resume}"]) == 0
+
+
+def test_ddp_with_dropout_resumes_bit_identically(setup: dict, tmp_path: Path) -> None:
+    """Each rank has its own dropout stream, checkpointed per rank and restored to the same rank."""
+    import torch.multiprocessing as mp
+
+    common = [*setup["common"], "--model.dropout=0.2", "--trainer.eval_interval=2", "--trainer.eval_iters=1",
+              "--trainer.lr_decay_iters=4"]
+    mp.start_processes(_ddp_runs, args=(str(tmp_path), common), nprocs=2, start_method="spawn")
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert len(straight) == 4 and resumed == straight  # exact
+    streams = load_checkpoint(tmp_path / "straight" / "last").state["rng"]["torch"]
+    assert len(streams) == 2 and streams[0] != streams[1]  # not one dropout mask shared by both ranks

@@ -323,3 +323,30 @@ def test_load_bad_file(tmp_path: Path, content: bytes, match: str) -> None:
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no tokenizer file"):
         load_tokenizer(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a mutation-testing pass
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_char_tokenizers_are_equal_only_with_the_same_ids() -> None:
+    # The trainer refuses to resume a char model on text whose tokenizer differs: same characters in another
+    # order give every id another meaning.
+    assert CharTokenizer("ab") == CharTokenizer("ab") and hash(CharTokenizer("ab")) == hash(CharTokenizer("ab"))
+    assert CharTokenizer("ab") != CharTokenizer("ba")
+    assert CharTokenizer("ab") != CharTokenizer("abc")
+
+
+def test_tokenizer_for_model(tmp_path: Path, gpt2: GPT2Tokenizer) -> None:
+    from gptlab.tokenizer import tokenizer_for_model
+
+    assert tokenizer_for_model(None, 50257, "x") is gpt2
+    assert tokenizer_for_model(None, 50304, "x") is gpt2  # nanoGPT pads GPT-2's vocabulary to 50304
+    with pytest.raises(ValueError, match=r"x has no gptlab tokenizer.json and its vocabulary \(32000\)"):
+        tokenizer_for_model(None, 32000, "x")
+    char = CharTokenizer.from_text("hello")
+    save_tokenizer(char, tmp_path)
+    assert tokenizer_for_model(tmp_path, 50304, "x") == char  # the directory's own tokenizer wins
+    (tmp_path / TOKENIZER_FILENAME).write_text('{"version": "1.0", "model": {"type": "BPE"}}')  # a HF tokenizer
+    assert tokenizer_for_model(tmp_path, 50257, "x") is gpt2

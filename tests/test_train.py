@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,8 +148,9 @@ def test_grad_accum_gives_the_same_step_and_eval(tmp_path: Path, text_file: Path
     assert len(evals[0]) == 6 and evals[0] == pytest.approx(evals[1], abs=1e-5)
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf"])  # an overflowing loss is divergence too
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
-    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, bad: str
 ) -> None:
     forward = GPT.forward
     calls = {"n": 0}
@@ -157,14 +160,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
         if self.training:
             calls["n"] += 1
             if calls["n"] > 7:  # training steps 8.. diverge
-                loss = loss * float("nan")
+                loss = loss * float(bad)
         return logits, loss
 
     monkeypatch.setattr(GPT, "forward", poisoned)
     code = T.main(flags(tmp_path, text_file, trainer__max_iters=20, trainer__eval_interval=5))
     assert code == 1
     err = capsys.readouterr().err
-    assert "loss is nan at iter 8" in err and "iter 5" in err
+    assert f"loss is {bad} at iter 8" in err and "iter 5" in err
     last = load_checkpoint(tmp_path / "run" / "last")
     assert last.state["iter"] == 5
     assert all(torch.isfinite(t).all() for t in last.model_state.values())
@@ -283,9 +286,9 @@ def test_resume_applies_changed_optimizer_flags(tmp_path: Path, text_file: Path)
     """The optimizer state restores the old param_groups; weight decay and betas given on resume must win."""
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=3, trainer__resume=True,
-                        trainer__weight_decay=0.0, trainer__beta2=0.95)) == 0
+                        trainer__weight_decay=0.05, trainer__beta2=0.95)) == 0
     groups = load_checkpoint(tmp_path / "run" / "last").optimizer_state["param_groups"]
-    assert [g["weight_decay"] for g in groups] == [0.0, 0.0]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]  # biases and norm gains still get none
     assert all(tuple(g["betas"]) == (0.9, 0.95) for g in groups)
 
 
@@ -311,3 +314,165 @@ def test_a_run_refused_before_writing_anything_leaves_no_folder(tmp_path: Path, 
     with pytest.raises(DataError):
         T.main(flags(tmp_path, text_file, "mine", data__path=tmp_path / "nope.txt"))
     assert (tmp_path / "mine").is_dir()
+
+
+# ---- Tests from a mutation-testing pass of train.py, checkpoint.py, data.py, tokenizer.py, distributed.py.
+
+
+def _nanogpt_lr(it: int, lr: float, min_lr: float, warmup: int, decay: int) -> float:
+    """nanoGPT's get_lr (train.py), written out independently of gptlab."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it > decay:
+        return min_lr
+    ratio = (it - warmup) / (decay - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+@pytest.mark.parametrize(("min_lr", "decay"), [(None, None), (0.0, None), (3e-4, 30), (None, 45)])
+def test_learning_rate_min_lr_and_decay_end(min_lr: float | None, decay: int | None) -> None:
+    # min_lr=None means learning_rate / 10 (--help says so); an explicit min_lr (0 included) is used as given.
+    t = T.TrainerConfig(learning_rate=2e-3, min_lr=min_lr, warmup_iters=5, max_iters=40, lr_decay_iters=decay)
+    floor = 2e-4 if min_lr is None else min_lr
+    end = 40 if decay is None else decay
+    for it in range(60):
+        assert T.learning_rate(it, t) == pytest.approx(_nanogpt_lr(it, 2e-3, floor, 5, end), rel=1e-12, abs=1e-15), it
+
+
+@pytest.mark.parametrize("clip", [0.5, 4.0])  # grad norms here are ~2.7: clipping on every step, and never
+def test_three_steps_match_a_hand_written_training_loop(tmp_path: Path, text_file: Path, clip: float) -> None:
+    """The trainer's steps from pretrained weights equal nanoGPT's loop written out here: batches from a generator
+    seeded with system.seed, micro-batch losses / grad_accum, clip_grad_norm_, AdamW (decay on matrices only), the
+    warmup + cosine learning rate of each step; the logged loss is the step's mean micro-batch loss."""
+    from gptlab.data import prepare_dataset
+
+    assert T.main(flags(tmp_path, text_file, "base", trainer__max_iters=1)) == 0
+    hp = dict(trainer__learning_rate=3e-3, trainer__min_lr=2e-4, trainer__warmup_iters=1, trainer__lr_decay_iters=3,
+              trainer__beta1=0.8, trainer__beta2=0.95, trainer__weight_decay=0.5, trainer__grad_clip=clip)
+    assert T.main(flags(tmp_path, text_file, "ft", init=tmp_path / "base" / "last", model__dropout=0.0,
+                        trainer__max_iters=3, trainer__grad_accum=2, trainer__log_interval=1, **hp)) == 0
+
+    base = load_checkpoint(tmp_path / "base" / "last")
+    model = GPT(base.config)
+    model.load_state_dict(base.model_state)
+    model.train()
+    data = prepare_dataset(text_file, "char", tmp_path / "cache", 32)
+    generator = torch.Generator().manual_seed(1337)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.5},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=3e-3, betas=(0.8, 0.95))
+    step_losses = []
+    for it in range(3):
+        for group in opt.param_groups:
+            group["lr"] = _nanogpt_lr(it, 3e-3, 2e-4, 1, 3)
+        micro = []
+        for _ in range(2):  # batch_size 8 in 2 micro-batches of 4
+            x, y = data.get_batch("train", 4, 32, generator)
+            _, loss = model(x, y)
+            (loss / 2).backward()
+            micro.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        opt.zero_grad()
+        step_losses.append(sum(micro) / 2)
+
+    ft = load_checkpoint(tmp_path / "ft" / "last")
+    n = base.config.n_embd
+    for name, value in model.state_dict().items():
+        got = ft.model_state[name]
+        if name.endswith("attn.c_attn.bias"):  # the key bias gets a zero gradient (softmax ignores a constant
+            got, value = got[torch.arange(3 * n) // n != 1], value[torch.arange(3 * n) // n != 1]  # shift): noise
+        torch.testing.assert_close(got, value, rtol=0, atol=1e-5, msg=name)
+    assert [x for _, x in losses(tmp_path / "ft")] == pytest.approx(step_losses, abs=1e-5)
+
+
+def test_best_is_the_lowest_val_loss_and_survives_resume(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Scripted eval losses: iter 0 (not a checkpoint), 2, 4, 6, 8; then 10 and 12 in resumed runs.
+    vals = iter([5.0, 4.0, 4.5, 3.0, 3.5, 3.2, 2.9])
+    monkeypatch.setattr(T, "estimate_loss", lambda *args, **kwargs: {"train": 1.0, "val": next(vals)})
+    run = tmp_path / "run"
+    common = dict(trainer__eval_interval=2)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=8, **common)) == 0
+    state = load_checkpoint(run / "last").state
+    assert (state["iter"], state["best_val_loss"], state["best_iter"]) == (8, 3.0, 6)
+    assert load_checkpoint(run / "best").state["iter"] == 6
+    # 3.2 at iter 10 is worse than the 3.0 the resumed run must remember: best/ stays the iter-6 model.
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=10, trainer__resume=True, **common)) == 0
+    state = load_checkpoint(run / "last").state
+    assert (state["iter"], state["best_val_loss"], state["best_iter"]) == (10, 3.0, 6)
+    assert load_checkpoint(run / "best").state["iter"] == 6
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=12, trainer__resume=True, **common)) == 0
+    assert load_checkpoint(run / "best").state["iter"] == 12
+    out = capsys.readouterr().out
+    assert [int(i) for i in re.findall(r"^iter (\d+): train loss .*\(best\)$", out, re.MULTILINE)] == [2, 6, 12]
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path, text_file: Path) -> None:
+    run = tmp_path / "run"
+    common = dict(trainer__log_interval=1, trainer__eval_interval=4)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=4, **common)) == 0
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:  # logged by a run killed at iter 7, after iter 4
+        f.write(json.dumps({"iter": 5, "loss": 99.0}) + "\n" + json.dumps({"iter": 6, "loss": 99.0}) + '\n{"iter": 7')
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=6, trainer__resume=True, **common)) == 0
+    rows = losses(run)
+    assert [i for i, _ in rows] == [1, 2, 3, 4, 5, 6] and 99.0 not in [x for _, x in rows]
+
+
+def test_resume_keeps_its_data(tmp_path: Path, text_file: Path) -> None:
+    data = tmp_path / "input.txt"
+    text = text_file.read_text(encoding="utf-8")
+    assert "z" in text and "~" not in text
+    data.write_text(text, encoding="utf-8")
+    assert T.main(flags(tmp_path, text_file, data__path=data, trainer__max_iters=2)) == 0
+    other = tmp_path / "other.txt"
+    other.write_text(text[::-1], encoding="utf-8")  # the same characters, another text
+    with pytest.raises(UsageError, match="--data.path=.*other.txt differs from the run being resumed"):
+        T.main(flags(tmp_path, text_file, data__path=other, trainer__max_iters=4, trainer__resume=True))
+    # The same file edited: as many characters, but a char model's id for "z" would now mean "~".
+    data.write_text(text.replace("z", "~"), encoding="utf-8")
+    with pytest.raises(UsageError, match="does not give the char tokenizer the model was trained with"):
+        T.main(flags(tmp_path, text_file, data__path=data, trainer__max_iters=4, trainer__resume=True))
+    assert load_checkpoint(tmp_path / "run" / "last").state["iter"] == 2
+
+
+def test_a_run_that_only_logged_metrics_is_not_started_over_silently(tmp_path: Path, text_file: Path) -> None:
+    # What a run that diverged before its first checkpoint leaves: metrics.jsonl only.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"iter": 0, "train_loss": 4.2, "val_loss": 4.2}) + "\n")
+    with pytest.raises(UsageError, match="already holds a run"):
+        T.main(flags(tmp_path, text_file, trainer__max_iters=2))
+
+
+def test_overwrite_leaves_nothing_of_the_old_run(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=4, trainer__eval_interval=2)) == 0
+    assert (run / "best").is_dir() and (run / "last").is_dir()
+    forward = GPT.forward
+
+    def diverging(self, idx, targets=None, **kw):
+        logits, loss = forward(self, idx, targets, **kw)
+        return logits, loss * float("nan") if self.training else loss
+
+    # The new run dies before its first checkpoint: no best/ or metrics of the old run may pass for its own.
+    monkeypatch.setattr(GPT, "forward", diverging)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=4, system__overwrite=True)) == 1
+    assert not (run / "best").exists() and not (run / "last").exists()
+    assert [r["iter"] for r in T.read_metrics(run)] == [0]  # the new run's iter-0 eval, nothing else
+
+
+def test_overwrite_with_a_bad_flag_keeps_the_old_run(tmp_path: Path, text_file: Path) -> None:
+    # --system.overwrite deletes the old run only once the new one's data and model are known to be good.
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(DataError, match="not found"):
+        T.main(flags(tmp_path, text_file, data__path=tmp_path / "typo.txt", system__overwrite=True))
+    with pytest.raises(ValueError, match="does not exist"):  # CheckpointError
+        T.main(flags(tmp_path, text_file, init=tmp_path / "nope", system__overwrite=True))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=1, system__overwrite=True)) == 0
+    assert [i for i, _ in losses(tmp_path / "run")] == [1]  # a new run: nothing of the old one's 2 steps

@@ -465,12 +465,17 @@ def _prepare_work_dir(work_dir: Path, cfg: TrainConfig) -> None:
                 f"{work_dir} already holds a run; continue it with --trainer.resume=True, start over with "
                 "--system.overwrite=True, or pick another --system.work_dir"
             )
-        for name in RUN_FILES:  # only our own files: work_dir may hold other things
-            path = work_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+
+
+def _clear_old_run(work_dir: Path) -> None:
+    """--system.overwrite: delete the old run, once the new one's data, model and tokenizer have been checked
+    (a typo in a flag must not cost the old run)."""
+    for name in RUN_FILES:  # only our own files: work_dir may hold other things
+        path = work_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
@@ -569,6 +574,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     f"{tokenizer.vocab_size} ids for this text); drop the flag"
                 )
             config = config.replace(vocab_size=tokenizer.vocab_size)
+        if info.is_main and not resumed and cfg.system.overwrite:
+            _clear_old_run(work_dir)
         if info.is_main:  # the run directory carries its tokenizer (each checkpoint has a copy too)
             save_tokenizer(tokenizer, work_dir / "tokenizer.json")
 
