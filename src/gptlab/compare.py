@@ -864,22 +864,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     opts, extra = _parse_args(argv)
     saved = read_settings(Path(opts["out"] or f"reports/{opts['preset']}"))
-    report_flags = ("--out", "--preset", "--note", "--report-only", "--report_only")
-    only_report_flags = all(a.partition("=")[0] in report_flags for a in argv)
-    if opts["report_only"] == "True" and "argv" not in saved and only_report_flags:
-        out_dir = Path(opts["out"] or f"reports/{opts['preset']}")
-        if (out_dir / "runs").is_dir():  # runs of an older gptlab, which did not record their settings
-            raise UsageError(f"{out_dir / 'runs'} has no settings.json to say how its runs were trained: give "
-                             "--report-only the flags of the gptlab compare command that trained them")
-    if opts["report_only"] == "True" and "argv" in saved:
+    if opts["report_only"] == "True":
         # The report of a comparison describes its runs: its settings come from the command that trained them.
-        own = [a for a in argv if a.partition("=")[0] not in report_flags]
-        if own:
-            raise UsageError(f"--report-only takes the comparison's settings from its runs; drop {own[0]} (only "
-                             "--out, --preset and --note go with it)")
+        own = [a for a in argv if a.partition("=")[0] not in ("--out", "--preset", "--note", "--report-only",
+                                                                "--report_only")]
         out_dir = opts["out"]
-        opts, extra = _parse_args([*saved["argv"], *(a for a in argv if a.startswith("--note=")), "--report-only"])
-        opts["out"], argv = out_dir, saved["argv"]
+        if "argv" in saved:
+            if own:
+                raise UsageError(f"--report-only takes the comparison's settings from its runs; drop {own[0]} "
+                                 "(only --out, --preset and --note go with it)")
+            opts, extra = _parse_args([*saved["argv"], *(a for a in argv if a.startswith("--note=")),
+                                       "--report-only"])
+            opts["out"], argv = out_dir, saved["argv"]
+        elif not own and (Path(out_dir or f"reports/{opts['preset']}") / "runs").is_dir():
+            # Runs of an older gptlab, which did not record their settings.
+            raise UsageError(f"{out_dir or 'reports/' + opts['preset']}/runs has no settings.json to say how its "
+                             "runs were trained: give --report-only the flags of the gptlab compare command that "
+                             "trained them")
     if opts["preset"] not in PRESETS:
         raise UsageError(f"--preset: choose from {', '.join(PRESETS)}, got {opts['preset']!r}")
     preset = json.loads(json.dumps(PRESETS[opts["preset"]]))
