@@ -177,14 +177,14 @@ def test_cpu_flash_swa_exact_with_half_chunks_split_over_calls(case, chunk_rows,
 
 @pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")), reason="torch.compile on CPU needs a C compiler")
 def test_compiled_flex_keeps_compiling_past_dynamos_default_budget() -> None:
-    """A kernel per sequence length: the 9th length must still be compiled, not run through flex's eager
-    O(T^2) reference (dynamo's default recompile limit is 8)."""
+    """A kernel per padded sequence length: the 9th length must still be compiled, not run through flex's eager
+    O(T^2) reference (dynamo's default recompile limit is 8). Lengths are not multiples of flex's block size."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     with torch.no_grad():
-        for T in range(40, 40 + 9 * 8, 8):
+        for T in range(40, 40 + 9 * 128, 128):
             q, k, v = (torch.randn(1, 2, T, 16) for _ in range(3))
             y = flex_sliding_window_attention(q, k, v, 16)
             torch.testing.assert_close(y, naive_attention(q, k, v, 16), atol=1e-5, rtol=1e-5)

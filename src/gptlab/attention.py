@@ -3,14 +3,15 @@
 SWA lets query i see keys i - window < j <= i. A mask over full attention still costs O(T^2); the paths here
 cost O(T * window):
 
-* CPU (fp32/bf16/fp16, no dropout), all through the CPU flash kernels. Forward: blocks of 32 queries (w if
-  smaller), each against the 32 + w keys its band can reach, as overlapping strided views (no copies) with one
-  shared mask: one kernel call per chunk of rows, (32 + w) / w of the ideal work (2x for w < 32). Backward:
-  chunks of c = w/2 rows (w when odd or small). Query r of chunk g sees chunk g at offsets <= r (causal), chunk
+* CPU (fp32/bf16/fp16, no dropout), through the CPU flash kernels. Forward: blocks of bq queries (w if
+  smaller), each against the bq + w keys its band can reach, as overlapping strided views (no copies) with one
+  shared mask: one kernel call per chunk of rows, (bq + w) / w of the ideal work. Backward: chunks of c = w/2
+  rows, or w. Query r of chunk g sees chunk g at offsets <= r (causal), chunk
   g-1 entirely (dense), and chunk g-2 at offsets > r (a strict upper triangle, which becomes causal once queries
   and keys are reversed); with c = w, chunk g causal and chunk g-1 at offsets > r.
   The flash backward of each part, fed the full output and log-sum-exp (the ring-attention trick), gives that
-  part's exact share of the gradient; the shares are summed.
+  part's exact share of the gradient; the shares are summed. Which bq (16, 32, 64) and c are fastest depends on
+  the CPU, so they are measured per shape at first use, against the banded SDPA below (autotune.py).
 * CUDA: flex_attention with a block mask, compiled.
 * Anything else (other devices, dropout): banded SDPA, blocks of `window` queries against 2 * window keys.
 """
@@ -18,9 +19,12 @@ cost O(T * window):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from . import autotune
 
 
 def window_mask(n_q: int, n_k: int, window: int | None, q_offset: int = 0, device=None) -> torch.Tensor:
@@ -64,7 +68,7 @@ def sliding_window_attention(
     if window >= T:  # the window hides nothing: plain causal attention
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa)
     if dropout_p == 0.0 and q.device.type == "cpu" and q.dtype in _FLASH_CPU_DTYPES:
-        return _SlidingWindowFlashCPU.apply(q, k, v, window)
+        return _cpu_sliding_window_attention(q, k, v, window)
     if dropout_p == 0.0 and q.device.type == "cuda":
         return flex_sliding_window_attention(q, k, v, window)
     return banded_sliding_window_attention(q, k, v, window, dropout_p)
@@ -73,9 +77,55 @@ def sliding_window_attention(
 # --- CPU: flash kernels on a band of query blocks ------------------------------------------------------------------
 
 _FLASH_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_BAND_QUERIES = 32  # queries per band block in the forward: the kernel then computes w + 32 keys per query for w
+_BAND_QUERIES = (16, 32, 64)  # queries per band block in the forward, measured: the kernel computes w + bq keys each
 _CHUNK_ROWS = 1024  # query rows per kernel call: bounds the temporaries, so memory stays O(T * D) plus a constant
-_HALF_CHUNKS_FROM = 64  # backward in chunks of w/2 for even windows from this size (smaller: too small to pay)
+_HALF_CHUNKS_FROM = 64  # direct calls: backward in chunks of w/2 for even windows from this size (else measured)
+_MASKED_UP_TO = 2048  # the O(T^2) masked SDPA is a candidate up to this length (its mask is T^2 bytes)
+
+
+def _cpu_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """SWA on CPU by the path measured fastest for this shape (autotune.py): the banded SDPA fallback (the plain
+    op), masked SDPA on short sequences, or the flash band kernel with each block size and backward chunking.
+
+    Timed on random inputs of the same shape, forward and (when autograd will need it) backward. All paths are
+    exact; they differ in rounding, which is why a training run pins its choices for resume (train.py).
+    """
+    B, H, T, D = q.shape
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    paths: dict[str, Callable[..., torch.Tensor]] = {autotune.PLAIN: banded_sliding_window_attention}
+    if T <= _MASKED_UP_TO:
+        paths["masked sdpa"] = _masked_sliding_window_attention
+    halves = (False, True) if grad and window % 2 == 0 and window >= 4 else (False,)
+    for bq in sorted({min(b, window) for b in _BAND_QUERIES}):
+        for half in halves:
+            paths[f"flash bq={bq}" + (" half" * half)] = functools.partial(_flash_swa, bq=bq, half=half)
+
+    @functools.cache  # made once, and only when there is something to time
+    def inputs() -> list[torch.Tensor]:
+        return [torch.randn_like(x) for x in (q, k, v)]
+
+    def timed(path: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            q_, k_, v_ = (x.detach().requires_grad_(grad) for x in inputs())
+            y = path(q_, k_, v_, window)
+            if grad:
+                y.backward(torch.ones_like(y))
+
+        return run
+
+    key = (B, H, k.size(1), T, D, window, str(q.dtype), grad, torch.get_num_threads())
+    best = autotune.choose("cpu sliding window", key, {name: timed(path) for name, path in paths.items()})
+    return paths[best](q, k, v, window)
+
+
+def _masked_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """SWA as full attention with a window mask: O(T^2), which can still win on short sequences."""
+    mask = window_mask(q.size(-2), k.size(-2), window, device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.size(1) != q.size(1))
+
+
+def _flash_swa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, bq: int, half: bool) -> torch.Tensor:
+    return _SlidingWindowFlashCPU.apply(q, k, v, window, bq, half)
 
 
 def _flash(
@@ -118,7 +168,7 @@ def _unblock(x: torch.Tensor) -> torch.Tensor:
 
 
 def _band_forward(
-    qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, B: int, w: int
+    qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, B: int, w: int, bq: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of SWA on rows (B * Tp, heads, D): out rows and lse rows (B * Tp, H).
 
@@ -128,7 +178,7 @@ def _band_forward(
     which a plain causal call over the first w positions (where the window hides nothing) then overwrites.
     """
     N, H, D = qr.shape
-    Tp, Bq = N // B, min(_BAND_QUERIES, w)
+    Tp, Bq = N // B, min(bq, w)
     if kr.size(1) != H:  # the kernel would expand GQA heads itself, but on the overlapping views: expand first
         kr, vr = (x.repeat_interleave(H // x.size(1), dim=1) for x in (kr, vr))
     mask = window_mask(Bq, Bq + w, w, q_offset=w, device=qr.device)
@@ -172,26 +222,31 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
     """Exact O(T * window) sliding-window attention from CPU flash kernels (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    def forward(
+        ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, bq: int = 32, half: bool | None = None
+    ) -> torch.Tensor:
+        """bq: queries per forward block; half: backward in chunks of window/2 (None: for even windows >= 64)."""
         B, H, T, D = q.shape
         Tp = -(-T // window) * window  # padded to whole blocks of `window`, the layout backward works in
         qr, kr, vr = (_rows(x, Tp) for x in (q, k, v))
-        out, lse = _band_forward(qr, kr, vr, B, window)
+        out, lse = _band_forward(qr, kr, vr, B, window, bq)
         ctx.save_for_backward(qr, kr, vr, out, lse)
-        ctx.shape = (B, T, window)
+        if half is None:
+            half = window >= _HALF_CHUNKS_FROM
+        ctx.shape = (B, T, window, half and window % 2 == 0 and window >= 2)
         return out.view(B, Tp, H, D)[:, :T].transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         qr, kr, vr, out, lse = ctx.saved_tensors
-        B, T, w = ctx.shape
+        B, T, w, half = ctx.shape
         N, H, D = qr.shape
         gr = _rows(grad, N // B)
         # Chunks of c = w/2 rows: query r of chunk g sees keys s <= r of chunk g (causal), all of chunk g-1, and
         # s > r of chunk g-2. The kernel computes whole tiles below 512 keys, so this does 6 tiles of (w/2)^2 per
         # w queries (1.5 w^2) where chunks of w would do 2 of w^2. The flash backward of each part, fed the full out and
         # lse, gives that part's exact share of the gradient (the ring-attention trick); the shares add up.
-        c = w // 2 if w % 2 == 0 and w >= _HALF_CHUNKS_FROM else w
+        c = w // 2 if half else w
         n, k = N // B // c, w // c  # chunks per sequence; chunk g-k is the one the window only partly covers
         lse_h = lse.view(N // c, c, H).transpose(1, 2)
         dq, dk, dv = (_unblock(x) for x in _flash_backward(*(_blocks(x, c) for x in (gr, qr, kr, vr, out)), lse_h))
@@ -223,10 +278,13 @@ class _SlidingWindowFlashCPU(torch.autograd.Function):
                 dk.index_add_(0, k_rows, _unblock(dk2))
                 dv.index_add_(0, k_rows, _unblock(dv2))
         dq, dk, dv = (x.view(B, N // B, x.size(1), D)[:, :T].transpose(1, 2) for x in (dq, dk, dv))
-        return dq, dk, dv, None
+        return dq, dk, dv, None, None, None
 
 
 # --- CUDA: flex_attention with a block mask ----------------------------------------------------------------------
+
+
+_FLEX_BLOCK = 128  # flex_attention's default block size
 
 
 @functools.lru_cache(maxsize=32)
@@ -263,12 +321,17 @@ def flex_sliding_window_attention(
     reference (any device, slow), which the tests use to check the mask on CPU."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    block_mask = _flex_block_mask(q.size(-2), window, str(q.device))
+    # Padded to whole blocks of 128: compiled flex gave wrong rows (even NaN) at lengths that are not a multiple
+    # of its block size (seen on CPU with AVX2, torch 2.13; pytorch#159247 reports it on CUDA too). The padded
+    # keys come after every real query, so the causal mask hides them; the padded queries are dropped.
+    T = q.size(-2)
+    Tp = -(-T // _FLEX_BLOCK) * _FLEX_BLOCK
+    block_mask = _flex_block_mask(Tp, window, str(q.device))
     fn = _compiled_flex() if compiled else flex_attention
     # Contiguous inputs: the model's q, k, v are strided views of one fused projection, and compiled flex inside
-    # a compiled model gave wrong results on such views (seen on CPU; cheap insurance on CUDA).
-    q, k, v = (x.contiguous() for x in (q, k, v))
-    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))
+    # a compiled model gave wrong results on such views (seen on CPU; cheap insurance on CUDA). F.pad copies too.
+    q, k, v = (F.pad(x, (0, 0, 0, Tp - T)) if Tp != T else x.contiguous() for x in (q, k, v))
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=k.size(1) != q.size(1))[..., :T, :]
 
 
 # --- Fallback: banded SDPA -----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import hardware
 from .config import GPTConfig
 from .model import GPT
 
@@ -446,9 +447,9 @@ def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str,
     from .train import TrainerConfig, make_optimizer
 
     batch, tokens = int(preset["trainer"]["batch_size"]), int(preset["decode_tokens"])
-    # The step in the dtype the runs trained in: bf16 autocast on CUDA unless --trainer.dtype says otherwise.
+    # The step in the dtype the runs trained in (what --trainer.dtype=auto picks on this device, or as given).
     dtype = str(preset["trainer"].get("dtype", "auto"))
-    bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16 = dtype == "bfloat16" or (dtype == "auto" and hardware.bf16_autocast_pays(device))
 
     def sync() -> None:
         if device.type == "cuda":

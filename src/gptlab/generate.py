@@ -6,7 +6,7 @@ the generation. Attention sums over key-value pairs, so slot order never matters
 are cached, so each cached key carries its own position.
 
 Decoding one token at a time is bound by reading the weights once per token; see _gemv_linear for how the
-CPU path keeps that at memory bandwidth.
+CPU path keeps that at memory bandwidth where the plain product does not (chosen by measurement: autotune.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import autotune
 from .attention import window_mask
 
 if TYPE_CHECKING:
@@ -125,8 +126,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def _gemv_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """layer(x) for a single row x, as a batch of matrix-vector products over row blocks of the weight.
 
-    MKL runs a lone (1, in) @ (in, out) product with the (out, in) weight on one core, at about half of the
-    machine's memory bandwidth; bmm over blocks of rows spreads it over the threads. Same weights, no copy.
+    Some BLAS builds run a lone (1, in) @ (in, out) product with the (out, in) weight on one core, at about half
+    of the machine's memory bandwidth (MKL on AMD EPYC); bmm over blocks of rows spreads it over the threads.
+    Others do better with the plain product (oneDNN with AMX): _gemv_linears measures which. Same weights, no copy.
     Anything but a single row, or with autograd on, goes to the ordinary F.linear.
     """
     W, k = layer.weight, torch.get_num_threads()
@@ -142,10 +144,34 @@ def _gemv_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], -1)
 
 
+def _gemv_pays(layers: list[nn.Linear]) -> bool:
+    """Whether _gemv_linear beats F.linear on one row for these same-shaped layers, on this machine.
+
+    Timed as decoding reads them: one row through every layer of the group in turn, so the weights come from
+    memory rather than cache, as they do once per generated token.
+    """
+    W = layers[0].weight
+    if torch.get_num_threads() < 2:  # _gemv_linear is F.linear then
+        return False
+    x = torch.randn(1, W.size(1), dtype=W.dtype)
+    key = (tuple(W.shape), str(W.dtype), len(layers), torch.get_num_threads())
+    candidates = {
+        autotune.PLAIN: lambda: [F.linear(x, m.weight, m.bias) for m in layers],
+        "gemv": lambda: [_gemv_linear(m, x) for m in layers],
+    }
+    return autotune.choose("decode linear", key, candidates) == "gemv"
+
+
 @contextmanager
 def _gemv_linears(model: nn.Module) -> Iterator[None]:
-    """Within the block, the model's nn.Linear layers on CPU run single rows through _gemv_linear."""
-    layers = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"]
+    """Within the block, the model's CPU nn.Linear layers run single rows through _gemv_linear, for the weight
+    shapes where that was measured faster than F.linear (on the first generation in the process)."""
+    groups: dict[tuple, list[nn.Linear]] = {}
+    for m in model.modules():
+        if type(m) is nn.Linear and m.weight.device.type == "cpu":
+            groups.setdefault((tuple(m.weight.shape), m.weight.dtype), []).append(m)
+    with torch.no_grad():
+        layers = [m for group in groups.values() if _gemv_pays(group) for m in group]
     for m in layers:
         m.forward = functools.partial(_gemv_linear, m)  # an instance attribute shadows nn.Linear.forward
     try:

@@ -24,7 +24,8 @@ Conventions
 * Activations: the tensors autograd saves for backward in this implementation (dropout 0), per layer and token:
   the norm inputs, the inputs of every Linear, q/k/v (and the rotated q/k with RoPE), the attention output and
   its log-sum-exp, the MLP hidden states; plus the final norm and fp32 log-probabilities over the vocabulary.
-  The sliding-window kernel keeps its own copies of q, k, v and the output, padded to whole windows. Not counted:
+  The sliding-window kernel keeps its own copies of q, k, v and the output, padded to whole windows (the flash band
+  path; on short sequences a masked SDPA may be measured faster and saves its mask instead). Not counted:
   tensors that live only during one step of the pass (the logits, their gradient) and the allocator's slack, so
   the peak is higher than this total.
 """
@@ -386,6 +387,7 @@ def format_compare(a: ModelStats, b: ModelStats, name_a: str = "A", name_b: str 
 
 HELP = """\
 usage: gptlab info [SPEC] [--context N] [--batch N] [--dtype fp32|bf16|fp16] [--json] [--compare SPEC]
+       gptlab info --hardware [SPEC] [--context N]
 
 Parameters, FLOPs, KV cache and training memory of a model configuration, computed from the config alone.
 
@@ -405,6 +407,8 @@ The aliases of gptlab train work too (--model.n_query_head=N, --model.rope=True,
                   (all in D, as in pure bf16 training; bf16 autocast, --trainer.dtype=bfloat16, keeps fp32 weights,
                   gradients and moments)
 --json            print the numbers as JSON instead of a table
+--hardware        this machine instead: CPU, ISA, whether bf16 is native (what --trainer.dtype=auto picks), and
+                  the fast paths measured fastest here for SPEC (decode, and sliding windows at --context)
 
 --context, --batch, --dtype and --json may stand anywhere and apply to both configurations.
 
@@ -611,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP.format(presets=", ".join(MODEL_PRESETS)))
         return 0
     usage = _usage_error()
+    hardware = "--hardware" in argv
+    argv = [a for a in argv if a != "--hardware"]
     try:
         specs, options, as_json = _split_args(argv, usage)
         configs = [_resolve_spec(spec, usage) for spec in specs]
@@ -620,6 +626,12 @@ def main(argv: list[str] | None = None) -> int:
             dtype = dtype_name(options.get("--dtype", "fp32"))
         except ValueError as e:
             raise usage(f"--dtype: {e}") from None
+        if hardware:
+            from . import hardware as hw
+
+            hw.measure_fast_paths(configs[0][0], context)
+            print(hw.describe())
+            return 0
         stats = [model_stats(cfg, context, batch, dtype) for cfg, _ in configs]
     except ValueError as e:  # UsageError, invalid configs, unreadable checkpoints
         print(f"gptlab: error: {e}", file=sys.stderr)

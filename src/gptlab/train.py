@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import torch
 
+from . import autotune, distributed, hardware
 from . import checkpoint as ckpt
-from . import distributed
 from .config import GPTConfig
 from .model import GPT
 from .options import (
@@ -87,7 +87,8 @@ class TrainerConfig:
     log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
     sample_tokens: int = 200  # tokens of the sample printed at each eval (capped at block_size); 0: none
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast (+TF32) on CUDA, else fp32
+    # auto: bf16 autocast (+TF32) on CUDA, bf16 autocast on CPUs with native bf16 (AMX, AVX512-BF16), else fp32
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False  # torch.compile the model: slow start, faster steps on GPUs
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicates the model, FSDP2 shards it
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
@@ -599,9 +600,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         if device.type == "cuda" and t.dtype != "float32":  # TF32 matmuls (as nanoGPT), unless fp32 was asked for
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        use_bf16 = t.dtype == "bfloat16" or (
-            t.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-        )
+        use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and hardware.bf16_autocast_pays(device))
 
         def autocast() -> contextlib.AbstractContextManager:
             return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
@@ -619,6 +618,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                 # Killed between saving last/ and copying it to best/: last/ is the best checkpoint.
                 ckpt.copy_checkpoint(work_dir / "last", work_dir / "best")
             distributed.load_optimizer_state(raw, optimizer, resumed.optimizer_state)
+            pinned = state.get("autotune") or []
+            if len(pinned) == info.world_size:  # the kernels measured fastest before: the same rounding
+                autotune.pin(pinned[info.rank])
             # The saved param_groups carry the old hyperparameters; flags given now win (lr is set every step).
             for group, decay in zip(optimizer.param_groups, (t.weight_decay, 0.0), strict=True):
                 group["weight_decay"], group["betas"] = decay, (t.beta1, t.beta2)
@@ -650,6 +652,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                 "cuda": distributed.gather_objects(ckpt.rng_state_to_json(torch.cuda.get_rng_state(device)))
                 if device.type == "cuda" else [],
             }
+            kernels = distributed.gather_objects(autotune.pinned())
             if info.is_main:
                 ckpt.save_checkpoint(
                     work_dir / "last", config=config, model_state=model_state, tokenizer=tokenizer,
@@ -658,6 +661,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                         "iter": step, "best_val_loss": None if math.isinf(best_val) else best_val,
                         "best_iter": best_iter,
                         "world_size": info.world_size, "tokens_seen": step * tokens_per_step, "rng": rng,
+                        "autotune": kernels,
                         "train_config": flatten(dataclasses.asdict(cfg)),
                     },
                 )
@@ -699,6 +703,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                 f"training {n_params / 1e6:.2f}M parameters on {data_path.name} ({tok_name} tokenizer, "
                 f"{len(data.train):,} train / {len(data.val):,} val tokens), {info.world_size} x {device}"
                 + (f" ({t.strategy})" if info.distributed else "")
+                + (", bf16 autocast" if use_bf16 else ", fp32")
+                + (f" ({hardware.cpu_isa()})" if device.type == "cpu" else "")
                 + (f", resuming at iter {step}" if step else "")
                 + f"; writing to {work_dir}"
             )

@@ -1,0 +1,88 @@
+"""Fast paths chosen by measurement, on the machine that runs them (like torch.backends.cudnn.benchmark).
+
+A CPU fast path that wins on one processor can lose on another: the decode GEMV split was 2x transformers on
+AMD EPYC and 0.53x on an Intel Xeon with AMX. So no such choice is made by hand. The first time an operation
+meets a shape, `choose` times every candidate on it (the plain op it replaces always among them), keeps the
+fastest for the rest of the process and logs the decision (logger "gptlab.autotune"; `gptlab info --hardware`
+lists them). A fast path must beat the plain op by `MARGIN` to be picked, so timing noise cannot trade the
+plain op for something no faster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PLAIN = "plain"  # every choice's reference candidate: the op the fast paths replace
+MARGIN = 0.05  # a fast path is picked only when it is at least this much faster than the plain op
+
+Timer = Callable[[str, Callable[[], object]], float]  # (candidate name, run it once) -> seconds per run
+
+_choices: dict[tuple[str, str], str] = {}  # (op, repr(key)) -> chosen candidate
+_timings: dict[tuple[str, str], dict[str, float]] = {}
+
+
+def fastest_time(name: str, fn: Callable[[], object], repeats: int = 3) -> float:
+    """Fastest of `repeats` runs of fn() after one warm-up (the first call allocates). The minimum, not the mean:
+    other work on the machine only ever adds time."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def choose(
+    op: str, key: Hashable, candidates: dict[str, Callable[[], object]], timer: Timer | None = None
+) -> str:
+    """Name of the fastest candidate for (op, key): timed on the first call, remembered for the process.
+
+    candidates maps names to zero-argument callables that run the op once on inputs of the shape in question;
+    one of them must be PLAIN. Inside torch.compile's tracing nothing can be timed: the plain op is used unless a
+    choice was already made eagerly.
+    """
+    if PLAIN not in candidates:
+        raise ValueError(f"{op}: the candidates must include the plain op ({PLAIN!r}), got {sorted(candidates)}")
+    k = (op, repr(key))
+    if k in _choices and _choices[k] in candidates:
+        return _choices[k]
+    if torch.compiler.is_compiling():
+        return PLAIN
+    timer = timer or fastest_time  # looked up per call, so tests can replace it
+    times = {name: timer(name, fn) for name, fn in candidates.items()}
+    best = min(times, key=times.__getitem__)
+    if times[best] > times[PLAIN] * (1 - MARGIN):
+        best = PLAIN
+    _choices[k], _timings[k] = best, times
+    log.debug("%s %s: %s (%s)", op, k[1], best, ", ".join(f"{n} {t * 1e3:.3f} ms" for n, t in times.items()))
+    return best
+
+
+def choices() -> list[tuple[str, str, str, dict[str, float]]]:
+    """Every choice in this process: (op, repr(key), chosen candidate, seconds per candidate; empty if pinned)."""
+    return [(op, key, best, _timings.get((op, key), {})) for (op, key), best in _choices.items()]
+
+
+def pinned() -> list[list[str]]:
+    """The choices as JSON-able [op, repr(key), candidate] rows, for a checkpoint."""
+    return [[op, key, best] for (op, key), best in _choices.items()]
+
+
+def pin(rows: list[list[str]]) -> None:
+    """Make the choices of an earlier process again (from pinned()): the paths differ in rounding, so a resumed
+    run must use the kernels the interrupted one used to continue it to the bit."""
+    for op, key, best in rows:
+        _choices[(op, key)] = best
+
+
+def reset() -> None:
+    """Forget every choice (tests; or after changing the thread count)."""
+    _choices.clear()
+    _timings.clear()

@@ -1,0 +1,83 @@
+"""gptlab.hardware: the CPU's bf16 support decides --trainer.dtype=auto; info --hardware shows the choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab import autotune, hardware
+from gptlab import info as I
+from gptlab import train as T
+from gptlab.data import shakespeare_text
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,native", [(True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, native):
+    monkeypatch.delenv("GPTLAB_NATIVE_BF16", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert hardware.native_bf16_cpu() is native
+    assert hardware.bf16_autocast_pays(torch.device("cpu")) is native
+    assert hardware.bf16_autocast_pays(torch.device("meta")) is False
+
+
+def test_the_environment_overrides_detection(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "0")
+    assert not hardware.native_bf16_cpu()
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "1")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert hardware.native_bf16_cpu()
+
+
+def test_isa_names_the_widest(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    assert hardware.cpu_isa() == "AVX-512"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert hardware.cpu_isa() == "AMX"
+    assert "-amx-" in hardware.machine_kind(threads=2) and hardware.machine_kind(threads=2).endswith("-2t")
+
+
+def _tiny_run(tmp_path: Path, name: str, dtype: str) -> list[str]:
+    text = tmp_path / "t.txt"
+    if not text.exists():
+        text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    return [
+        "--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--system.work_dir={tmp_path / name}", "--trainer.device=cpu", "--trainer.sample_tokens=0",
+        "--trainer.max_iters=3", "--trainer.log_interval=1", f"--trainer.dtype={dtype}",
+    ]
+
+
+def _losses(work_dir: Path) -> list[float]:
+    return [r["loss"] for r in T.read_metrics(work_dir) if "loss" in r]
+
+
+def test_auto_dtype_trains_in_bf16_exactly_where_the_cpu_has_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "1")
+    assert T.main(_tiny_run(tmp_path, "auto_native", "auto")) == 0
+    assert "bf16 autocast" in capsys.readouterr().out
+    assert T.main(_tiny_run(tmp_path, "bf16", "bfloat16")) == 0
+    monkeypatch.setenv("GPTLAB_NATIVE_BF16", "0")
+    assert T.main(_tiny_run(tmp_path, "auto_plain", "auto")) == 0
+    assert ", fp32" in capsys.readouterr().out
+    assert T.main(_tiny_run(tmp_path, "fp32", "float32")) == 0
+    assert _losses(tmp_path / "auto_native") == _losses(tmp_path / "bf16")
+    assert _losses(tmp_path / "auto_plain") == _losses(tmp_path / "fp32")
+    assert _losses(tmp_path / "bf16") != _losses(tmp_path / "fp32")
+
+
+def test_info_hardware_measures_and_lists_the_fast_paths(monkeypatch, capsys):
+    autotune.reset()
+    monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: {"plain": 1.0}.get(name, 0.5))
+    argv = ["--hardware", "--model.preset=tiny", "--model.pos_emb=rope", "--model.window=8", "--context", "32"]
+    assert I.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"CPU: {hardware.cpu_model()}, {hardware.cpu_isa()}" in out
+    assert "trains in fp32 here" in out  # the suite's GPTLAB_NATIVE_BF16=0
+    assert "decode linear" in out and "cpu sliding window" in out
+    assert "plain 1000.00 ms" in out
+    autotune.reset()
