@@ -197,7 +197,7 @@ def fig_rolling_cache(out: Path) -> Path:
     grid = []
     for pos in range(steps):
         x = torch.full((1, 1, 1, 1), float(pos))
-        cache.attend(x, x, x, pos)
+        cache.update(x, x, pos)
         grid.append(cache.k[0, 0, :, 0].tolist())
     grid = np.array(grid, dtype=int)
     fig, ax = plt.subplots(figsize=(5.2, 5.6))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptlab import GPT, GPTConfig, autotune
-from gptlab.generate import _gemv_linear, _gemv_linears, filter_logits, generate, make_caches
+from gptlab.generate import KVCache, _gemv_linear, _gemv_linears, filter_logits, generate, make_caches
 
 
 def tiny(**kw) -> GPTConfig:
@@ -145,3 +146,24 @@ def test_top_k_top_p_keep_what_transformers_keeps(top_k: int | None, top_p: floa
             assert torch.equal(ours.isinf(), ref.isinf())
         else:
             assert torch.equal(ours.isfinite().sum(-1), ref.isfinite().sum(-1)), (logits, top_k, top_p)
+
+
+@pytest.mark.parametrize("window,max_len", [(None, 40), (5, 40), (1, 40), (7, 7), (40, 30)])
+def test_cache_returns_every_position_a_query_of_the_chunk_sees(window, max_len):
+    """The cache only stores; whatever the chunking, it must hand each query every key `visible` allows it,
+    once, with the right position (keys here are their own positions)."""
+    from gptlab.attention import visible
+
+    rng = random.Random(window or 0)
+    cache = KVCache(1, 1, 1, max_len, window)
+    pos = 0
+    while pos < max_len:
+        T = min(rng.choice([1, 1, 2, 3, 9]), max_len - pos)
+        x = torch.arange(pos, pos + T, dtype=torch.float32).view(1, 1, T, 1)
+        keys, values, k_pos = cache.update(x, x, pos)
+        assert torch.equal(keys[0, 0, :, 0].long(), k_pos) and torch.equal(values, keys)
+        assert len(set(k_pos.tolist())) == len(k_pos)  # no position twice
+        for q in range(pos, pos + T):
+            needed = {j for j in range(q + 1) if visible(torch.tensor(q), torch.tensor(j), window)}
+            assert needed <= set(k_pos.tolist()), (q, needed - set(k_pos.tolist()))
+        pos += T

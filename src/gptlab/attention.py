@@ -27,17 +27,46 @@ import torch.nn.functional as F
 from . import autotune
 
 
-def window_mask(n_q: int, n_k: int, window: int | None, q_offset: int = 0, device=None) -> torch.Tensor:
-    """Boolean (n_q, n_k) mask, True where key j is visible to query i (query i sits at position q_offset + i).
+def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """What a query may see: keys at or before its position and, with a window, within the last `window`
+    positions (i - window < j <= i, the convention of HF Mistral). Positions broadcast against each other.
 
-    Causal, and with a window: i - window < j <= i (the convention of HF Mistral).
+    The one rule of attention here: every path's mask comes from it (whole sequences, the band kernels, flex on
+    CUDA, the KV caches), so a new attention variant is one change in this function.
     """
+    seen = k_pos <= q_pos
+    if window is not None:
+        seen = seen & (k_pos > q_pos - window)
+    return seen
+
+
+def window_mask(n_q: int, n_k: int, window: int | None, q_offset: int = 0, device=None) -> torch.Tensor:
+    """Boolean (n_q, n_k) mask, True where key j is visible to query i (query i sits at position q_offset + i)."""
     i = torch.arange(q_offset, q_offset + n_q, device=device)[:, None]
     j = torch.arange(n_k, device=device)[None, :]
-    mask = j <= i
-    if window is not None:
-        mask &= j > i - window
-    return mask
+    return visible(i, j, window)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, dropout_p: float = 0.0,
+    q_start: int = 0, k_pos: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of q (B, H, T, D) over k, v (B, Hkv, N, D) under `visible`, by the fastest exact path.
+
+    Without k_pos, the keys are the queries' own positions 0..T-1 (a whole sequence): SDPA's causal kernel, or the
+    O(T * window) paths below. With k_pos (N,), from a KV cache in slot order, the queries sit at q_start.. and SDPA
+    gets the mask `visible` gives; a single query needs none, as a cache keeps only what the next token sees.
+    """
+    gqa = k.size(1) != q.size(1)
+    if k_pos is not None:
+        T, mask = q.size(2), None
+        if T > 1:
+            mask = visible(torch.arange(q_start, q_start + T, device=q.device)[:, None], k_pos[None, :], window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+    if window is not None and window < q.size(2):
+        return sliding_window_attention(q, k, v, window, dropout_p)
+    # enable_gqa lets SDPA map query head h to K/V head h // (n_head / n_kv_head) without copies.
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 def naive_attention(
@@ -292,7 +321,7 @@ def _flex_block_mask(T: int, window: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def swa(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+        return visible(q_idx, kv_idx, window)
 
     return create_block_mask(swa, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
 

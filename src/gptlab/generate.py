@@ -2,8 +2,9 @@
 
 The cache holds n_kv_head heads per layer (GQA/MQA shrink it), preallocated once. With a sliding window it is
 a rolling buffer of `window` slots: position p lives in slot p % window, so memory stays flat however long
-the generation. Attention sums over key-value pairs, so slot order never matters; RoPE is applied before keys
-are cached, so each cached key carries its own position.
+the generation. The cache records each slot's position and attention masks by positions (attention.visible),
+so slot order never matters; RoPE is applied before keys are cached, so each cached key carries its own
+position.
 
 Decoding one token at a time is bound by reading the weights once per token; see _gemv_linear for how the
 CPU path keeps that at memory bandwidth where the plain product does not (chosen by measurement: autotune.py).
@@ -21,61 +22,53 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import autotune
-from .attention import window_mask
 
 if TYPE_CHECKING:
     from .model import GPT
 
 
 class KVCache(nn.Module):
-    """Keys and values of one attention layer for all past positions (or the last `window` of them)."""
+    """Keys and values of one attention layer for all past positions (or the last `window` of them), and the
+    position each slot holds. It only stores: what a query may see is attention.visible's to decide."""
 
     def __init__(
         self, batch: int, n_kv_head: int, head_dim: int, max_len: int, window: int | None,
         dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.window = window
         self.size = max_len if window is None else min(window, max_len)
         self.rolling = self.size < max_len  # only a window shorter than the generation needs to wrap around
         shape = (batch, n_kv_head, self.size, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("pos", torch.full((self.size,), -1, dtype=torch.long, device=device), persistent=False)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
-        """Store k, v (B, Hkv, T, D) for positions pos..pos+T-1 and attend q (B, H, T, D) over the cache."""
-        T = q.size(2)
-        gqa = q.size(1) != k.size(1)
-        if not self.rolling:
-            self.k[:, :, pos : pos + T] = k
-            self.v[:, :, pos : pos + T] = v
-            keys, values = self.k[:, :, : pos + T], self.v[:, :, : pos + T]
-            if T == 1:  # one new token sees every cached position (window >= max_len here)
-                return F.scaled_dot_product_attention(q, keys, values, enable_gqa=gqa)
-            mask = window_mask(T, pos + T, self.window, q_offset=pos, device=q.device)
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
-
-        if T == 1:
-            # The buffer holds exactly the last `window` positions: all visible, no mask.
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, T, D) of positions pos..pos+T-1 (position p in slot p % size). Returns the keys,
+        values and positions (N,) a query of this chunk may need, in slot order: what is cached and the chunk."""
+        T, end = k.size(2), pos + k.size(2)
+        if end <= self.size or T == 1:
+            # In place: nothing is evicted that a query of the chunk still sees (one token evicts the position
+            # `size` back, which is out of its window). A slice, not an integer index: torch.compile then keeps
+            # one graph for every slot.
             slot = pos % self.size
-            # A slice, not an integer index: torch.compile then keeps one graph for every slot.
-            self.k[:, :, slot : slot + 1] = k
-            self.v[:, :, slot : slot + 1] = v
-            n = min(pos + 1, self.size)
-            return F.scaled_dot_product_attention(q, self.k[:, :, :n], self.v[:, :, :n], enable_gqa=gqa)
-
-        # A chunk of several tokens: gather the cached positions it can see, in order, then the chunk itself.
-        n_prev = min(pos, self.size - 1)
-        slots = torch.arange(pos - n_prev, pos, device=q.device) % self.size
-        keys = torch.cat([self.k.index_select(2, slots), k], dim=2)
-        values = torch.cat([self.v.index_select(2, slots), v], dim=2)
-        mask = window_mask(T, n_prev + T, self.window, q_offset=n_prev, device=q.device)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
-        keep = min(T, self.size)  # only the last `window` new positions can ever be seen again
-        slots = torch.arange(pos + T - keep, pos + T, device=q.device) % self.size
+            self.k[:, :, slot : slot + T] = k
+            self.v[:, :, slot : slot + T] = v
+            self.pos[slot : slot + T] = torch.arange(pos, end, device=self.pos.device)
+            n = min(end, self.size)
+            return self.k[:, :, :n], self.v[:, :, :n], self.pos[:n]
+        # A chunk that wraps the rolling buffer around: its first queries still need what its last tokens would
+        # evict, so they attend over the cache and the chunk side by side; then the chunk's last tokens are kept.
+        n = min(pos, self.size)
+        positions = torch.arange(pos, end, device=self.pos.device)
+        keys, values = torch.cat([self.k[:, :, :n], k], 2), torch.cat([self.v[:, :, :n], v], 2)
+        key_pos = torch.cat([self.pos[:n], positions])
+        keep = min(T, self.size)  # only the last `size` positions are kept
+        slots = positions[T - keep :] % self.size
         self.k.index_copy_(2, slots, k[:, :, T - keep :])
         self.v.index_copy_(2, slots, v[:, :, T - keep :])
-        return y
+        self.pos.index_copy_(0, slots, positions[T - keep :])
+        return keys, values, key_pos
 
 
 def make_caches(model: GPT, batch: int, max_len: int) -> list[KVCache]:

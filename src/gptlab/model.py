@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import sliding_window_attention
+from .attention import attention
 from .config import GPTConfig
 
 if TYPE_CHECKING:
@@ -83,16 +83,10 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
-        if cache is not None:
-            y = cache.attend(q, k, v, input_pos)
-        elif self.window is not None and self.window < T:
-            y = sliding_window_attention(q, k, v, self.window, dropout_p=self.dropout if self.training else 0.0)
-        else:
-            # enable_gqa lets SDPA map query head h to K/V head h // (n_head / n_kv_head) without copies.
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
-                enable_gqa=self.n_kv_head != self.n_head,
-            )
+        k_pos = None
+        if cache is not None:  # decoding: attend over everything cached so far, this chunk included
+            k, v, k_pos = cache.update(k, v, input_pos)
+        y = attention(q, k, v, self.window, self.dropout if self.training else 0.0, input_pos, k_pos)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
