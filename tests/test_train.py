@@ -476,3 +476,37 @@ def test_overwrite_with_a_bad_flag_keeps_the_old_run(tmp_path: Path, text_file: 
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=1, system__overwrite=True)) == 0
     assert [i for i, _ in losses(tmp_path / "run")] == [1]  # a new run: nothing of the old one's 2 steps
+
+
+def test_run_preset_schedule_follows_max_iters() -> None:
+    # --preset=baby with fewer steps decays over those steps (it once kept the preset's lr_decay_iters=2000
+    # and ended a 400-step run at 9.5e-4); an explicit --trainer.lr_decay_iters still wins.
+    t = T.parse_train_args(["--preset=baby", "--trainer.max_iters=400"]).trainer
+    assert T.learning_rate(399, t) == pytest.approx(1e-4, rel=1e-3)
+    assert T.parse_train_args(["--preset=baby"]).trainer.max_iters == 2000  # nanoGPT's run is unchanged
+    t = T.parse_train_args(["--preset=baby", "--trainer.max_iters=400", "--trainer.lr_decay_iters=2000"]).trainer
+    assert T.learning_rate(399, t) > 9e-4
+
+
+def test_warmup_past_the_run_warns(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:
+    # tiny's warmup is 5 steps: a 3-step run never reaches the peak learning rate, and says so in one line.
+    assert T.main(flags(tmp_path, text_file, "short", trainer__max_iters=3)) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "--trainer.warmup_iters=5 >= --trainer.max_iters=3" in warnings[0], err
+    assert T.main(flags(tmp_path, text_file, "long", trainer__max_iters=6)) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_elapsed_time_continues_across_resume(tmp_path: Path, text_file: Path) -> None:
+    # elapsed_s is the run's training time, not this process's: it once restarted at 0 on resume.
+    common = dict(trainer__log_interval=1, trainer__eval_interval=5)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=5, **common)) == 0
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=10, trainer__resume=True, **common)) == 0
+    elapsed = [(r["iter"], r["elapsed_s"]) for r in T.read_metrics(tmp_path / "run") if "elapsed_s" in r]
+    assert [i for i, _ in elapsed] == list(range(1, 11))
+    times = [e for _, e in elapsed]
+    assert all(a <= b for a, b in zip(times, times[1:], strict=False)), times  # rounded to 0.01 s
+    assert times[5] > times[4] > 0  # the first step after the resume comes after the last one before it
+    saved = load_checkpoint(tmp_path / "run" / "last").state["elapsed_s"]
+    assert saved >= times[-1]

@@ -124,9 +124,11 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     # nanoGPT's CPU "baby" Shakespeare config, its exact GPT-2 model (bias-free, as nanoGPT's default).
     # nanoGPT's README: val loss ~1.88 after 2000 iterations; gptlab: 1.90 (see benchmarks/baby_shakespeare.py).
+    # nanoGPT's lr_decay_iters=2000 is its max_iters, so it is left unset: the decay then follows
+    # --trainer.max_iters (a 400-step run decays over 400 steps, not over the first 400 of 2000).
     "baby": {
         "model.preset": "baby", "model.block_size": 64, "model.dropout": 0.0, "model.bias": False,
-        "trainer.batch_size": 12, "trainer.max_iters": 2000, "trainer.lr_decay_iters": 2000,
+        "trainer.batch_size": 12, "trainer.max_iters": 2000,
         "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.warmup_iters": 100,
         "trainer.eval_iters": 20, "trainer.log_interval": 10,
     },
@@ -611,6 +613,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         batch_gen = torch.Generator().manual_seed(cfg.system.seed)
         torch.manual_seed(cfg.system.seed + info.rank)
         step, best_val, best_iter = 0, math.inf, None
+        elapsed_before = 0.0  # seconds the run trained before this process (elapsed_s continues across resume)
         if resumed:
             state = resumed.state
             step, best_val, best_iter = state["iter"], state.get("best_val_loss"), state.get("best_iter")
@@ -632,8 +635,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             else:  # a different number of processes: fresh, distinct streams (reusing saved ones would repeat)
                 torch.manual_seed(cfg.system.seed + info.rank + 1_000_003 * step)
             del resumed
+            rows = [r for r in read_metrics(work_dir) if r.get("iter", 0) <= step]
+            # Checkpoints since this field exists carry it; an older one: the last elapsed_s logged before it.
+            logged = [r["elapsed_s"] for r in rows if "elapsed_s" in r]
+            elapsed_before = state.get("elapsed_s", max(logged, default=0.0))
             if info.is_main:  # forget metrics logged after this checkpoint (a kill between evals)
-                rows = [r for r in read_metrics(work_dir) if r.get("iter", 0) <= step]
                 tmp = work_dir / ".metrics.jsonl.tmp"
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
                 os.replace(tmp, work_dir / "metrics.jsonl")  # a kill now leaves the old file or the new one
@@ -658,6 +664,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                         "iter": step, "best_val_loss": None if math.isinf(best_val) else best_val,
                         "best_iter": best_iter,
                         "world_size": info.world_size, "tokens_seen": step * tokens_per_step, "rng": rng,
+                        "elapsed_s": round(elapsed_before + time.perf_counter() - run_start, 2),
                         "train_config": flatten(dataclasses.asdict(cfg)),
                     },
                 )
@@ -705,6 +712,15 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         if step >= t.max_iters:
             say(f"the run is already at iter {step} = --trainer.max_iters; pass a larger one to train longer")
             return 0
+        if info.is_main and t.warmup_iters >= t.max_iters:
+            # nanoGPT's schedule is kept as it is (a run reproduces nanoGPT's), but a warmup that outlasts the
+            # run never reaches the peak learning rate: say so instead of letting the run quietly underperform.
+            print(
+                f"gptlab: warning: --trainer.warmup_iters={t.warmup_iters} >= --trainer.max_iters={t.max_iters}: "
+                f"the learning rate never reaches --trainer.learning_rate={t.learning_rate:g} (it ends at "
+                f"{learning_rate(t.max_iters - 1, t):.2e}); lower --trainer.warmup_iters",
+                file=sys.stderr, flush=True,
+            )
         if step == 0:
             losses = evaluate(0)
             say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -758,7 +774,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     tok_s = len(window_losses) * tokens_per_step / (now - window_start)
                     mean_loss = sum(window_losses) / len(window_losses)
                     log_metrics({"iter": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
-                                 "elapsed_s": round(now - run_start, 2)})
+                                 "elapsed_s": round(elapsed_before + now - run_start, 2)})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                     if info.is_main and not interactive:
                         print(f"iter {step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
