@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab import cli
 from gptlab import train as T
 from gptlab.checkpoint import load_checkpoint
 from gptlab.data import DataError, shakespeare_text
@@ -255,7 +257,9 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_checkpoint_and_exits_0(tmp_path: Path, text_file: Path, sig: signal.Signals) -> None:
+def test_signal_saves_checkpoint_and_exits_0(
+    tmp_path: Path, text_file: Path, sig: signal.Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "run"
     cmd = [sys.executable, "-m", "gptlab", "train", *flags(tmp_path, text_file, trainer__max_iters=100_000,
                                                          trainer__log_interval=1, trainer__eval_interval=10_000)]
@@ -271,8 +275,12 @@ def test_signal_saves_checkpoint_and_exits_0(tmp_path: Path, text_file: Path, si
     assert f"stopped by {sig.name}" in out and "--trainer.resume=True" in out
     stopped_at = load_checkpoint(work / "last").state["iter"]
     assert stopped_at >= 3 and not (work / "last.new").exists()
-    # ... and the run continues from there.
-    assert T.main(flags(tmp_path, text_file, trainer__max_iters=stopped_at + 2, trainer__resume=True)) == 0
+    # ... and the run continues from there, with the command it printed (told to stop 2 steps later).
+    hint = next(line for line in out.splitlines() if line.startswith("continue with: "))
+    argv = shlex.split(hint.removeprefix("continue with: "))
+    assert argv[0] == "gptlab"
+    monkeypatch.chdir(tmp_path)  # the printed work_dir is relative to where the run was started
+    assert cli.main([*argv[1:], f"--trainer.max_iters={stopped_at + 2}"]) == 0
     assert load_checkpoint(work / "last").state["iter"] == stopped_at + 2
 
 
@@ -510,3 +518,20 @@ def test_elapsed_time_continues_across_resume(tmp_path: Path, text_file: Path) -
     assert times[5] > times[4] > 0  # the first step after the resume comes after the last one before it
     saved = load_checkpoint(tmp_path / "run" / "last").state["elapsed_s"]
     assert saved >= times[-1]
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_the_printed_sample_command_works(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture, lowercase: bool
+) -> None:
+    # The hint once asked for 200 new tokens of every model, past the 32 positions of this learned-position one
+    # (exit 2), and for "ROMEO:", which a model of lowercase text cannot encode. A work dir with a space: quoted.
+    text = tmp_path / "lower.txt"
+    text.write_text(text_file.read_text(encoding="utf-8").lower(), encoding="utf-8")
+    data = text if lowercase else text_file
+    assert T.main(flags(tmp_path, data, "my run", trainer__max_iters=2)) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sample more: "))
+    argv = shlex.split(hint.removeprefix("sample more: "))
+    assert argv[:3] == ["gptlab", "sample", str(tmp_path / "my run")]
+    assert cli.main(argv[1:]) == 0, hint
+    assert len(capsys.readouterr().out) > 0

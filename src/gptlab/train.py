@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -392,6 +393,28 @@ def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.d
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(idx, n, temperature=0.8, top_k=200, generator=generator)
     return tokenizer.decode(out[0, len(prompt) :].tolist())
+
+
+def command(*args: str) -> str:
+    """A gptlab command line as the shell reads it back (paths with spaces are quoted)."""
+    return shlex.join(["gptlab", *args])
+
+
+def sample_hint(work_dir: Path, config: GPTConfig, tokenizer: Any, max_new_tokens: int = 200) -> str:
+    """The `gptlab sample` command printed at the end of a run, which must work as printed: a prompt the
+    tokenizer can encode (a char model may never have seen "ROMEO:"), and no more new tokens than a
+    learned-position model has positions left after it (`gptlab sample` refuses more)."""
+    chars = [tokenizer.decode([0])] if getattr(tokenizer, "name", "") == "char" else []
+    for prompt in ("ROMEO:", "\n", *chars):
+        try:
+            n_prompt = len(tokenizer.encode(prompt))
+        except ValueError:
+            continue
+        room = config.block_size - n_prompt if config.pos_emb == "learned" else max_new_tokens
+        if room >= 1:
+            flags = [] if prompt == "\n" else [f"--prompt={prompt}"]  # a newline is sample's default prompt
+            return command("sample", str(work_dir), *flags, f"--max_new_tokens={min(max_new_tokens, room)}")
+    return command("sample", str(work_dir))
 
 
 def read_metrics(work_dir: str | Path) -> list[dict[str, Any]]:
@@ -802,7 +825,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     name = signal.Signals(stop["signal"]).name if stop["signal"] else "a signal on another rank"
                     say(
                         f"\nstopped by {name} at iter {step}: checkpoint saved to {work_dir / 'last'}.\n"
-                        f"continue with: gptlab train --system.work_dir={work_dir} --trainer.resume=True"
+                        f"continue with: {command('train', f'--system.work_dir={work_dir}', '--trainer.resume=True')}"
                     )
                     return 0
         finally:
@@ -826,7 +849,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             f"checkpoints: {work_dir / 'last'} (latest), {work_dir / 'best'} (best val loss)\n"
             f"loss plot:   {work_dir / 'loss.png'}\n"
             f"metrics:     {work_dir / 'metrics.jsonl'}\n"
-            f"sample more: gptlab sample {work_dir} --prompt=\"ROMEO:\" --max_new_tokens=200"
+            f"sample more: {sample_hint(work_dir, config, tokenizer)}"
         )
         return 0
     finally:
