@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,30 @@ def test_compare_measures_on_the_data_it_trains_on(tmp_path: Path) -> None:
     assert results["meta"]["data"] == f"{text} (char)"
     assert results["summary"]["baseline"]["config"]["vocab_size"] == len(set(text.read_text()))
     assert (tmp_path / "cache").is_dir()
+
+
+def test_converted_run_keeps_its_data_for_eval_and_uptraining(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `gptlab eval CONVERTED` once failed ("no state.json; pass --text"): the converted model keeps its source
+    # run's data, so it is measured on the same val split, and the printed uptraining command trains on that data.
+    from gptlab import cli
+    from gptlab.data import shakespeare_text
+    from gptlab.train import main as train_main
+
+    text = tmp_path / "text.txt"
+    text.write_text(shakespeare_text()[:20_000].lower(), encoding="utf-8")  # not the default data, nor its chars
+    run, dst = tmp_path / "run", tmp_path / "gqa"
+    common = [f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.device=cpu"]
+    assert train_main(["--preset=tiny", "--trainer.max_iters=2", f"--system.work_dir={run}", *common]) == 0
+    assert convert_main(["--to-gqa", "2", str(run), str(dst)]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert cli.main(["eval", str(dst), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == f"{text} (validation split)" and result["tokens"] > 0
+    # The uptraining command, as printed (told to stop after 2 steps).
+    argv = shlex.split(hint.removeprefix("uptrain with: "))
+    assert argv[:2] == ["gptlab", "train"] and f"--init={dst}" in argv
+    monkeypatch.chdir(tmp_path)  # out/... stays in tmp_path if a work dir were relative
+    assert cli.main([*argv[1:], "--trainer.max_iters=2"]) == 0
+    assert (tmp_path / "gqa-uptrain" / "last").is_dir()

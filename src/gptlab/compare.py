@@ -83,9 +83,10 @@ format where SRC is one, else gptlab's, with a char model's tokenizer); uptrain 
 
 def convert_main(argv: list[str] | None = None) -> int:
     """`gptlab convert --to-gqa N SRC DST`; returns the exit code."""
+    from . import checkpoint as ckpt
     from .options import UsageError
     from .tokenizer import save_tokenizer
-    from .train import load_pretrained
+    from .train import command, load_pretrained
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or "-h" in argv or "--help" in argv:
@@ -123,6 +124,11 @@ def convert_main(argv: list[str] | None = None) -> int:
     out.save_pretrained(dst)
     if tokenizer is not None and getattr(tokenizer, "name", "") == "char":
         save_tokenizer(tokenizer, Path(dst) / "tokenizer.json")
+    # The source run's data goes with the model: `gptlab eval DST` measures it on the same val split.
+    src_path = Path(src).expanduser()
+    data = ckpt.data_reference(ckpt.find_checkpoint(src_path)) if src_path.exists() else None
+    if data is not None:
+        (Path(dst) / ckpt.DATA_REF_NAME).write_text(json.dumps({**data, "converted_from": src}, indent=1) + "\n")
     c0, c1 = model.config, out.config
     if tokenizer is None:  # a Llama with its own tokenizer: transformers can uptrain it, gptlab cannot
         from .hf import copy_hf_tokenizer
@@ -130,8 +136,10 @@ def convert_main(argv: list[str] | None = None) -> int:
         copied = copy_hf_tokenizer(src, Path(dst))
         nxt = (f"copied its tokenizer files ({', '.join(copied) or 'none found'}); gptlab has no tokenizer for "
                "this vocabulary: uptrain it with transformers")
-    else:
-        nxt = f"uptrain with: gptlab train --init={dst}"
+    else:  # on the source's data (a char model knows only its characters), in a new work dir
+        data_flags = [f"--{k}={v}" for k, v in (data or {}).items() if v is not None and k != "data.tokenizer"]
+        work_dir = f"--system.work_dir={Path(dst)}-uptrain"
+        nxt = "uptrain with: " + command("train", f"--init={dst}", *data_flags, work_dir)
     print(
         f"converted {src}: {c0.n_head} query heads, {c0.n_kv_head} -> {c1.n_kv_head} K/V heads "
         f"({model.num_params() / 1e6:.2f}M -> {out.num_params() / 1e6:.2f}M params); wrote {dst}\n{nxt}"
