@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,80 @@ def test_converted_run_keeps_its_data_for_eval_and_uptraining(
     monkeypatch.chdir(tmp_path)  # out/... stays in tmp_path if a work dir were relative
     assert cli.main([*argv[1:], "--trainer.max_iters=2"]) == 0
     assert (tmp_path / "gqa-uptrain" / "last").is_dir()
+
+
+def test_compare_log_is_one_line_per_run_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The log was ~80 lines per run (progress, evals, a sample, hints); now: one line per run, then a summary.
+    out = tmp_path / "rep"
+    assert main(["--preset=micro", "--grid=baseline,rope", "--seeds=1", f"--out={out}", "--trainer.max_iters=4"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert all(line.startswith("[compare]") for line in lines), captured.out
+    for run in ("baseline", "rope"):
+        assert len([line for line in lines if line.startswith(f"[compare] {run} seed 0: final val loss ")]) == 1
+    assert len([line for line in lines if line.startswith("[compare] uptraining experiment: ")]) == 1
+    assert "(1 of 1 seeds)" in lines[-2] and lines[-1].startswith("[compare] report: ")
+    assert len(lines) == 8, captured.out  # 2 runs, uptraining, speed, the summary's 3 lines, the report
+    assert captured.err == ""
+
+
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished micro comparison of the baseline, one seed; tests copy it."""
+    out = tmp_path_factory.mktemp("compare") / "rep"
+    assert main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+                 "--trainer.max_iters=4"]) == 0
+    return out
+
+
+def test_report_spreads_are_over_the_seeds_completed(
+    one_seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rep"
+    shutil.copytree(one_seed, out)
+    # As if the comparison had been started with 3 seeds and only seed 0 were done: the report showed
+    # "± 0.0000" (a spread over the 3 planned seeds); now it shows no spread and says how many seeds it has.
+    settings_path = out / "runs" / "settings.json"
+    settings = json.loads(settings_path.read_text())
+    settings["argv"] = [a if a != "--seeds=1" else "--seeds=3" for a in settings["argv"]]
+    settings_path.write_text(json.dumps(settings))
+    assert main([f"--out={out}", "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    loss = json.loads((out / "runs" / "baseline-s0" / "result.json").read_text())["final_val_loss"]
+    assert f"| {loss:.4f} (1 of 3 seeds) |" in report and "± 0.0000" not in report
+    # Each loss says how it was measured (micro: 1 batch for the trainer's evals and for the windows).
+    assert "| final val loss (1-batch estimate) | Δ vs baseline |" in report
+    assert "| variant | val loss at 1× (1-batch estimate) | 2× | 4× |" in report
+    # A second seed: mean ± std over those 2.
+    s1 = out / "runs" / "baseline-s1"
+    s1.mkdir()
+    r1 = json.loads((out / "runs" / "baseline-s0" / "result.json").read_text())
+    r1.update(seed=1, final_val_loss=loss + 0.01)
+    (s1 / "result.json").write_text(json.dumps(r1))
+    assert main([f"--out={out}", "--report-only"]) == 0
+    assert f"| {loss + 0.005:.4f} ± 0.0071 (2 of 3 seeds) |" in (out / "report.md").read_text()
+    assert "(2 of 3 seeds)" in capsys.readouterr().out  # the summary lines say it too
+
+
+def test_report_only_does_not_time_while_runs_train(
+    one_seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptlab.compare as C
+    from gptlab.checkpoint import RunLock
+
+    out = tmp_path / "rep"
+    shutil.copytree(one_seed, out)
+    (out / "runs" / "speeds.json").unlink()  # so a report would time the variants
+
+    def timed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("timed the variants while runs were training")
+
+    monkeypatch.setattr(C, "measure_speeds", timed)
+    # While the comparison runs (it holds OUT/runs/.lock), --report-only times nothing and says so.
+    with RunLock(out / "runs"):
+        assert main([f"--out={out}", "--report-only"]) == 0
+        assert "runs are training in" in capsys.readouterr().out
+        assert "written while runs trained" in (out / "report.md").read_text()
+        with pytest.raises(UsageError, match="another gptlab compare is running in"):
+            main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+                  "--trainer.max_iters=4"])

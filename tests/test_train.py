@@ -535,3 +535,12 @@ def test_the_printed_sample_command_works(
     assert argv[:3] == ["gptlab", "sample", str(tmp_path / "my run")]
     assert cli.main(argv[1:]) == 0, hint
     assert len(capsys.readouterr().out) > 0
+
+
+def test_training_losses_say_they_are_estimates(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:
+    # tiny evaluates 2 batches per split: each printed loss says so (`gptlab eval` gives the whole split).
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
+    out = capsys.readouterr().out
+    evals = [line for line in out.splitlines() if line.startswith("iter ") and "val loss" in line]
+    assert len(evals) == 2 and all("val loss" in e and "(2-batch estimates)" in e for e in evals), evals
+    assert re.search(r"best val loss \d\.\d{4} \(2-batch estimate\)", out), out

@@ -49,6 +49,7 @@ __all__ = [
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "lock_held",
     "published",
     "recover",
     "rng_state_from_json",
@@ -424,6 +425,26 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def lock_held(work_dir: str | Path) -> bool:
+    """Whether a live process holds `work_dir/.lock` now. Probing takes the lock for an instant, so only probe a
+    lock that one long-lived process holds (gptlab compare's), never a run's that trainers take and retake."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, so no lock is ever held
+        return False
+    try:
+        f = open(Path(work_dir) / ".lock")  # noqa: SIM115 - closed below; read-only: never creates the file
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 @contextlib.contextmanager

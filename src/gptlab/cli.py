@@ -390,6 +390,12 @@ def eval_main(argv: list[str]) -> int:
             raise UsageError(f"{source} is not a training run; pass --text=FILE to evaluate on")
         ids, path = _run_val_tokens(directory, tokenizer.name)
         path = f"{path} (validation split)"
+    # The label says what the loss covers: training prints estimates over a few batches, this is exact.
+    what, whole = ("val loss", "split") if cfg.text is None else ("loss", "text")
+    if cfg.max_tokens is not None and cfg.max_tokens < len(ids):
+        label = f"{what} (first {cfg.max_tokens:,} tokens of the {whole})"
+    else:
+        label = f"{what} (whole {whole})"
     if cfg.max_tokens is not None:
         ids = ids[: cfg.max_tokens]
     if len(ids) < 2:
@@ -400,7 +406,7 @@ def eval_main(argv: list[str]) -> int:
     result = {
         "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
         "bits_per_char": nats / math.log(2) / max(n_chars, 1), "tokens": n, "chars": n_chars,
-        "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path),
+        "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path), "loss_label": label,
     }
     if cfg.json:
         print(json.dumps(result))
@@ -408,7 +414,7 @@ def eval_main(argv: list[str]) -> int:
         print(
             f"model:      {result['model']} ({tokenizer.name} tokenizer, context {model.config.block_size})\n"
             f"text:       {path}: {n:,} tokens, {n_chars:,} characters predicted\n"
-            f"loss:       {loss:.4f} nats/token\n"
+            f"loss:       {loss:.4f} nats/token: {label}\n"
             f"perplexity: {result['perplexity']:.3f}\n"
             f"bits/token: {result['bits_per_token']:.4f}\n"
             f"bits/char:  {result['bits_per_char']:.4f}"

@@ -92,6 +92,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model: slow start, faster steps on GPUs
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicates the model, FSDP2 shards it
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
+    quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
 
 
 @dataclass
@@ -543,7 +544,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
 
     t, device = cfg.trainer, info.device
     work_dir = Path(cfg.system.work_dir)
-    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if info.is_main else (lambda msg: None)
+    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if info.is_main and not t.quiet else (lambda msg: None)
     if t.batch_size % (t.grad_accum * info.world_size):
         raise UsageError(
             f"--trainer.batch_size={t.batch_size} must be divisible by grad_accum ({t.grad_accum}) x "
@@ -688,7 +689,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                         "best_iter": best_iter,
                         "world_size": info.world_size, "tokens_seen": step * tokens_per_step, "rng": rng,
                         "elapsed_s": round(elapsed_before + time.perf_counter() - run_start, 2),
-                        "train_config": flatten(dataclasses.asdict(cfg)),
+                        # quiet is how this command prints, not the run: a resume by hand prints again.
+                        "train_config": {k: v for k, v in flatten(dataclasses.asdict(cfg)).items()
+                                         if k != "trainer.quiet"},
                     },
                 )
             distributed.barrier()
@@ -698,6 +701,10 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             if info.is_main:
                 with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+
+        # Every loss printed says what it is: these are means over a few batches, not over the whole split
+        # (`gptlab eval` measures that), so they differ from it by the sampling noise.
+        estimate = f"{t.eval_iters}-batch estimate"
 
         def evaluate(step: int) -> dict[str, float]:
             losses = estimate_loss(model, batches, t.eval_iters, cfg.system.seed + 1, autocast, t.grad_accum)
@@ -746,11 +753,13 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             )
         if step == 0:
             losses = evaluate(0)
-            say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({estimate}s)")
 
         # ---- the loop
         interactive = info.is_main and sys.stderr.isatty()
-        bar = tqdm(total=t.max_iters, initial=step, disable=not interactive, unit="it", dynamic_ncols=True)
+        # Quiet: the bar still shows progress on a terminal, then vanishes (a log file gets nothing).
+        bar = tqdm(total=t.max_iters, initial=step, disable=not interactive, unit="it", dynamic_ncols=True,
+                   leave=not t.quiet)
         window_losses: list[float] = []
         window_start, run_start, start_step = time.perf_counter(), time.perf_counter(), step
         last_saved = step if t.resume else None
@@ -799,7 +808,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     log_metrics({"iter": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
                                  "elapsed_s": round(elapsed_before + now - run_start, 2)})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                    if info.is_main and not interactive:
+                    if info.is_main and not interactive and not t.quiet:
                         print(f"iter {step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
                     window_losses, window_start = [], now
 
@@ -812,7 +821,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     last_saved = step
                     if improved and info.is_main:
                         ckpt.copy_checkpoint(work_dir / "last", work_dir / "best")
-                    say(f"iter {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                    say(f"iter {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({estimate}s)"
                         + (" (best)" if improved else ""))
                     if step < t.max_iters:
                         sample(step)
@@ -839,7 +848,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             say(
                 f"\ndone: {step - start_step} iterations in {elapsed / 60:.1f} min "
                 f"({(step - start_step) * tokens_per_step / max(elapsed, 1e-9):,.0f} tokens/s incl. evals), "
-                f"best val loss {best_val:.4f}"
+                f"best val loss {best_val:.4f} ({estimate})"
             )
         if t.sample_tokens:
             if info.is_main or t.strategy == "fsdp":
