@@ -273,6 +273,20 @@ def train_help() -> str:
     )
 
 
+def data_vocab_size(cfg: TrainConfig) -> int:
+    """The vocab_size a new run with these settings gets from its tokenizer (`train` sets the model's to it):
+    GPT-2's 50257, or the number of distinct characters of the data file (Shakespeare: 69)."""
+    from .data import default_data_path, read_text_file
+    from .tokenizer import CharTokenizer, get_tokenizer
+
+    name = cfg.data.tokenizer or "char"
+    if name != "char":
+        return get_tokenizer(name).vocab_size
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    path = Path(cfg.data.path) if cfg.data.path else default_data_path(cache_dir)
+    return CharTokenizer.from_text(read_text_file(path)[1]).vocab_size  # as the data cache builds it
+
+
 def default_cache_dir() -> Path:
     """$GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab, else ~/.cache/gptlab."""
     if os.environ.get("GPTLAB_CACHE"):
