@@ -329,3 +329,14 @@ def test_report_only_does_not_time_while_runs_train(
         with pytest.raises(UsageError, match="another gptlab compare is running in"):
             main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
                   "--trainer.max_iters=4"])
+
+
+def test_printed_rm_command_removes_the_stale_runs(one_seed: Path, tmp_path: Path) -> None:
+    # The command in the "trained with other settings" error works as printed, spaces in --out included.
+    out = tmp_path / "my rep"
+    shutil.copytree(one_seed, out)
+    with pytest.raises(UsageError, match="rm -r ") as e:
+        main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+              "--trainer.max_iters=5"])
+    argv = shlex.split(str(e.value).rpartition(": ")[2])
+    assert argv[:2] == ["rm", "-r"] and argv[2:] == [str(out / "runs" / "baseline-s0")]

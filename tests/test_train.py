@@ -544,3 +544,14 @@ def test_training_losses_say_they_are_estimates(tmp_path: Path, text_file: Path,
     evals = [line for line in out.splitlines() if line.startswith("iter ") and "val loss" in line]
     assert len(evals) == 2 and all("val loss" in e and "(2-batch estimates)" in e for e in evals), evals
     assert re.search(r"best val loss \d\.\d{4} \(2-batch estimate\)", out), out
+
+
+def test_quiet_prints_nothing_and_a_resume_by_hand_prints_again(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # gptlab compare trains quietly (its log is one line per run); a quiet run resumed by hand is not quiet.
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, trainer__quiet=True)) == 0
+    assert capsys.readouterr().out == ""
+    assert "trainer.quiet" not in load_checkpoint(tmp_path / "run" / "last").state["train_config"]
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=3, trainer__resume=True)) == 0
+    assert "resuming at iter 2" in capsys.readouterr().out

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -318,7 +319,7 @@ def check_run_flags(out: Path, planned: dict[str, list[str]]) -> None:
         if was != now:
             changed = [f"{k}={now.get(k, '(unset)')} (was {was.get(k, '(unset)')})"
                        for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
-            stale.append((" ".join(str(p) for p in paths if p.exists()), changed))
+            stale.append((shlex.join(str(p) for p in paths if p.exists()), changed))  # the rm below works as printed
     if stale:
         from .options import UsageError
 
@@ -860,7 +861,8 @@ modern (all). A YAML grid maps names to model field changes against the baseline
   rope: {pos_emb: rope}
   wide_kv: {n_kv_head: 2}
 Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison.
---report-only writes the report from the runs complete so far (marked incomplete), training nothing."""
+--report-only writes the report from the runs complete so far (marked incomplete), training nothing; while
+the comparison runs, it does not time the variants either (tokens/s: each run's own log)."""
 
 
 def _scalar(text: str) -> Any:
