@@ -792,8 +792,8 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
         "KV bytes and FLOPs per token (forward, at block_size) are computed by `gptlab info` (fp32). Peak memory "
         "is measured on CUDA (`max_memory_allocated`); on CPU it is the estimate of `gptlab info` "
         "(weights + grads + AdamW + activations). Final val loss: the trainer's last eval, the mean loss of "
-        f"{t['eval_iters']} batches of {t['batch_size']} x {meta['model']['block_size']} tokens (the same batches "
-        "for every run); mean ± std over the seeds completed.",
+        f"{t['eval_iters']} batches of {t['batch_size']} x {meta['model']['block_size']} tokens (the same batches for "
+        "every variant of a seed); mean ± std over the seeds completed.",
         "",
         speed_note(speeds),
         "",
