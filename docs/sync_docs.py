@@ -152,14 +152,23 @@ def render_report(spec: str) -> str:
     names = ["baseline"] if name == "baseline" else ["baseline", name]
     cols, heads = [summary[n] for n in names], [LABELS.get(n, n) for n in names]
     t = meta["trainer"]
+    # Each loss says how it was measured: the trainer's last eval and the windows are few-batch estimates.
+    from gptlab.compare import PRESETS
+
+    windows = meta.get("eval_batches") or PRESETS.get(meta["preset"], {}).get("eval_batches")
+    est = f" ({windows}-batch estimate)" if windows else ""
+    for s in summary.values():  # results of an older gptlab do not carry these; the meta says them
+        s.setdefault("val_loss_batches", t["eval_iters"])
+        s.setdefault("window_batches", windows)
     rows = [
-        ("final val loss (mean ± std)", lambda s: f"{s['val_loss'][0]:.3f} ± {s['val_loss'][1]:.3f}"),
+        (f"final val loss ({t['eval_iters']}-batch estimate, mean ± std)",
+         lambda s: f"{s['val_loss'][0]:.3f} ± {s['val_loss'][1]:.3f}"),
         ("parameters", lambda s: f"{s['params']:,}"),
         ("KV cache bytes / token (fp32)", lambda s: f"{s['kv_bytes_per_token']:,}"),
         ("train tokens/s", lambda s: f"{s['train_tokens_per_s']:,.0f}"),
         ("decode tokens/s", lambda s: f"{s['decode_tokens_per_s']:,.0f}"),
-        ("val loss at 2× the context", lambda s: _loss(s["extrapolation"].get("2x"))),
-        ("val loss at 4× the context", lambda s: _loss(s["extrapolation"].get("4x"))),
+        (f"val loss at 2× the context{est}", lambda s: _loss(s["extrapolation"].get("2x"))),
+        (f"val loss at 4× the context{est}", lambda s: _loss(s["extrapolation"].get("4x"))),
     ]
     lines = [
         f"From [`{directory}/report.md`](../{directory}/report.md): the `{meta['preset']}` preset, "

@@ -359,3 +359,11 @@ def test_export_and_convert_keep_a_hugging_face_models_own_tokenizer(tmp_path: P
     assert "uptrain it with transformers" in out and "gptlab train" not in out
     assert (tmp_path / "gqa" / "tokenizer_config.json").is_file()
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gqa").config.num_key_value_heads == 2
+
+
+def test_eval_says_what_its_loss_covers(run: Path, capsys: pytest.CaptureFixture) -> None:
+    # Training prints estimates over a few batches; eval's exact loss says it covers the whole split (or text).
+    assert cli.main(["eval", str(run / "a")]) == 0
+    assert "nats/token: val loss (whole split)\n" in capsys.readouterr().out
+    assert cli.main(["eval", str(run / "a"), f"--text={run / 'input.txt'}", "--max_tokens=1000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss_label"] == "loss (first 1,000 tokens of the text)"

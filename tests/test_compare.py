@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,118 @@ def test_compare_measures_on_the_data_it_trains_on(tmp_path: Path) -> None:
     assert results["meta"]["data"] == f"{text} (char)"
     assert results["summary"]["baseline"]["config"]["vocab_size"] == len(set(text.read_text()))
     assert (tmp_path / "cache").is_dir()
+
+
+def test_converted_run_keeps_its_data_for_eval_and_uptraining(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `gptlab eval CONVERTED` once failed ("no state.json; pass --text"): the converted model keeps its source
+    # run's data, so it is measured on the same val split, and the printed uptraining command trains on that data.
+    from gptlab import cli
+    from gptlab.data import shakespeare_text
+    from gptlab.train import main as train_main
+
+    text = tmp_path / "text.txt"
+    text.write_text(shakespeare_text()[:20_000].lower(), encoding="utf-8")  # not the default data, nor its chars
+    run, dst = tmp_path / "run", tmp_path / "gqa"
+    common = [f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.device=cpu"]
+    assert train_main(["--preset=tiny", "--trainer.max_iters=2", f"--system.work_dir={run}", *common]) == 0
+    assert convert_main(["--to-gqa", "2", str(run), str(dst)]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert cli.main(["eval", str(dst), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == f"{text} (validation split)" and result["tokens"] > 0
+    # The uptraining command, as printed (told to stop after 2 steps).
+    argv = shlex.split(hint.removeprefix("uptrain with: "))
+    assert argv[:2] == ["gptlab", "train"] and f"--init={dst}" in argv
+    monkeypatch.chdir(tmp_path)  # out/... stays in tmp_path if a work dir were relative
+    assert cli.main([*argv[1:], "--trainer.max_iters=2"]) == 0
+    assert (tmp_path / "gqa-uptrain" / "last").is_dir()
+
+
+def test_compare_log_is_one_line_per_run_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The log was ~80 lines per run (progress, evals, a sample, hints); now: one line per run, then a summary.
+    out = tmp_path / "rep"
+    assert main(["--preset=micro", "--grid=baseline,rope", "--seeds=1", f"--out={out}", "--trainer.max_iters=4"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert all(line.startswith("[compare]") for line in lines), captured.out
+    for run in ("baseline", "rope"):
+        assert len([line for line in lines if line.startswith(f"[compare] {run} seed 0: final val loss ")]) == 1
+    assert len([line for line in lines if line.startswith("[compare] uptraining experiment: ")]) == 1
+    assert "(1 of 1 seeds)" in lines[-2] and lines[-1].startswith("[compare] report: ")
+    assert len(lines) == 8, captured.out  # 2 runs, uptraining, speed, the summary's 3 lines, the report
+    assert captured.err == ""
+
+
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished micro comparison of the baseline, one seed; tests copy it."""
+    out = tmp_path_factory.mktemp("compare") / "rep"
+    assert main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+                 "--trainer.max_iters=4"]) == 0
+    return out
+
+
+def test_report_spreads_are_over_the_seeds_completed(
+    one_seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rep"
+    shutil.copytree(one_seed, out)
+    # As if the comparison had been started with 3 seeds and only seed 0 were done: the report showed
+    # "± 0.0000" (a spread over the 3 planned seeds); now it shows no spread and says how many seeds it has.
+    settings_path = out / "runs" / "settings.json"
+    settings = json.loads(settings_path.read_text())
+    settings["argv"] = [a if a != "--seeds=1" else "--seeds=3" for a in settings["argv"]]
+    settings_path.write_text(json.dumps(settings))
+    assert main([f"--out={out}", "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    loss = json.loads((out / "runs" / "baseline-s0" / "result.json").read_text())["final_val_loss"]
+    assert f"| {loss:.4f} (1 of 3 seeds) |" in report and "± 0.0000" not in report
+    # Each loss says how it was measured (micro: 1 batch for the trainer's evals and for the windows).
+    assert "| final val loss (1-batch estimate) | Δ vs baseline |" in report
+    assert "| variant | val loss at 1× (1-batch estimate) | 2× | 4× |" in report
+    # A second seed: mean ± std over those 2.
+    s1 = out / "runs" / "baseline-s1"
+    s1.mkdir()
+    r1 = json.loads((out / "runs" / "baseline-s0" / "result.json").read_text())
+    r1.update(seed=1, final_val_loss=loss + 0.01)
+    (s1 / "result.json").write_text(json.dumps(r1))
+    assert main([f"--out={out}", "--report-only"]) == 0
+    assert f"| {loss + 0.005:.4f} ± 0.0071 (2 of 3 seeds) |" in (out / "report.md").read_text()
+    assert "(2 of 3 seeds)" in capsys.readouterr().out  # the summary lines say it too
+
+
+def test_report_only_does_not_time_while_runs_train(
+    one_seed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptlab.compare as C
+    from gptlab.checkpoint import RunLock
+
+    out = tmp_path / "rep"
+    shutil.copytree(one_seed, out)
+    (out / "runs" / "speeds.json").unlink()  # so a report would time the variants
+
+    def timed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("timed the variants while runs were training")
+
+    monkeypatch.setattr(C, "measure_speeds", timed)
+    # While the comparison runs (it holds OUT/runs/.lock), --report-only times nothing and says so.
+    with RunLock(out / "runs"):
+        assert main([f"--out={out}", "--report-only"]) == 0
+        assert "runs are training in" in capsys.readouterr().out
+        assert "written while runs trained" in (out / "report.md").read_text()
+        with pytest.raises(UsageError, match="another gptlab compare is running in"):
+            main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+                  "--trainer.max_iters=4"])
+
+
+def test_printed_rm_command_removes_the_stale_runs(one_seed: Path, tmp_path: Path) -> None:
+    # The command in the "trained with other settings" error works as printed, spaces in --out included.
+    out = tmp_path / "my rep"
+    shutil.copytree(one_seed, out)
+    with pytest.raises(UsageError, match="rm -r ") as e:
+        main(["--preset=micro", "--grid=baseline", "--seeds=1", f"--out={out}", "--no-uptrain",
+              "--trainer.max_iters=5"])
+    argv = shlex.split(str(e.value).rpartition(": ")[2])
+    assert argv[:2] == ["rm", "-r"] and argv[2:] == [str(out / "runs" / "baseline-s0")]

@@ -322,3 +322,33 @@ def test_main_reads_checkpoint_directories(tmp_path, capsys):
     assert GPTConfig.from_dict(json.loads(capsys.readouterr().out)["config"]) == modern
     assert main([str(gptlab_dir), str(hf_dir)]) == 2
     assert "at most one checkpoint" in capsys.readouterr().err
+
+
+def test_info_of_a_run_preset_is_the_model_train_builds(tmp_path, capsys, monkeypatch):
+    # `gptlab info --model.preset=baby` (biases, vocab 65) is not what `gptlab train --preset=baby` trains (no
+    # biases, the data's characters): info --preset=baby describes the trained model, to the parameter.
+    from gptlab.data import shakespeare_text
+    from gptlab.model import GPT
+    from gptlab.train import main as train_main
+
+    text = tmp_path / "text.txt"
+    text.write_text(shakespeare_text()[:30_000].lower(), encoding="utf-8")  # fewer characters than Shakespeare's
+    data = [f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}"]
+    assert main(["--preset=baby", *data, "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    run = ["--trainer.max_iters=1", "--trainer.eval_iters=1", "--trainer.sample_tokens=0", "--trainer.device=cpu",
+           f"--system.work_dir={tmp_path / 'run'}"]
+    assert train_main(["--preset=baby", *data, *run]) == 0
+    capsys.readouterr()
+    trained = GPT.from_pretrained(tmp_path / "run" / "last")
+    assert described["total_params"] == sum(p.numel() for p in trained.parameters())
+    assert GPTConfig.from_dict(described["config"]) == trained.config
+    # Without --data.path: the default data, Shakespeare, whose characters set the vocabulary.
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path / "default-cache"))
+    assert main(["--preset", "baby", "--json"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["vocab_size"] == len(set(shakespeare_text())) and config["bias"] is False
+    # The model preset of the same name is another model, and says where the trained one is.
+    assert main(["--model.preset=baby"]) == 0
+    out = capsys.readouterr().out
+    assert "biases, tied embeddings, vocab 65" in out and "gptlab info --preset=baby shows it" in out

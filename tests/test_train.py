@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab import cli
 from gptlab import train as T
 from gptlab.checkpoint import load_checkpoint
 from gptlab.data import DataError, shakespeare_text
@@ -255,7 +257,9 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_checkpoint_and_exits_0(tmp_path: Path, text_file: Path, sig: signal.Signals) -> None:
+def test_signal_saves_checkpoint_and_exits_0(
+    tmp_path: Path, text_file: Path, sig: signal.Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "run"
     cmd = [sys.executable, "-m", "gptlab", "train", *flags(tmp_path, text_file, trainer__max_iters=100_000,
                                                          trainer__log_interval=1, trainer__eval_interval=10_000)]
@@ -271,8 +275,12 @@ def test_signal_saves_checkpoint_and_exits_0(tmp_path: Path, text_file: Path, si
     assert f"stopped by {sig.name}" in out and "--trainer.resume=True" in out
     stopped_at = load_checkpoint(work / "last").state["iter"]
     assert stopped_at >= 3 and not (work / "last.new").exists()
-    # ... and the run continues from there.
-    assert T.main(flags(tmp_path, text_file, trainer__max_iters=stopped_at + 2, trainer__resume=True)) == 0
+    # ... and the run continues from there, with the command it printed (told to stop 2 steps later).
+    hint = next(line for line in out.splitlines() if line.startswith("continue with: "))
+    argv = shlex.split(hint.removeprefix("continue with: "))
+    assert argv[0] == "gptlab"
+    monkeypatch.chdir(tmp_path)  # the printed work_dir is relative to where the run was started
+    assert cli.main([*argv[1:], f"--trainer.max_iters={stopped_at + 2}"]) == 0
     assert load_checkpoint(work / "last").state["iter"] == stopped_at + 2
 
 
@@ -476,3 +484,74 @@ def test_overwrite_with_a_bad_flag_keeps_the_old_run(tmp_path: Path, text_file: 
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
     assert T.main(flags(tmp_path, text_file, trainer__max_iters=1, system__overwrite=True)) == 0
     assert [i for i, _ in losses(tmp_path / "run")] == [1]  # a new run: nothing of the old one's 2 steps
+
+
+def test_run_preset_schedule_follows_max_iters() -> None:
+    # --preset=baby with fewer steps decays over those steps (it once kept the preset's lr_decay_iters=2000
+    # and ended a 400-step run at 9.5e-4); an explicit --trainer.lr_decay_iters still wins.
+    t = T.parse_train_args(["--preset=baby", "--trainer.max_iters=400"]).trainer
+    assert T.learning_rate(399, t) == pytest.approx(1e-4, rel=1e-3)
+    assert T.parse_train_args(["--preset=baby"]).trainer.max_iters == 2000  # nanoGPT's run is unchanged
+    t = T.parse_train_args(["--preset=baby", "--trainer.max_iters=400", "--trainer.lr_decay_iters=2000"]).trainer
+    assert T.learning_rate(399, t) > 9e-4
+
+
+def test_warmup_past_the_run_warns(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:
+    # tiny's warmup is 5 steps: a 3-step run never reaches the peak learning rate, and says so in one line.
+    assert T.main(flags(tmp_path, text_file, "short", trainer__max_iters=3)) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "--trainer.warmup_iters=5 >= --trainer.max_iters=3" in warnings[0], err
+    assert T.main(flags(tmp_path, text_file, "long", trainer__max_iters=6)) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_elapsed_time_continues_across_resume(tmp_path: Path, text_file: Path) -> None:
+    # elapsed_s is the run's training time, not this process's: it once restarted at 0 on resume.
+    common = dict(trainer__log_interval=1, trainer__eval_interval=5)
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=5, **common)) == 0
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=10, trainer__resume=True, **common)) == 0
+    elapsed = [(r["iter"], r["elapsed_s"]) for r in T.read_metrics(tmp_path / "run") if "elapsed_s" in r]
+    assert [i for i, _ in elapsed] == list(range(1, 11))
+    times = [e for _, e in elapsed]
+    assert all(a <= b for a, b in zip(times, times[1:], strict=False)), times  # rounded to 0.01 s
+    assert times[5] > times[4] > 0  # the first step after the resume comes after the last one before it
+    saved = load_checkpoint(tmp_path / "run" / "last").state["elapsed_s"]
+    assert saved >= times[-1]
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_the_printed_sample_command_works(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture, lowercase: bool
+) -> None:
+    # The hint once asked for 200 new tokens of every model, past the 32 positions of this learned-position one
+    # (exit 2), and for "ROMEO:", which a model of lowercase text cannot encode. A work dir with a space: quoted.
+    text = tmp_path / "lower.txt"
+    text.write_text(text_file.read_text(encoding="utf-8").lower(), encoding="utf-8")
+    data = text if lowercase else text_file
+    assert T.main(flags(tmp_path, data, "my run", trainer__max_iters=2)) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sample more: "))
+    argv = shlex.split(hint.removeprefix("sample more: "))
+    assert argv[:3] == ["gptlab", "sample", str(tmp_path / "my run")]
+    assert cli.main(argv[1:]) == 0, hint
+    assert len(capsys.readouterr().out) > 0
+
+
+def test_training_losses_say_they_are_estimates(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture) -> None:
+    # tiny evaluates 2 batches per split: each printed loss says so (`gptlab eval` gives the whole split).
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2)) == 0
+    out = capsys.readouterr().out
+    evals = [line for line in out.splitlines() if line.startswith("iter ") and "val loss" in line]
+    assert len(evals) == 2 and all("val loss" in e and "(2-batch estimates)" in e for e in evals), evals
+    assert re.search(r"best val loss \d\.\d{4} \(2-batch estimate\)", out), out
+
+
+def test_quiet_prints_nothing_and_a_resume_by_hand_prints_again(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # gptlab compare trains quietly (its log is one line per run); a quiet run resumed by hand is not quiet.
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=2, trainer__quiet=True)) == 0
+    assert capsys.readouterr().out == ""
+    assert "trainer.quiet" not in load_checkpoint(tmp_path / "run" / "last").state["train_config"]
+    assert T.main(flags(tmp_path, text_file, trainer__max_iters=3, trainer__resume=True)) == 0
+    assert "resuming at iter 2" in capsys.readouterr().out

@@ -8,6 +8,9 @@ A checkpoint is a directory (`work_dir/last/`, `work_dir/best/`):
     optimizer.safetensors  AdamW's per-parameter tensors, as "<parameter name>/<exp_avg|exp_avg_sq|step>"
     state.json             iteration, best val loss, optimizer hyperparameters, RNG states, train config
 
+A model derived from a checkpoint without training (`gptlab convert`) has no state.json; its data.json keeps
+the source run's data settings, so `gptlab eval` still finds the val split the model's numbers refer to.
+
 Nothing is unpickled: loading reads safetensors and JSON only.
 
 Atomicity. The whole checkpoint is first written to `last.new/`, then published with two renames:
@@ -42,9 +45,11 @@ __all__ = [
     "RunLock",
     "checkpoint_iter",
     "copy_checkpoint",
+    "data_reference",
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "lock_held",
     "published",
     "recover",
     "rng_state_from_json",
@@ -59,6 +64,8 @@ MODEL_NAME = "model.safetensors"
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "state.json"
 TOKENIZER_NAME = "tokenizer.json"
+DATA_REF_NAME = "data.json"
+DATA_KEYS = ("data.path", "data.tokenizer", "data.cache_dir")  # what locates a run's data (and its val split)
 
 
 @dataclass
@@ -299,6 +306,19 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best", "last")
     )
 
 
+def data_reference(directory: str | Path) -> dict[str, Any] | None:
+    """The data settings a checkpoint's model was trained on ({"data.path": ..., ...}, None meaning the
+    default), from its state.json or, for a converted model, its data.json; None when it has neither."""
+    directory = Path(directory)
+    if (directory / STATE_NAME).is_file():
+        saved = _read_json(directory / STATE_NAME).get("train_config", {})
+        return {key: saved.get(key) for key in DATA_KEYS}
+    if (directory / DATA_REF_NAME).is_file():
+        saved = _read_json(directory / DATA_REF_NAME)
+        return {key: saved.get(key) for key in DATA_KEYS}
+    return None
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -405,6 +425,26 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def lock_held(work_dir: str | Path) -> bool:
+    """Whether a live process holds `work_dir/.lock` now. Probing takes the lock for an instant, so only probe a
+    lock that one long-lived process holds (gptlab compare's), never a run's that trainers take and retake."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock, so no lock is ever held
+        return False
+    try:
+        f = open(Path(work_dir) / ".lock")  # noqa: SIM115 - closed below; read-only: never creates the file
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 @contextlib.contextmanager

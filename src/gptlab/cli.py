@@ -305,18 +305,19 @@ class EvalConfig:
     json: bool = False  # print the numbers as one JSON object
 
 
-def _run_val_tokens(directory: Path) -> Any:
-    """The validation split of the data the run in `directory` was trained on (from its state.json)."""
+def _run_val_tokens(directory: Path, tok_name: str) -> Any:
+    """The validation split of the data the model in `directory` was trained on (its state.json, or the data.json
+    that `gptlab convert` writes), tokenized with the model's tokenizer."""
+    from .checkpoint import data_reference
     from .data import default_data_path, prepare_dataset
     from .train import default_cache_dir
 
-    state_path = directory / "state.json"
-    if not state_path.is_file():
-        raise UsageError(f"{directory} is not a gptlab training checkpoint (no state.json); pass --text=FILE")
-    saved = json.loads(state_path.read_text(encoding="utf-8")).get("train_config", {})
+    saved = data_reference(directory)
+    if saved is None:
+        raise UsageError(f"{directory} does not say what data it was trained on (no state.json or data.json); "
+                         "pass --text=FILE")
     cache_dir = Path(saved["data.cache_dir"]) if saved.get("data.cache_dir") else default_cache_dir()
     path = Path(saved["data.path"]) if saved.get("data.path") else default_data_path(cache_dir)
-    tok_name = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))["type"]
     return prepare_dataset(path, tok_name, cache_dir, block_size=1).val, path
 
 
@@ -387,8 +388,14 @@ def eval_main(argv: list[str]) -> int:
     else:
         if directory is None:
             raise UsageError(f"{source} is not a training run; pass --text=FILE to evaluate on")
-        ids, path = _run_val_tokens(directory)
+        ids, path = _run_val_tokens(directory, tokenizer.name)
         path = f"{path} (validation split)"
+    # The label says what the loss covers: training prints estimates over a few batches, this is exact.
+    what, whole = ("val loss", "split") if cfg.text is None else ("loss", "text")
+    if cfg.max_tokens is not None and cfg.max_tokens < len(ids):
+        label = f"{what} (first {cfg.max_tokens:,} tokens of the {whole})"
+    else:
+        label = f"{what} (whole {whole})"
     if cfg.max_tokens is not None:
         ids = ids[: cfg.max_tokens]
     if len(ids) < 2:
@@ -399,7 +406,7 @@ def eval_main(argv: list[str]) -> int:
     result = {
         "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
         "bits_per_char": nats / math.log(2) / max(n_chars, 1), "tokens": n, "chars": n_chars,
-        "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path),
+        "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path), "loss_label": label,
     }
     if cfg.json:
         print(json.dumps(result))
@@ -407,7 +414,7 @@ def eval_main(argv: list[str]) -> int:
         print(
             f"model:      {result['model']} ({tokenizer.name} tokenizer, context {model.config.block_size})\n"
             f"text:       {path}: {n:,} tokens, {n_chars:,} characters predicted\n"
-            f"loss:       {loss:.4f} nats/token\n"
+            f"loss:       {loss:.4f} nats/token: {label}\n"
             f"perplexity: {result['perplexity']:.3f}\n"
             f"bits/token: {result['bits_per_token']:.4f}\n"
             f"bits/char:  {result['bits_per_char']:.4f}"

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -84,9 +85,10 @@ format where SRC is one, else gptlab's, with a char model's tokenizer); uptrain 
 
 def convert_main(argv: list[str] | None = None) -> int:
     """`gptlab convert --to-gqa N SRC DST`; returns the exit code."""
+    from . import checkpoint as ckpt
     from .options import UsageError
     from .tokenizer import save_tokenizer
-    from .train import load_pretrained
+    from .train import command, load_pretrained
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or "-h" in argv or "--help" in argv:
@@ -124,6 +126,11 @@ def convert_main(argv: list[str] | None = None) -> int:
     out.save_pretrained(dst)
     if tokenizer is not None and getattr(tokenizer, "name", "") == "char":
         save_tokenizer(tokenizer, Path(dst) / "tokenizer.json")
+    # The source run's data goes with the model: `gptlab eval DST` measures it on the same val split.
+    src_path = Path(src).expanduser()
+    data = ckpt.data_reference(ckpt.find_checkpoint(src_path)) if src_path.exists() else None
+    if data is not None:
+        (Path(dst) / ckpt.DATA_REF_NAME).write_text(json.dumps({**data, "converted_from": src}, indent=1) + "\n")
     c0, c1 = model.config, out.config
     if tokenizer is None:  # a Llama with its own tokenizer: transformers can uptrain it, gptlab cannot
         from .hf import copy_hf_tokenizer
@@ -131,8 +138,10 @@ def convert_main(argv: list[str] | None = None) -> int:
         copied = copy_hf_tokenizer(src, Path(dst))
         nxt = (f"copied its tokenizer files ({', '.join(copied) or 'none found'}); gptlab has no tokenizer for "
                "this vocabulary: uptrain it with transformers")
-    else:
-        nxt = f"uptrain with: gptlab train --init={dst}"
+    else:  # on the source's data (a char model knows only its characters), in a new work dir
+        data_flags = [f"--{k}={v}" for k, v in (data or {}).items() if v is not None and k != "data.tokenizer"]
+        work_dir = f"--system.work_dir={Path(dst)}-uptrain"
+        nxt = "uptrain with: " + command("train", f"--init={dst}", *data_flags, work_dir)
     print(
         f"converted {src}: {c0.n_head} query heads, {c0.n_kv_head} -> {c1.n_kv_head} K/V heads "
         f"({model.num_params() / 1e6:.2f}M -> {out.num_params() / 1e6:.2f}M params); wrote {dst}\n{nxt}"
@@ -254,7 +263,9 @@ def parse_grid(spec: str | None, base: GPTConfig) -> dict[str, dict[str, Any]]:
 
 def _train_flags(preset: dict[str, Any], changes: dict[str, Any], seed: int, work_dir: Path,
                  extra: list[str]) -> list[str]:
-    flags = [f"--system.work_dir={work_dir}", f"--system.seed={seed}", "--trainer.sample_tokens=0"]
+    # Quiet: the comparison's log is one line per run (compare prints it), not every run's progress.
+    flags = [f"--system.work_dir={work_dir}", f"--system.seed={seed}", "--trainer.sample_tokens=0",
+             "--trainer.quiet=True"]
     model = {**preset["model"], **changes}
     flags += [f"--model.{k}={v}" for k, v in model.items()]
     flags += [f"--trainer.{k}={v}" for k, v in preset["trainer"].items()]
@@ -280,7 +291,7 @@ def _write_settings(out: Path, settings: dict[str, Any]) -> None:
 
 def _run_key_flags(flags: list[str]) -> list[str]:
     """The flags that make a run what it is: not where it lives, its data cache or how often it prints."""
-    bookkeeping = ("--system.work_dir=", "--data.cache_dir=", "--trainer.log_interval=")
+    bookkeeping = ("--system.work_dir=", "--data.cache_dir=", "--trainer.log_interval=", "--trainer.quiet=")
     return [f for f in flags if not f.startswith(bookkeeping)]
 
 
@@ -309,7 +320,7 @@ def check_run_flags(out: Path, planned: dict[str, list[str]]) -> None:
         if was != now:
             changed = [f"{k}={now.get(k, '(unset)')} (was {was.get(k, '(unset)')})"
                        for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
-            stale.append((" ".join(str(p) for p in paths if p.exists()), changed))
+            stale.append((shlex.join(str(p) for p in paths if p.exists()), changed))  # the rm below works as printed
     if stale:
         from .options import UsageError
 
@@ -319,11 +330,15 @@ def check_run_flags(out: Path, planned: dict[str, list[str]]) -> None:
         )
 
 
-def run_train(flags: list[str], work_dir: Path) -> None:
-    """Train through `gptlab train`, resuming a run that stopped in the middle."""
+def run_train(flags: list[str], work_dir: Path) -> int | None:
+    """Train through `gptlab train`, resuming a run that stopped in the middle; returns the iteration it resumed
+    from (None: a new run)."""
+    from . import checkpoint as ckpt
     from . import train
 
+    resumed_at = None
     if (work_dir / "last").is_dir():
+        resumed_at = ckpt.checkpoint_iter(work_dir / "last")
         flags = [*flags, "--trainer.resume=True"]
     elif work_dir.exists():
         flags = [*flags, "--system.overwrite=True"]
@@ -335,6 +350,7 @@ def run_train(flags: list[str], work_dir: Path) -> None:
     if state["iter"] < want:  # stopped by a signal: the trainer saved and returned 0, but the run is not done
         raise SystemExit(f"[compare] {work_dir} stopped at iter {state['iter']} of {want}; rerun this gptlab compare "
                          "command to continue the whole comparison")
+    return resumed_at
 
 
 @torch.no_grad()
@@ -392,6 +408,10 @@ def measure(work_dir: Path, data: Any, eval_batches: int, decode_tokens: int, ba
         "config": c.to_dict(),
         "iters": loaded.state.get("iter"),
         "final_val_loss": evals[-1][1] if evals else None,
+        # How each loss was measured: the trainer's last eval averages eval_iters batches; the extrapolation
+        # columns average eval_batches batches of other windows. Neither is the whole split (`gptlab eval`).
+        "eval_iters": loaded.state.get("train_config", {}).get("trainer.eval_iters"),
+        "eval_batches": eval_batches,
         "val_curve": evals,
         "tokens_per_s_curve": speed,
         "train_tokens_per_s": statistics.median(s for _, s in speed) if speed else None,
@@ -414,19 +434,24 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
     if result_path.is_file():
         say(f"[compare] {name} seed {seed}: complete, skipped")
         return json.loads(result_path.read_text())
-    say(f"[compare] {name} seed {seed}: training in {work_dir}")
     peak = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     flags = _train_flags(preset, changes, seed, work_dir, extra)
     record_run_flags(out, work_dir.name, flags)
-    run_train(flags, work_dir)
+    start = time.perf_counter()
+    resumed_at = run_train(flags, work_dir)
+    minutes = (time.perf_counter() - start) / 60
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))
     result = measure(work_dir, data, preset["eval_batches"], preset["decode_tokens"],
                      preset["trainer"]["batch_size"], peak, device)
     result.update(name=name, seed=seed, changes=changes)
     result_path.write_text(json.dumps(result, indent=1) + "\n")
+    resumed = "" if resumed_at is None else f" (resuming at iter {resumed_at})"
+    say(f"[compare] {name} seed {seed}{resumed}: final val loss {result['final_val_loss']:.4f} "
+        f"({result['eval_iters']}-batch estimate) at iter {result['iters']}, {minutes:.1f} min, "
+        f"{result['train_tokens_per_s'] or 0:,.0f} train tokens/s, in {work_dir}")
     return result
 
 
@@ -537,9 +562,11 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
     loss_conv = eval_loss(gqa, data, ctx, eb, bs)
     # Uptrain: the converted weights, a short warmup, the preset's learning rate decayed over up_iters.
     up_dir = out / "runs" / "uptrained-gqa"
-    t = {**preset["trainer"], "max_iters": up_iters, "warmup_iters": max(1, up_iters // 5),
+    # A warmup shorter than the run (a 1-step uptraining has none): it must reach the peak learning rate.
+    t = {**preset["trainer"], "max_iters": up_iters, "warmup_iters": up_iters // 5,
          "eval_interval": up_iters, "lr_decay_iters": up_iters}
-    flags = [f"--init={conv_dir}", f"--system.work_dir={up_dir}", "--system.seed=0", "--trainer.sample_tokens=0"]
+    flags = [f"--init={conv_dir}", f"--system.work_dir={up_dir}", "--system.seed=0", "--trainer.sample_tokens=0",
+             "--trainer.quiet=True"]
     flags += [f"--trainer.{k}={v}" for k, v in t.items()] + list(extra)
     run_train(flags, up_dir)
     up_model, _ = load_pretrained(str(up_dir / "last"))
@@ -553,6 +580,9 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
     result = {"n_head": mha.config.n_head, "n_kv_head": n_kv, "iters": iters, "uptrain_iters": up_iters,
               "mha": loss_mha, "converted": loss_conv, "uptrained": loss_up, "scratch": loss_scratch}
     path.write_text(json.dumps(result, indent=1) + "\n")
+    say(f"[compare] uptraining experiment: val loss MHA {loss_mha:.4f}, converted to {n_kv} K/V heads "
+        f"{loss_conv:.4f}, uptrained {up_iters} steps {loss_up:.4f}, GQA from scratch {loss_scratch:.4f} "
+        f"({eb}-batch estimates)")
     return result
 
 
@@ -642,6 +672,7 @@ def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] |
             "peak_memory_bytes": max(peaks) if peaks else None,
             "est_train_memory_bytes": r0["est_train_memory_bytes"],
             "val_loss": (loss_m, loss_s), "extrapolation": extrap, "config": r0["config"],
+            "val_loss_batches": r0.get("eval_iters"), "window_batches": r0.get("eval_batches"),
         }
     return out
 
@@ -654,12 +685,14 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     bm, bsd = base["val_loss"]
     d = m - bm
     noise = max(2 * math.hypot(sd, bsd), 0.005)
+    n = s.get("val_loss_batches")  # results of an older gptlab do not say
+    what = f"final val loss ({n}-batch estimate)" if n else "final val loss"
     if s["seeds"] < 2 or base["seeds"] < 2:
-        verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}; one seed, so no noise estimate)"
+        verdict = f"{what} {m:.3f} vs {bm:.3f} (Δ {d:+.3f}; one seed, so no noise estimate)"
     elif abs(d) <= noise:
-        verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}): within the seed noise (±{noise:.3f})"
+        verdict = f"{what} {m:.3f} vs {bm:.3f} (Δ {d:+.3f}): within the seed noise (±{noise:.3f})"
     else:
-        verdict = f"val loss {m:.3f} vs {bm:.3f} (Δ {d:+.3f}, {'better' if d < 0 else 'worse'} beyond ±{noise:.3f})"
+        verdict = f"{what} {m:.3f} vs {bm:.3f} (Δ {d:+.3f}, {'better' if d < 0 else 'worse'} beyond ±{noise:.3f})"
     dp = s["params"] / base["params"] - 1
     kv = s["kv_bytes_per_token"] / base["kv_bytes_per_token"]
     tr = s["train_tokens_per_s"] / base["train_tokens_per_s"]
@@ -672,8 +705,10 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         parts.append("Pitfall: learned positions stop at block_size, so it cannot be evaluated at 2× or 4×.")
     else:
         e1, e2, e4 = ex["1x"][0], ex["2x"][0], ex["4x"][0]
-        parts.append(f"Longer contexts: val loss {e1:.3f} at 1×, {e2:.3f} at 2×, {e4:.3f} at 4× the training "
-                     f"context ({'degrades' if e4 > e1 + 0.05 else 'holds up'}).")
+        wb = s.get("window_batches")
+        parts.append(f"Longer contexts{f' ({wb}-batch estimates)' if wb else ''}: val loss {e1:.3f} at 1×, "
+                     f"{e2:.3f} at 2×, {e4:.3f} at 4× the training context "
+                     f"({'degrades' if e4 > e1 + 0.05 else 'holds up'}).")
     if kv < 1:
         parts.append(f"The KV cache holds {1 / kv:.1f}× fewer bytes per token: that is the memory a long-context "
                      "decode saves; whether it is faster depends on the cache dominating the step (here: "
@@ -712,9 +747,15 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
     summary = summarize(results, speeds)
     plot_curves(results, out)
 
-    def pm(v: tuple[float, float]) -> str:  # mean ± std over seeds; one seed has no spread to show
-        return f"{v[0]:.4f} ± {v[1]:.4f}" if meta["seeds"] > 1 else f"{v[0]:.4f}"
+    def pm(v: tuple[float, float], seeds: int) -> str:
+        """Mean ± std over the seeds completed (one has no spread); a comparison in progress says how many."""
+        text = f"{v[0]:.4f} ± {v[1]:.4f}" if seeds > 1 else f"{v[0]:.4f}"
+        return text if seeds >= meta["seeds"] else f"{text} ({seeds} of {meta['seeds']} seeds)"
 
+    # Each loss says how it was measured (a few batches, never the whole split: that is `gptlab eval RUN`).
+    t = meta["trainer"]
+    final = f"final val loss ({t['eval_iters']}-batch estimate)"
+    windows = f"{meta['eval_batches']}-batch estimate"
     base = summary.get("baseline")
     lines = [
         f"# gptlab compare: {meta['preset']} preset",
@@ -735,7 +776,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
             for n, c in meta["grid"].items() if n in results) + ".",
         "",
         "| variant | params | non-emb params | KV bytes/token | FLOPs/token | train tok/s | decode tok/s "
-        "| peak memory | final val loss | Δ vs baseline |",
+        f"| peak memory | {final} | Δ vs baseline |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
@@ -745,28 +786,32 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
         lines.append(
             f"| {LABELS.get(name, name)} | {s['params']:,} | {s['non_embedding_params']:,} | "
             f"{s['kv_bytes_per_token']:,} | {s['flops_per_token'] / 1e6:.2f}M | {s['train_tokens_per_s']:,.0f} | "
-            f"{s['decode_tokens_per_s']:,.0f} | {peak} | {pm((m, sd))} | {delta} |"
+            f"{s['decode_tokens_per_s']:,.0f} | {peak} | {pm((m, sd), s['seeds'])} | {delta} |"
         )
     lines += [
         "",
         "KV bytes and FLOPs per token (forward, at block_size) are computed by `gptlab info` (fp32). Peak memory "
         "is measured on CUDA (`max_memory_allocated`); on CPU it is the estimate of `gptlab info` "
-        "(weights + grads + AdamW + activations). Loss: mean ± std over seeds of the last eval.",
+        "(weights + grads + AdamW + activations). Final val loss: the trainer's last eval, the mean loss of "
+        f"{t['eval_iters']} batches of {t['batch_size']} x {meta['model']['block_size']} tokens (the same batches for "
+        "every variant of a seed); mean ± std over the seeds completed.",
         "",
         speed_note(speeds),
         "",
         "## Length extrapolation",
         "",
-        "Val loss on windows of 1×, 2× and 4× the training context (block_size).",
+        f"Val loss on windows of 1×, 2× and 4× the training context (block_size), each the mean loss of "
+        f"{meta['eval_batches']} batches of fixed random windows; the 1× column is measured on other windows "
+        "than the final val loss, so the two differ by that sampling. `gptlab eval RUN` gives the whole val split.",
         "",
-        "| variant | 1× | 2× | 4× |",
+        f"| variant | val loss at 1× ({windows}) | 2× | 4× |",
         "|---|---:|---:|---:|",
     ]
     for name, s in summary.items():
         cells = []
         for k in ("1x", "2x", "4x"):
             v = s["extrapolation"].get(k)
-            cells.append("n/a: learned positions end at block_size" if v is None else pm(v))
+            cells.append("n/a: learned positions end at block_size" if v is None else pm(v, s["seeds"]))
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     lines += ["", "## What each change did (generated from the numbers above)", ""]
     for name, s in summary.items():
@@ -783,7 +828,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
             f"({u['uptrain_iters'] / u['iters']:.0%} of {u['iters']}), against GQA trained from scratch for "
             f"{u['iters'] + u['uptrain_iters']} steps. Val loss at block_size:",
             "",
-            "| model | val loss |",
+            f"| model | val loss at block_size ({windows}) |",
             "|---|---:|",
             f"| MHA ({u['iters']} steps) | {u['mha']:.4f} |",
             f"| converted to GQA, before uptraining | {u['converted']:.4f} |",
@@ -817,7 +862,8 @@ modern (all). A YAML grid maps names to model field changes against the baseline
   rope: {pos_emb: rope}
   wide_kv: {n_kv_head: 2}
 Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison.
---report-only writes the report from the runs complete so far (marked incomplete), training nothing."""
+--report-only writes the report from the runs complete so far (marked incomplete), training nothing; while
+the comparison runs, it does not time the variants either (tokens/s: each run's own log)."""
 
 
 def _scalar(text: str) -> Any:
@@ -853,8 +899,35 @@ def _parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return opts, extra
 
 
+def _compare_lock(out: Path) -> Any:
+    """The lock of a comparison in OUT/runs (a RunLock), held until it ends; refused while another holds it."""
+    from . import checkpoint as ckpt
+    from .options import UsageError
+
+    try:
+        return ckpt.RunLock(out / "runs").acquire()
+    except UsageError:
+        raise UsageError(f"another gptlab compare is running in {out} (it holds {out / 'runs' / '.lock'}); wait for "
+                         f"it, or use another --out (gptlab compare --out={out} --report-only reports its runs "
+                         "so far)") from None
+
+
+def summary_lines(results: dict[str, list[dict[str, Any]]], seeds: int, meta: dict[str, Any]) -> list[str]:
+    """The comparison's last lines in the log: each variant's final val loss over its completed seeds."""
+    n = meta["trainer"]["eval_iters"]
+    lines = [f"[compare] final val loss ({n}-batch estimate), mean ± std over the seeds completed:"]
+    base = statistics.fmean(r["final_val_loss"] for r in results["baseline"]) if "baseline" in results else None
+    for name, runs in results.items():
+        m, sd = _mean_std([r["final_val_loss"] for r in runs])
+        delta = "" if base is None or name == "baseline" else f"  Δ {m - base:+.4f} vs baseline"
+        seeds_done = f"{len(runs)} of {seeds} seeds"
+        lines.append(f"[compare]   {LABELS.get(name, name):<18} {m:.4f} ± {sd:.4f} ({seeds_done}){delta}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """`gptlab compare`; returns the exit code."""
+    from . import checkpoint as ckpt
     from .data import default_data_path, prepare_dataset
     from .options import UsageError, model_config_from_dict
     from .train import default_cache_dir, parse_train_args
@@ -916,78 +989,95 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     (out / ".gitignore").write_text("runs/\n")  # checkpoints stay out of git
-    if opts["report_only"] != "True":
-        _write_settings(out, {**read_settings(out), "argv": argv, "grid": grid})
+    # A comparison holds OUT/runs/.lock while it runs, so --report-only knows whether runs are training now.
+    live = opts["report_only"] == "True" and ckpt.lock_held(out / "runs")
+    lock = None if opts["report_only"] == "True" else _compare_lock(out)
+    try:
+        if opts["report_only"] != "True":
+            _write_settings(out, {**read_settings(out), "argv": argv, "grid": grid})
 
-    # Measured on the data the runs train on: the same --data.* flags the trainer gets.
-    data_flags = {a.partition("=")[0].removeprefix("--data."): a.partition("=")[2] for a in extra
-                  if a.startswith("--data.")}
-    data_path, tok_name = data_flags.get("path"), data_flags.get("tokenizer", "char")
-    cache = Path(data_flags["cache_dir"]) if data_flags.get("cache_dir") else default_cache_dir()
-    data = prepare_dataset(Path(data_path) if data_path else default_data_path(cache), tok_name, cache,
-                           base_config.block_size)
+        # Measured on the data the runs train on: the same --data.* flags the trainer gets.
+        data_flags = {a.partition("=")[0].removeprefix("--data."): a.partition("=")[2] for a in extra
+                      if a.startswith("--data.")}
+        data_path, tok_name = data_flags.get("path"), data_flags.get("tokenizer", "char")
+        cache = Path(data_flags["cache_dir"]) if data_flags.get("cache_dir") else default_cache_dir()
+        data = prepare_dataset(Path(data_path) if data_path else default_data_path(cache), tok_name, cache,
+                               base_config.block_size)
 
-    def say(msg: str) -> None:
-        print(msg, flush=True)
+        def say(msg: str) -> None:
+            print(msg, flush=True)
 
-    if "baseline" not in grid:
-        say("[compare] note: the grid has no 'baseline' variant, so the report compares nothing against it "
-            "(add `baseline: {}` to a YAML grid) and skips the uptraining experiment")
-    wall_path = out / "runs" / "wall_s.json"
-    clock = [time.perf_counter()]
+        if "baseline" not in grid:
+            say("[compare] note: the grid has no 'baseline' variant, so the report compares nothing against it "
+                "(add `baseline: {}` to a YAML grid) and skips the uptraining experiment")
+        wall_path = out / "runs" / "wall_s.json"
+        clock = [time.perf_counter()]
 
-    def add_wall() -> None:  # the comparison's wall time sums every command that trained (interrupted ones too)
-        prev = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
-        now = time.perf_counter()
-        wall_path.write_text(json.dumps({"s": prev + now - clock[0]}))
-        clock[0] = now
+        def add_wall() -> None:  # the comparison's wall time sums every command that trained (interrupted ones too)
+            prev = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
+            now = time.perf_counter()
+            wall_path.write_text(json.dumps({"s": prev + now - clock[0]}))
+            clock[0] = now
 
-    results: dict[str, list[dict[str, Any]]] = {}
-    uptrain = None
-    if opts["report_only"] == "True":  # whatever is complete now, training nothing (a comparison in progress)
-        for name in grid:
-            done = [out / "runs" / f"{name}-s{s}" / "result.json" for s in range(seeds)]
-            runs = [json.loads(p.read_text()) for p in done if p.is_file()]
-            if runs:
-                results[name] = runs
-        if (out / "runs" / "uptrain.json").is_file():
-            uptrain = json.loads((out / "runs" / "uptrain.json").read_text())
-        if not results:
-            raise UsageError(f"--report-only: no complete runs in {out / 'runs'}")
-        missing = [f"{n} ({seeds - len(results.get(n, []))} of {seeds} seeds)" for n in grid
-                   if len(results.get(n, [])) < seeds]
-        if missing:
-            opts["note"] = "; ".join(filter(None, [opts["note"], "INCOMPLETE comparison, missing runs: "
-                                                   + ", ".join(missing)]))
-    else:
-        # Seed 0 of every variant first, then the uptraining experiment, then the other seeds: a comparison
-        # stopped early (--report-only) still covers every variant.
-        try:
-            for seed in range(seeds):
-                for name, changes in grid.items():
-                    result = run_variant(out, name, changes, seed, preset, data, extra, device, say)
-                    results.setdefault(name, []).append(result)
-                    add_wall()
-                if seed == 0 and opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
-                    uptrain = uptrain_experiment(out, preset, data, extra, say)
-        finally:
-            add_wall()
-    wall = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
-    meta = {
-        "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
-        "trainer": preset["trainer"], "data": f"{data_path or 'Shakespeare'} ({tok_name})",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device),
-        "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
-        "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
-    }
-    # Speeds are measured once all runs are done; a report of the same runs shows those numbers again.
-    speeds_path = out / "runs" / "speeds.json"
-    speeds = json.loads(speeds_path.read_text()) if opts["report_only"] == "True" and speeds_path.is_file() else None
-    if not speeds or set(speeds.get("variants", {})) != set(results):
-        speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, device, say=say)
-        if opts["report_only"] != "True" and speeds:
-            speeds_path.write_text(json.dumps(speeds, indent=1) + "\n")
-    path = write_report(out, results, uptrain, meta, speeds)
-    say(f"[compare] report: {path}")
-    return 0
+        results: dict[str, list[dict[str, Any]]] = {}
+        uptrain = None
+        if opts["report_only"] == "True":  # whatever is complete now, training nothing (a comparison in progress)
+            for name in grid:
+                done = [out / "runs" / f"{name}-s{s}" / "result.json" for s in range(seeds)]
+                runs = [json.loads(p.read_text()) for p in done if p.is_file()]
+                if runs:
+                    results[name] = runs
+            if (out / "runs" / "uptrain.json").is_file():
+                uptrain = json.loads((out / "runs" / "uptrain.json").read_text())
+            if not results:
+                raise UsageError(f"--report-only: no complete runs in {out / 'runs'}")
+            missing = [f"{n} ({seeds - len(results.get(n, []))} of {seeds} seeds)" for n in grid
+                       if len(results.get(n, [])) < seeds]
+            if missing:
+                opts["note"] = "; ".join(filter(None, [opts["note"], "INCOMPLETE comparison, missing runs: "
+                                                       + ", ".join(missing)]))
+        else:
+            # Seed 0 of every variant first, then the uptraining experiment, then the other seeds: a comparison
+            # stopped early (--report-only) still covers every variant.
+            try:
+                for seed in range(seeds):
+                    for name, changes in grid.items():
+                        result = run_variant(out, name, changes, seed, preset, data, extra, device, say)
+                        results.setdefault(name, []).append(result)
+                        add_wall()
+                    if seed == 0 and opts["uptrain"].lower() in ("true", "1", "yes") and "baseline" in grid:
+                        uptrain = uptrain_experiment(out, preset, data, extra, say)
+            finally:
+                add_wall()
+        wall = json.loads(wall_path.read_text())["s"] if wall_path.is_file() else 0.0
+        meta = {
+            "preset": opts["preset"], "seeds": seeds, "grid": grid, "model": preset["model"],
+            "trainer": preset["trainer"], "data": f"{data_path or 'Shakespeare'} ({tok_name})",
+            "eval_batches": preset["eval_batches"],
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device),
+            "note": opts["note"] or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
+            "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
+        }
+        # Speeds are measured once all runs are done; a report of the same runs shows those numbers again.
+        speeds_path = out / "runs" / "speeds.json"
+        saved_speeds = opts["report_only"] == "True" and speeds_path.is_file()
+        speeds = json.loads(speeds_path.read_text()) if saved_speeds else None
+        if not speeds or set(speeds.get("variants", {})) != set(results):
+            if live:  # timing now would slow the runs, and their load would skew the times
+                speeds = None
+                meta["note"] += "; written while runs trained: tokens/s are each run's own log, not timed side by side"
+                say(f"[compare] runs are training in {out / 'runs'}: the variants are not timed side by side now "
+                    "(tokens/s: each run's own log); rerun --report-only when the comparison is done")
+            else:
+                speeds = measure_speeds(out, {n: grid[n] for n in results}, preset, device, say=say)
+            if opts["report_only"] != "True" and speeds:
+                speeds_path.write_text(json.dumps(speeds, indent=1) + "\n")
+        path = write_report(out, results, uptrain, meta, speeds)
+        for line in summary_lines(results, seeds, meta):
+            say(line)
+        say(f"[compare] report: {path}")
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()

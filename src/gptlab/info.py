@@ -396,7 +396,12 @@ SPEC is one configuration:
   --model.FIELD=VALUE ...                         any GPTConfig field, e.g. --model.n_kv_head=4 --model.window=256
   DIR [--model.FIELD=VALUE ...]                   a checkpoint or run directory's config.json (gptlab, gpt2,
                                                   llama, mistral; no weights are read), with fields changed
+  --preset=NAME, --config=FILE, --init=DIR, --data.*, --trainer.*, --system.* (with any --model.* flags)
+                                                  the model that `gptlab train` with these flags builds: its run
+                                                  preset, and the vocabulary of its data's tokenizer
 The aliases of gptlab train work too (--model.n_query_head=N, --model.rope=True, --model.model_type=gpt-mini).
+--model.preset=NAME is a model preset alone; a run preset of the same name (baby, tiny) trains another model
+(no biases, the data's vocabulary, its own block_size): gptlab info --preset=NAME shows that one.
 
 --compare SPEC    everything after --compare describes a second configuration B, built from scratch like the
                   first (it does not inherit A's flags); both are printed side by side with B/A ratios,
@@ -416,12 +421,16 @@ presets: {presets}
 
 examples:
   gptlab info --model.preset=gpt2-modern
+  gptlab info --preset=baby                       # the model gptlab train --preset=baby trains
   gptlab info --model.preset=gpt2 --compare --model.preset=gpt2 --model.n_kv_head=4
   gptlab info --model.preset=gpt2 --context 4096 --compare --model.preset=gpt2 --model.pos_emb=rope --model.window=1024
   gptlab info path/to/checkpoint --dtype bf16 --batch 8
 """
 
 _OPTIONS = ("--context", "--batch", "--dtype")
+# Flags of `gptlab train` beyond --model.*: a SPEC with one of them is the model that train builds.
+_TRAIN_FLAGS = ("--preset", "--config", "--init", "--data.", "--trainer.", "--system.")
+_TRAIN_STR_FLAGS = ("--preset", "--config", "--init", "--data.path", "--data.tokenizer", "--data.cache_dir")
 
 
 class _LocalUsageError(ValueError):
@@ -565,10 +574,11 @@ def _split_args(argv: list[str], usage: type[ValueError]) -> tuple[list[list[str
                     raise usage(f"{key} needs a value")
                 value = argv[i]
             options[key] = value
-        elif arg.startswith("--model.") and not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        elif (arg.startswith("--model.") or arg in _TRAIN_STR_FLAGS) and not eq and i + 1 < len(argv) \
+                and not argv[i + 1].startswith("--"):
             specs[-1].append(f"{arg}={argv[i + 1]}")  # --model.FIELD VALUE -> --model.FIELD=VALUE
             i += 1
-        elif arg.startswith("--") and not arg.startswith("--model."):
+        elif arg.startswith("--") and not arg.startswith(("--model.", *_TRAIN_FLAGS)):
             raise usage(f"unknown option {arg}; see gptlab info --help")
         else:
             specs[-1].append(arg)
@@ -578,8 +588,37 @@ def _split_args(argv: list[str], usage: type[ValueError]) -> tuple[list[list[str
     return specs, options, as_json
 
 
+def config_from_train_flags(flags: list[str]) -> GPTConfig:
+    """The model `gptlab train FLAGS` builds: run preset, config file and model flags as train applies them, and
+    (for a new model) the vocab_size of the data's tokenizer, so the parameter count is the trained model's."""
+    from .options import model_config_from_flags
+    from .train import data_vocab_size, parse_train_args
+
+    config = model_config_from_flags(flags)  # a DIR among the flags is --init, as there
+    if any(not f.startswith("--") for f in flags):
+        return config
+    cfg = parse_train_args(flags)
+    return config if cfg.init is not None else config.replace(vocab_size=data_vocab_size(cfg))
+
+
+def preset_note(spec: list[str]) -> str | None:
+    """For `--model.preset=NAME` where NAME is a run preset too: which model this is, and where the other is."""
+    try:
+        from .train import RUN_PRESETS
+    except ImportError:  # a trimmed install without the trainer: no run presets to confuse it with
+        return None
+    preset = next((a.partition("=")[2] for a in spec if a.startswith("--model.preset=")), None)
+    if preset not in RUN_PRESETS or any(a.startswith(_TRAIN_FLAGS) for a in spec):
+        return None
+    return textwrap.fill(f"note: this is the model preset {preset}; gptlab train --preset={preset} trains another "
+                         f"model (the run preset's settings and the data's vocabulary): gptlab info --preset={preset} "
+                         "shows it", width=100, subsequent_indent="    ")
+
+
 def _resolve_spec(spec: list[str], usage: type[ValueError]) -> tuple[GPTConfig, str]:
-    """(config, name) of one SPEC: a checkpoint directory or --model.* flags."""
+    """(config, name) of one SPEC: a checkpoint directory, --model.* flags, or gptlab train's flags."""
+    if any(a.startswith(_TRAIN_FLAGS) for a in spec):
+        return config_from_train_flags(spec), "gptlab train " + " ".join(spec)
     paths = [a for a in spec if not a.startswith("--")]
     flags = [a for a in spec if a.startswith("--")]
     if len(paths) > 1:
@@ -644,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(stats[0], names[0]))
     else:
         print(format_compare(stats[0], stats[1], names[0], names[1]))
+    notes = [note for note in map(preset_note, specs) if note]
+    if notes and not as_json:
+        print("\n" + "\n".join(notes))
     return 0
 
 

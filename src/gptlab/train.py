@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -92,6 +93,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model: slow start, faster steps on GPUs
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicates the model, FSDP2 shards it
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
+    quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
 
 
 @dataclass
@@ -125,9 +127,11 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     # nanoGPT's CPU "baby" Shakespeare config, its exact GPT-2 model (bias-free, as nanoGPT's default).
     # nanoGPT's README: val loss ~1.88 after 2000 iterations; gptlab: 1.90 (see benchmarks/baby_shakespeare.py).
+    # nanoGPT's lr_decay_iters=2000 is its max_iters, so it is left unset: the decay then follows
+    # --trainer.max_iters (a 400-step run decays over 400 steps, not over the first 400 of 2000).
     "baby": {
         "model.preset": "baby", "model.block_size": 64, "model.dropout": 0.0, "model.bias": False,
-        "trainer.batch_size": 12, "trainer.max_iters": 2000, "trainer.lr_decay_iters": 2000,
+        "trainer.batch_size": 12, "trainer.max_iters": 2000,
         "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.warmup_iters": 100,
         "trainer.eval_iters": 20, "trainer.log_interval": 10,
     },
@@ -270,6 +274,20 @@ def train_help() -> str:
     )
 
 
+def data_vocab_size(cfg: TrainConfig) -> int:
+    """The vocab_size a new run with these settings gets from its tokenizer (`train` sets the model's to it):
+    GPT-2's 50257, or the number of distinct characters of the data file (Shakespeare: 69)."""
+    from .data import default_data_path, read_text_file
+    from .tokenizer import CharTokenizer, get_tokenizer
+
+    name = cfg.data.tokenizer or "char"
+    if name != "char":
+        return get_tokenizer(name).vocab_size
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    path = Path(cfg.data.path) if cfg.data.path else default_data_path(cache_dir)
+    return CharTokenizer.from_text(read_text_file(path)[1]).vocab_size  # as the data cache builds it
+
+
 def default_cache_dir() -> Path:
     """$GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab, else ~/.cache/gptlab."""
     if os.environ.get("GPTLAB_CACHE"):
@@ -391,6 +409,28 @@ def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.d
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(idx, n, temperature=0.8, top_k=200, generator=generator)
     return tokenizer.decode(out[0, len(prompt) :].tolist())
+
+
+def command(*args: str) -> str:
+    """A gptlab command line as the shell reads it back (paths with spaces are quoted)."""
+    return shlex.join(["gptlab", *args])
+
+
+def sample_hint(work_dir: Path, config: GPTConfig, tokenizer: Any, max_new_tokens: int = 200) -> str:
+    """The `gptlab sample` command printed at the end of a run, which must work as printed: a prompt the
+    tokenizer can encode (a char model may never have seen "ROMEO:"), and no more new tokens than a
+    learned-position model has positions left after it (`gptlab sample` refuses more)."""
+    chars = [tokenizer.decode([0])] if getattr(tokenizer, "name", "") == "char" else []
+    for prompt in ("ROMEO:", "\n", *chars):
+        try:
+            n_prompt = len(tokenizer.encode(prompt))
+        except ValueError:
+            continue
+        room = config.block_size - n_prompt if config.pos_emb == "learned" else max_new_tokens
+        if room >= 1:
+            flags = [] if prompt == "\n" else [f"--prompt={prompt}"]  # a newline is sample's default prompt
+            return command("sample", str(work_dir), *flags, f"--max_new_tokens={min(max_new_tokens, room)}")
+    return command("sample", str(work_dir))
 
 
 def read_metrics(work_dir: str | Path) -> list[dict[str, Any]]:
@@ -519,7 +559,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
 
     t, device = cfg.trainer, info.device
     work_dir = Path(cfg.system.work_dir)
-    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if info.is_main else (lambda msg: None)
+    say = (lambda msg: tqdm.write(msg, file=sys.stdout)) if info.is_main and not t.quiet else (lambda msg: None)
     if t.batch_size % (t.grad_accum * info.world_size):
         raise UsageError(
             f"--trainer.batch_size={t.batch_size} must be divisible by grad_accum ({t.grad_accum}) x "
@@ -610,6 +650,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         batch_gen = torch.Generator().manual_seed(cfg.system.seed)
         torch.manual_seed(cfg.system.seed + info.rank)
         step, best_val, best_iter = 0, math.inf, None
+        elapsed_before = 0.0  # seconds the run trained before this process (elapsed_s continues across resume)
         if resumed:
             state = resumed.state
             step, best_val, best_iter = state["iter"], state.get("best_val_loss"), state.get("best_iter")
@@ -634,8 +675,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             else:  # a different number of processes: fresh, distinct streams (reusing saved ones would repeat)
                 torch.manual_seed(cfg.system.seed + info.rank + 1_000_003 * step)
             del resumed
+            rows = [r for r in read_metrics(work_dir) if r.get("iter", 0) <= step]
+            # Checkpoints since this field exists carry it; an older one: the last elapsed_s logged before it.
+            logged = [r["elapsed_s"] for r in rows if "elapsed_s" in r]
+            elapsed_before = state.get("elapsed_s", max(logged, default=0.0))
             if info.is_main:  # forget metrics logged after this checkpoint (a kill between evals)
-                rows = [r for r in read_metrics(work_dir) if r.get("iter", 0) <= step]
                 tmp = work_dir / ".metrics.jsonl.tmp"
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
                 os.replace(tmp, work_dir / "metrics.jsonl")  # a kill now leaves the old file or the new one
@@ -662,7 +706,10 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                         "best_iter": best_iter,
                         "world_size": info.world_size, "tokens_seen": step * tokens_per_step, "rng": rng,
                         "autotune": kernels,
-                        "train_config": flatten(dataclasses.asdict(cfg)),
+                        "elapsed_s": round(elapsed_before + time.perf_counter() - run_start, 2),
+                        # quiet is how this command prints, not the run: a resume by hand prints again.
+                        "train_config": {k: v for k, v in flatten(dataclasses.asdict(cfg)).items()
+                                         if k != "trainer.quiet"},
                     },
                 )
             distributed.barrier()
@@ -672,6 +719,10 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             if info.is_main:
                 with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+
+        # Every loss printed says what it is: these are means over a few batches, not over the whole split
+        # (`gptlab eval` measures that), so they differ from it by the sampling noise.
+        estimate = f"{t.eval_iters}-batch estimate"
 
         def evaluate(step: int) -> dict[str, float]:
             losses = estimate_loss(model, batches, t.eval_iters, cfg.system.seed + 1, autocast, t.grad_accum)
@@ -711,13 +762,24 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         if step >= t.max_iters:
             say(f"the run is already at iter {step} = --trainer.max_iters; pass a larger one to train longer")
             return 0
+        if info.is_main and t.warmup_iters >= t.max_iters:
+            # nanoGPT's schedule is kept as it is (a run reproduces nanoGPT's), but a warmup that outlasts the
+            # run never reaches the peak learning rate: say so instead of letting the run quietly underperform.
+            print(
+                f"gptlab: warning: --trainer.warmup_iters={t.warmup_iters} >= --trainer.max_iters={t.max_iters}: "
+                f"the learning rate never reaches --trainer.learning_rate={t.learning_rate:g} (it ends at "
+                f"{learning_rate(t.max_iters - 1, t):.2e}); lower --trainer.warmup_iters",
+                file=sys.stderr, flush=True,
+            )
         if step == 0:
             losses = evaluate(0)
-            say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({estimate}s)")
 
         # ---- the loop
         interactive = info.is_main and sys.stderr.isatty()
-        bar = tqdm(total=t.max_iters, initial=step, disable=not interactive, unit="it", dynamic_ncols=True)
+        # Quiet: the bar still shows progress on a terminal, then vanishes (a log file gets nothing).
+        bar = tqdm(total=t.max_iters, initial=step, disable=not interactive, unit="it", dynamic_ncols=True,
+                   leave=not t.quiet)
         window_losses: list[float] = []
         window_start, run_start, start_step = time.perf_counter(), time.perf_counter(), step
         last_saved = step if t.resume else None
@@ -764,9 +826,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     tok_s = len(window_losses) * tokens_per_step / (now - window_start)
                     mean_loss = sum(window_losses) / len(window_losses)
                     log_metrics({"iter": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
-                                 "elapsed_s": round(now - run_start, 2)})
+                                 "elapsed_s": round(elapsed_before + now - run_start, 2)})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                    if info.is_main and not interactive:
+                    if info.is_main and not interactive and not t.quiet:
                         print(f"iter {step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
                     window_losses, window_start = [], now
 
@@ -779,7 +841,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     last_saved = step
                     if improved and info.is_main:
                         ckpt.copy_checkpoint(work_dir / "last", work_dir / "best")
-                    say(f"iter {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                    say(f"iter {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({estimate}s)"
                         + (" (best)" if improved else ""))
                     if step < t.max_iters:
                         sample(step)
@@ -792,7 +854,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
                     name = signal.Signals(stop["signal"]).name if stop["signal"] else "a signal on another rank"
                     say(
                         f"\nstopped by {name} at iter {step}: checkpoint saved to {work_dir / 'last'}.\n"
-                        f"continue with: gptlab train --system.work_dir={work_dir} --trainer.resume=True"
+                        f"continue with: {command('train', f'--system.work_dir={work_dir}', '--trainer.resume=True')}"
                     )
                     return 0
         finally:
@@ -806,7 +868,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             say(
                 f"\ndone: {step - start_step} iterations in {elapsed / 60:.1f} min "
                 f"({(step - start_step) * tokens_per_step / max(elapsed, 1e-9):,.0f} tokens/s incl. evals), "
-                f"best val loss {best_val:.4f}"
+                f"best val loss {best_val:.4f} ({estimate})"
             )
         if t.sample_tokens:
             if info.is_main or t.strategy == "fsdp":
@@ -816,7 +878,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
             f"checkpoints: {work_dir / 'last'} (latest), {work_dir / 'best'} (best val loss)\n"
             f"loss plot:   {work_dir / 'loss.png'}\n"
             f"metrics:     {work_dir / 'metrics.jsonl'}\n"
-            f"sample more: gptlab sample {work_dir} --prompt=\"ROMEO:\" --max_new_tokens=200"
+            f"sample more: {sample_hint(work_dir, config, tokenizer)}"
         )
         return 0
     finally:
