@@ -121,6 +121,29 @@ def _cpu_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """
     B, H, T, D = q.shape
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    paths = _cpu_paths(T, window, grad)
+    key = (B, H, k.size(1), T, D, window, str(q.dtype), grad, torch.get_num_threads())
+    best = autotune.choice("cpu sliding window", key)
+    if best not in paths:
+        inputs = [torch.randn_like(x) for x in (q, k, v)]
+
+        def timed(path: Callable[..., torch.Tensor]) -> Callable[[], None]:
+            def run() -> None:
+                q_, k_, v_ = (x.detach().requires_grad_(grad) for x in inputs)
+                y = path(q_, k_, v_, window)
+                if grad:
+                    y.backward(torch.ones_like(y))
+
+            return run
+
+        best = autotune.choose("cpu sliding window", key, {name: timed(path) for name, path in paths.items()})
+    return paths[best](q, k, v, window)
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_paths(T: int, window: int, grad: bool) -> dict[str, Callable[..., torch.Tensor]]:
+    """The candidates for one shape: banded SDPA (the plain op), masked SDPA up to _MASKED_UP_TO, and the flash
+    band kernel per block size and (with a backward to run) per backward chunking."""
     paths: dict[str, Callable[..., torch.Tensor]] = {autotune.PLAIN: banded_sliding_window_attention}
     if T <= _MASKED_UP_TO:
         paths["masked sdpa"] = _masked_sliding_window_attention
@@ -128,23 +151,7 @@ def _cpu_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     for bq in sorted({min(b, window) for b in _BAND_QUERIES}):
         for half in halves:
             paths[f"flash bq={bq}" + (" half" * half)] = functools.partial(_flash_swa, bq=bq, half=half)
-
-    @functools.cache  # made once, and only when there is something to time
-    def inputs() -> list[torch.Tensor]:
-        return [torch.randn_like(x) for x in (q, k, v)]
-
-    def timed(path: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            q_, k_, v_ = (x.detach().requires_grad_(grad) for x in inputs())
-            y = path(q_, k_, v_, window)
-            if grad:
-                y.backward(torch.ones_like(y))
-
-        return run
-
-    key = (B, H, k.size(1), T, D, window, str(q.dtype), grad, torch.get_num_threads())
-    best = autotune.choose("cpu sliding window", key, {name: timed(path) for name, path in paths.items()})
-    return paths[best](q, k, v, window)
+    return paths
 
 
 def _masked_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:

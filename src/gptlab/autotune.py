@@ -65,6 +65,12 @@ def choose(
     return best
 
 
+def choice(op: str, key: Hashable) -> str | None:
+    """The candidate chosen (or pinned) for (op, key) in this process, None before the first choose(): a hot path
+    looks here first and builds its candidates only when there is something to time."""
+    return _choices.get((op, repr(key)))
+
+
 def choices() -> list[tuple[str, str, str, dict[str, float]]]:
     """Every choice in this process: (op, repr(key), chosen candidate, seconds per candidate; empty if pinned)."""
     return [(op, key, best, _timings.get((op, key), {})) for (op, key), best in _choices.items()]
