@@ -81,3 +81,26 @@ def test_info_hardware_measures_and_lists_the_fast_paths(monkeypatch, capsys):
     assert "decode linear" in out and "cpu sliding window" in out
     assert "plain 1000.00 ms" in out
     autotune.reset()
+
+
+def test_gptlab_log_debug_shows_the_choices_and_a_bad_level_is_one_line(monkeypatch, capsys):
+    import logging
+
+    from gptlab.cli import main
+
+    autotune.reset()
+    monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: 1.0)
+    monkeypatch.setenv("GPTLAB_LOG", "nonsense")
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err == "gptlab: error: GPTLAB_LOG=nonsense: use debug, info or warning\n"
+    monkeypatch.setenv("GPTLAB_LOG", "debug")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        seen: list[str] = []
+        monkeypatch.setattr(autotune.log, "debug", lambda msg, *args: seen.append(msg % args))
+        assert main(["info", "--hardware", "--model.preset=tiny"]) == 0
+        assert any(line.startswith("decode linear ((") and line.endswith("ms)") for line in seen)
+    finally:
+        root.handlers[:], root.level = handlers, level
+        autotune.reset()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import sys
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptlab: error: gptlab {name} is not available in this version", file=sys.stderr)
         return 2
 
+    if os.environ.get("GPTLAB_LOG"):  # e.g. GPTLAB_LOG=debug: the fast paths chosen by measurement, as chosen
+        level = logging.getLevelName(os.environ["GPTLAB_LOG"].upper())
+        if not isinstance(level, int):
+            print(f"gptlab: error: GPTLAB_LOG={os.environ['GPTLAB_LOG']}: use debug, info or warning", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=level, format="gptlab: %(name)s: %(message)s")
+        logging.getLogger("torch").setLevel(logging.WARNING)
     rank = os.environ.get("RANK", "0")  # under torchrun, only rank 0 reports the config errors every rank hits
     try:
         return int(command(argv[1:]) or 0)
