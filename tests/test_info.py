@@ -99,7 +99,7 @@ def test_kv_cache_bytes_match_allocated_caches(name, dtype, batch, context):
     cfg = CONFIGS[name]
     model = meta_model(cfg).to(TORCH_DTYPES[dtype])
     caches = make_caches(model, batch, context)
-    allocated = sum(b.nbytes for cache in caches for b in cache.buffers())
+    allocated = sum(cache.k.nbytes + cache.v.nbytes for cache in caches)  # keys and values (not the slot positions)
     s = model_stats(cfg, context=context, batch=batch, dtype=dtype)
     assert s.kv_cache_bytes == allocated
     positions = caches[0].k.shape[2]
