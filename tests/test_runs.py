@@ -126,6 +126,21 @@ def test_a_run_without_a_checkpoint_yet_is_shown_as_far_as_known(tmp_path: Path,
     assert "5/-" in capsys.readouterr().out
 
 
+def test_a_run_cut_short_is_stopped(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "cut"
+    shutil.copytree(root / "runs" / "mha", run, ignore=shutil.ignore_patterns(".lock", "best"))
+    state_path = run / "last" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["train_config"]["trainer.max_iters"] = 100  # planned 100, stopped (Ctrl-C, a kill) at 6
+    state_path.write_text(json.dumps(state))
+    assert cli.main(["runs", str(run)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert "6/100" in row and row.rstrip().endswith("stopped")
+    state_path.unlink()  # a checkpoint without its state: the model's numbers are still known
+    s = runs.summarize(run)
+    assert s.params == runs.summarize(root / "runs" / "mha").params and s.max_iters is None
+
+
 @pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="reads /proc/locks (Linux)")
 def test_a_live_run_is_found_without_taking_its_lock(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:

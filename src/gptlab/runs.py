@@ -166,13 +166,15 @@ def _checkpoint_files(run: Path) -> tuple[Any, dict[str, Any]]:
     """(GPTConfig or None, state.json or {}) of the run's newest checkpoint (last/, else best/)."""
     for name in ("last", "best"):
         directory = ckpt.published(run / name)
-        if (directory / ckpt.CONFIG_NAME).is_file():
-            try:
-                config = ckpt.read_config(directory)
-                state = json.loads((directory / ckpt.STATE_NAME).read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # mid-publish or a model directory without state.json
-                continue
-            return config, state if isinstance(state, dict) else {}
+        try:
+            config = ckpt.read_config(directory)
+        except (OSError, ValueError):  # none here, or caught between a publish's renames: try the other
+            continue
+        try:
+            state = json.loads((directory / ckpt.STATE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # a model directory without training state
+            state = {}
+        return config, state if isinstance(state, dict) else {}
     return None, {}
 
 
