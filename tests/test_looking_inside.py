@@ -99,6 +99,16 @@ def test_eval_context_past_training_only_for_rope(root: Path, capsys: pytest.Cap
     assert "past block_size=32" in capsys.readouterr().err
 
 
+def test_positions_no_window_reaches_are_null(root: Path, capsys: pytest.CaptureFixture) -> None:
+    # 10 tokens, a context of 32: positions 0..8 are measured once, 9..31 never (null, not a made-up number).
+    assert cli.main(["eval", str(root / "learned"), "--by-position", "--max_tokens=10", "--json"]) == 0
+    by_pos = json.loads(capsys.readouterr().out)["by_position"]
+    assert by_pos["windows"] == [1] * 9 + [0] * 23
+    assert all(x is not None for x in by_pos["loss"][:9]) and by_pos["loss"][9:] == [None] * 23
+    assert cli.main(["eval", str(root / "learned"), "--by-position", "--max_tokens=10"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("30-31  -")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--plot=x.png"], "add --by-position"),
     (["--by-position", "--plot=x.txt"], "ending in .png"),
