@@ -4,6 +4,8 @@
     gptlab sample RUN_OR_MODEL [flags]     generate text
     gptlab eval   RUN_OR_MODEL [flags]     loss, perplexity, bits per token and per char on a text
     gptlab plot   RUN [RUN ...] [flags]    loss curves of several runs in one PNG
+    gptlab runs   RUN [RUN ...] [flags]    one table of finished or live runs (gptlab/runs.py)
+    gptlab attention RUN --prompt=TEXT     attention maps per layer and head (gptlab/attention_maps.py)
 
 Commands are looked up in COMMANDS and imported only when run, so `gptlab sample` never pays for what
 `gptlab train` imports, and a command whose module is missing says so instead of crashing. Errors meant for
@@ -35,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
     "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
     "export": ("gptlab.cli", "export_main", "save a run's model for transformers (GPT-2, Llama or Mistral format)"),
+    "runs": ("gptlab.runs", "main", "one table of run directories: settings that differ, params, KV, losses, tok/s"),
+    "attention": ("gptlab.attention_maps", "main", "plot a model's attention maps per layer and head for a prompt"),
 }
 
 
@@ -311,6 +315,9 @@ class EvalConfig:
     max_tokens: int | None = None  # evaluate only the first N tokens
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     json: bool = False  # print the numbers as one JSON object
+    context: int | None = None  # tokens per window; None: block_size (longer: length extrapolation, RoPE only)
+    by_position: bool = False  # also the loss at each position 0..context-1 of the windows (--json: the full list)
+    plot: str | None = None  # with --by-position: draw loss against position into this PNG
 
 
 def _run_val_tokens(directory: Path, tok_name: str) -> Any:
@@ -329,37 +336,81 @@ def _run_val_tokens(directory: Path, tok_name: str) -> Any:
     return prepare_dataset(path, tok_name, cache_dir, block_size=1).val, path
 
 
-def evaluate_tokens(model: Any, ids: Any, batch_size: int) -> tuple[float, int]:
-    """(summed cross-entropy in nats, number of predicted tokens) over `ids`, in windows of block_size.
+def position_losses(model: Any, ids: Any, batch_size: int, context: int | None = None) -> tuple[Any, Any]:
+    """(summed cross-entropy in nats per position, windows per position), both (context,) tensors, over `ids`
+    cut into non-overlapping windows of `context` tokens (default: block_size); the last window may be shorter.
 
-    Non-overlapping windows: the first token of each window is predicted from less context than later ones
-    (the usual trade of this fast method against a sliding window).
+    Position p of a window predicts its token p + 1 from p + 1 tokens of context, so the first positions of
+    each window see less context than later ones (the usual trade of this fast method against a sliding
+    window). Per position, that is the measurement: loss against the context a prediction had.
     """
     import torch
     import torch.nn.functional as F
 
     ids = torch.as_tensor(ids, dtype=torch.long)
-    T = model.config.block_size
+    T = model.config.block_size if context is None else context
     device = next(model.parameters()).device
-    n_windows = (len(ids) - 1) // T
-    windows = [(i * T, T) for i in range(n_windows)]
-    tail = len(ids) - 1 - n_windows * T
-    total, count = 0.0, 0
+    starts = list(range(0, len(ids) - 1, T))  # whole windows, then the shorter tail
+    sums = torch.zeros(T, dtype=torch.float64)
+    counts = torch.zeros(T, dtype=torch.long)
     with torch.no_grad():
-        for start in range(0, len(windows), batch_size):
-            chunk = windows[start : start + batch_size]
-            x = torch.stack([ids[s : s + T] for s, _ in chunk]).to(device)
-            y = torch.stack([ids[s + 1 : s + T + 1] for s, _ in chunk]).to(device)
-            logits, _ = model(x)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-            count += y.numel()
-        if tail:  # the last, shorter window
-            s = n_windows * T
-            x, y = ids[s : s + tail][None].to(device), ids[s + 1 : s + tail + 1][None].to(device)
-            logits, _ = model(x)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-            count += y.numel()
-    return total, count
+        for first in range(0, len(starts), batch_size):
+            # One forward per run of windows of equal length (all but the tail are T long).
+            chunk = starts[first : first + batch_size]
+            for n in sorted({min(T, len(ids) - 1 - s) for s in chunk}, reverse=True):
+                group = [s for s in chunk if min(T, len(ids) - 1 - s) == n]
+                x = torch.stack([ids[s : s + n] for s in group]).to(device)
+                y = torch.stack([ids[s + 1 : s + n + 1] for s in group]).to(device)
+                logits, _ = model(x)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
+                sums[:n] += loss.double().sum(0).cpu()
+                counts[:n] += len(group)
+    return sums, counts
+
+
+def evaluate_tokens(model: Any, ids: Any, batch_size: int, context: int | None = None) -> tuple[float, int]:
+    """(summed cross-entropy in nats, number of predicted tokens) over `ids`, in windows of `context` tokens
+    (default: block_size); see position_losses."""
+    sums, counts = position_losses(model, ids, batch_size, context)
+    return sums.sum().item(), int(counts.sum())
+
+
+def _position_table(losses: list[float], rows: int = 16) -> str:
+    """Mean loss over up to `rows` equal ranges of positions, one line each (the full list is in --json)."""
+    width = math.ceil(len(losses) / rows)
+    lines = []
+    for lo in range(0, len(losses), width):
+        part = [x for x in losses[lo : lo + width] if not math.isnan(x)]
+        where = f"{lo}" if width == 1 else f"{lo}-{min(lo + width, len(losses)) - 1}"
+        lines.append(f"  {where:>11}  {sum(part) / len(part):.4f}" if part else f"  {where:>11}  -")
+    return "\n".join(lines)
+
+
+def plot_position_losses(
+    losses: list[float], out: Path, title: str, window: int | None = None, block_size: int | None = None
+) -> Path:
+    """Loss against position in the context, with the model's window and training context marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(range(len(losses)), losses, color="C0", linewidth=1.2)
+    if window is not None and window < len(losses):
+        ax.axvline(window - 1, color="C1", linestyle="--", linewidth=1, label=f"window ({window})")
+    if block_size is not None and block_size < len(losses):
+        ax.axvline(block_size - 1, color="C3", linestyle=":", linewidth=1, label=f"training context ({block_size})")
+    ax.set_xlabel("position in the context (tokens seen: position + 1)")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    os.replace(tmp, out)  # a reader never sees half a PNG
+    return out
 
 
 def eval_main(argv: list[str]) -> int:
@@ -368,9 +419,11 @@ def eval_main(argv: list[str]) -> int:
 
     parsed = _parse(
         EvalConfig, argv, {"out_dir": "source"},
-        "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--json]\n\n"
+        "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--context=N] [--by-position] [--json]\n\n"
         "Evaluate a model on a text (default: the validation split of the run's training data): cross-entropy\n"
-        "loss in nats per token, perplexity, bits per token and bits per character.\n",
+        "loss in nats per token, perplexity, bits per token and bits per character. --by-position adds the\n"
+        "loss at each position of the windows (how windows and length extrapolation are judged; with\n"
+        "--context longer than training for RoPE models), --plot=FILE.png draws it.\n",
     )
     if parsed is None:
         return 0
@@ -380,7 +433,22 @@ def eval_main(argv: list[str]) -> int:
         raise UsageError(f"--batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.max_tokens is not None and cfg.max_tokens < 2:
         raise UsageError(f"--max_tokens must be >= 2 or None, got {cfg.max_tokens}")
+    if cfg.context is not None and cfg.context < 1:
+        raise UsageError(f"--context must be >= 1 or None, got {cfg.context}")
+    plot = Path(cfg.plot).expanduser() if cfg.plot else None
+    if plot is not None:
+        if not cfg.by_position:
+            raise UsageError(f"--plot={cfg.plot} draws the loss by position: add --by-position")
+        if plot.suffix.lower() != ".png":
+            raise UsageError(f"--plot={cfg.plot}: the plot is a PNG; give a file name ending in .png")
+        if not plot.parent.is_dir():
+            raise UsageError(f"--plot={cfg.plot}: folder {plot.parent} does not exist; create it or pick another")
     model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
+    c = model.config
+    context = c.block_size if cfg.context is None else cfg.context
+    if c.pos_emb == "learned" and context > c.block_size:
+        raise UsageError(f"--context={context}: past block_size={c.block_size}, the last position this "
+                         "learned-position model has; only RoPE models extrapolate")
     if cfg.text is not None:
         from .data import DataError, read_text_file
 
@@ -408,25 +476,39 @@ def eval_main(argv: list[str]) -> int:
         ids = ids[: cfg.max_tokens]
     if len(ids) < 2:
         raise UsageError(f"{path} has {len(ids)} token(s); evaluation needs at least 2")
-    nats, n = evaluate_tokens(model, np.asarray(ids, dtype=np.int64), cfg.batch_size)
+    sums, counts = position_losses(model, np.asarray(ids, dtype=np.int64), cfg.batch_size, context)
+    nats, n = sums.sum().item(), int(counts.sum())
     n_chars = len(tokenizer.decode(np.asarray(ids[1:]).tolist()))  # the characters that were predicted
     loss = nats / n
     result = {
         "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
         "bits_per_char": nats / math.log(2) / max(n_chars, 1), "tokens": n, "chars": n_chars,
         "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path), "loss_label": label,
+        "context": context,
     }
+    if cfg.by_position:
+        # A position no window reaches (a text shorter than the context) has no loss: NaN, null in JSON.
+        by_pos = [x / k if k else math.nan for x, k in zip(sums.tolist(), counts.tolist(), strict=True)]
+        result["by_position"] = {"loss": [None if math.isnan(x) else x for x in by_pos], "windows": counts.tolist()}
+        if plot is not None:
+            title = f"{result['model']}: loss by position, {label}, {counts[0]} windows of {context}"
+            plot_position_losses(by_pos, plot, title, c.window, c.block_size)
     if cfg.json:
         print(json.dumps(result))
     else:
         print(
-            f"model:      {result['model']} ({tokenizer.name} tokenizer, context {model.config.block_size})\n"
+            f"model:      {result['model']} ({tokenizer.name} tokenizer, context {context})\n"
             f"text:       {path}: {n:,} tokens, {n_chars:,} characters predicted\n"
             f"loss:       {loss:.4f} nats/token: {label}\n"
             f"perplexity: {result['perplexity']:.3f}\n"
             f"bits/token: {result['bits_per_token']:.4f}\n"
             f"bits/char:  {result['bits_per_char']:.4f}"
         )
+        if cfg.by_position:
+            print(f"loss by position in the context (mean over {counts[0]} windows of {context} tokens; "
+                  "--json for every position):\n    positions  loss\n" + _position_table(by_pos))
+    if plot is not None:
+        print(f"wrote {plot}", file=sys.stderr if cfg.json else sys.stdout)
     return 0
 
 
@@ -443,12 +525,14 @@ class PlotConfig:
 
 def plot_main(argv: list[str]) -> int:
     """`gptlab plot RUN [RUN ...] [--out=loss.png]`: the loss curves of the runs in one PNG."""
+    from .runs import legend_label
     from .train import plot_losses
 
     parsed = _parse(
         PlotConfig, argv, {},
         "usage: gptlab plot RUN [RUN ...] [--out=loss.png] [--labels=a,b]\n\n"
-        "Training loss (per logged step) and validation loss (per eval) of each run directory, in one PNG.\n",
+        "Training loss (per logged step) and validation loss (per eval) of each run directory, in one PNG; the\n"
+        "legend gives each run's final val loss (training's estimate) and tokens/s.\n",
     )
     if parsed is None:
         return 0
@@ -465,6 +549,8 @@ def plot_main(argv: list[str]) -> int:
         raise UsageError(f"--out={cfg.out}: the plot is a PNG; give a file name ending in .png")
     if not Path(cfg.out).expanduser().parent.is_dir():
         raise UsageError(f"--out={cfg.out}: folder {Path(cfg.out).parent} does not exist; create it or pick another")
+    # Each run's legend entry carries its numbers (final val loss, tokens/s), as `gptlab runs` shows them.
+    labels = [legend_label(run, name) for run, name in zip(runs, labels or [None] * len(runs), strict=True)]
     out = plot_losses(runs, Path(cfg.out).expanduser(), labels)
     print(f"wrote {out}")
     return 0
