@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab import GPT, GPTConfig, hardware
+from gptlab import GPT, GPTConfig, autotune, hardware
 from gptlab.attention import sliding_window_attention, window_mask
 from gptlab.generate import _gemv_linears, make_caches
 
@@ -356,6 +356,8 @@ def _attention_fns(T: int, w: int, device: str) -> dict[str, Callable[[], None]]
 
 def _peak_child(variant: str, T: int, w: int) -> None:
     """In a fresh process: peak resident memory added by one forward + backward of `variant`, in bytes."""
+    # The kernels the parent measured fastest, pinned: timing the candidates here would add their peaks.
+    autotune.pin(json.loads(os.environ.get("GPTLAB_BENCH_PINS", "[]")))
     run = _attention_fns(T, w, "cpu")[variant]
     gc.collect()
     try:  # reset the high-water mark to now, so only this call counts
@@ -375,6 +377,7 @@ def peak_memory(variant: str, T: int, w: int) -> int:
     out = subprocess.run(
         [sys.executable, __file__, "--peak-child", variant, str(T), str(w)],
         capture_output=True, text=True, check=True,
+        env={**os.environ, "GPTLAB_BENCH_PINS": json.dumps(autotune.pinned())},
     )
     return int(out.stdout.split()[-1])
 
