@@ -75,6 +75,23 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def choices_table(op: str) -> str:
+    """The fast paths chosen by measurement for `op` in this process: each shape's choice against the plain op."""
+    rows = [
+        [f"`{key}`", best, f"{times[autotune.PLAIN] * 1e3:.3f}", f"{times[best] * 1e3:.3f}",
+         f"{times[autotune.PLAIN] / times[best]:.2f}x"]
+        for name, key, best, times in autotune.choices() if name == op and times
+    ]
+    if not rows:
+        return ""
+    return "\n".join([
+        "",
+        f"Fast paths chosen by measurement (`{op}`; the plain op is always a candidate, so none is slower):",
+        "",
+        table(["shape", "chosen", "plain (ms)", "chosen (ms)", "vs plain"], rows),
+    ])
+
+
 def machine_name(device: str) -> str:
     """The results file's name: the GPU, or the CPU model, its ISA and threads ('amd-epyc-avx2-2t')."""
     if device == "cuda":
@@ -296,6 +313,7 @@ def row_decode(repeats: int, device: str, new_tokens: int = 128, prompt: int = 1
                 ["bandwidth limit", f"{limit:.1f}", "", "100%"],
             ],
         ),
+        choices_table("decode linear"),
     ])
 
 
@@ -425,6 +443,7 @@ def row_swa(repeats: int, device: str, T: int = 8192, w: int = 256) -> str:
                 ],
             ),
         ]
+    lines.append(choices_table("cpu sliding window"))
     return "\n".join(lines)
 
 
