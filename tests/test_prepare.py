@@ -172,6 +172,10 @@ def test_saved_hugging_face_dataset(tmp_path: Path) -> None:
     assert stream(tmp_path / "out2") == docs_tokens("held out")
     with pytest.raises(DataError, match="no split 'dev'"):
         prepare(str(tmp_path / "ds"), tmp_path / "out3", conf(split="dev"))
+    with pytest.raises(DataError, match="has no 'body' column"):
+        prepare(str(tmp_path / "ds"), tmp_path / "out4", conf(text_field="body"))
+    with pytest.raises(DataError, match="other settings or input"):  # another split is another input
+        prepare(str(tmp_path / "ds"), tmp_path / "out", conf(split="test"))
 
 
 # --------------------------------------------------------------------------------------------------------

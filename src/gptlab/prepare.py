@@ -306,7 +306,8 @@ def _require(module: str, what: str, extra: str) -> Any:
 
 
 def _parquet_file(path: Path, field: str) -> Any:
-    pq = _require("pyarrow", f"reading {path}", "parquet").parquet
+    _require("pyarrow", f"reading {path}", "parquet")
+    pq = importlib.import_module("pyarrow.parquet")
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's ArrowInvalid and friends: not a parquet file
@@ -332,32 +333,36 @@ def _is_saved_dataset(path: Path) -> bool:
 def _dataset_rows(src: str, cfg: PrepareConfig) -> Iterator[tuple[str, int]]:
     """Rows of a Hugging Face dataset: saved with save_to_disk at path `src`, or a hub name (streamed)."""
     datasets = _require("datasets", f"the Hugging Face dataset {src}", "datasets")
-    path = Path(src)
+    field = cfg.text_field
+    path = Path(src).expanduser()
     if path.exists():
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if cfg.split not in ds:
                 raise DataError(f"{src} has no split {cfg.split!r} (it has {', '.join(ds)}); use --split=NAME")
             ds = ds[cfg.split]
-        rows = (r for batch in ds.iter(batch_size=1000) for r in _batch_rows(batch, cfg.text_field, src))
+        if field not in ds.column_names:
+            raise DataError(f"{src} has no {field!r} column (it has {', '.join(ds.column_names)}); "
+                            "use --text_field=NAME")
+        # batches of the text column only: memory of 1000 rows, not of the dataset
+        rows: Iterator[Any] = (t for batch in ds.select_columns([field]).iter(batch_size=1000) for t in batch[field])
     else:
         try:  # needs the network: https://huggingface.co/datasets/<src>
             ds = datasets.load_dataset(src, cfg.hub_config, split=cfg.split, streaming=True)
         except Exception as e:  # offline, unknown name, bad config or split: datasets' many error types
             raise DataError(f"cannot open the hub dataset {src!r} ({' '.join(str(e).split())[:300]})") from None
-        rows = (r.get(cfg.text_field) for r in ds)
+        rows = (_field(row, field, src) for row in ds)
     for text in rows:
         if text is not None and not isinstance(text, str):
-            raise DataError(f"{src}: field {cfg.text_field!r} holds {type(text).__name__}, not text; "
-                            "use --text_field=NAME")
+            raise DataError(f"{src}: field {field!r} holds {type(text).__name__}, not text; use --text_field=NAME")
         if text is not None:
             yield text, len(text.encode("utf-8"))
 
 
-def _batch_rows(batch: dict[str, list], field: str, src: str) -> list:
-    if field not in batch:
-        raise DataError(f"{src} has no {field!r} field (it has {', '.join(batch)}); use --text_field=NAME")
-    return batch[field]
+def _field(row: dict[str, Any], field: str, src: str) -> Any:
+    if field not in row:
+        raise DataError(f"{src} has no {field!r} field (it has {', '.join(row)}); use --text_field=NAME")
+    return row[field]
 
 
 @dataclass
@@ -373,11 +378,13 @@ class Source:
 def find_source(src: str, cfg: PrepareConfig) -> Source:
     """Resolve SRC, or DataError naming what to pass instead."""
     path = Path(src).expanduser()
+    extra: dict[str, Any] = {}  # what else picks the documents
     if path.is_file():
         kind = FILE_KINDS.get(path.suffix.lower(), "text")  # a single file of any other name is text
         files = [path]
     elif path.is_dir() and _is_saved_dataset(path):
         kind, files = "dataset", sorted(p for p in path.rglob("*") if p.is_file())
+        extra = {"split": cfg.split}
     elif path.is_dir():
         kind = "folder"
         files = sorted((p for p in path.rglob("*") if p.suffix.lower() in FILE_KINDS and p.is_file()
@@ -399,7 +406,7 @@ def find_source(src: str, cfg: PrepareConfig) -> Source:
         listing.update(f"{f.relative_to(path).as_posix() if f != path else f.name}\0{size}\0".encode())
         total += size
     return Source(kind, files, {"kind": kind, "files": len(files), "bytes": total,
-                                "listing_sha256": listing.hexdigest()}, total)
+                                "listing_sha256": listing.hexdigest(), **extra}, total)
 
 
 def _documents(source: Source, src: str, cfg: PrepareConfig, skipped: list[str]) -> Iterator[Document]:
@@ -606,7 +613,8 @@ class _Stream:
     def discard(self) -> None:
         """Drop the open, unfinished shard (after an error): its temp file is removed, nothing published."""
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                self.file.close()
             self.file = None
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
