@@ -8,7 +8,9 @@ and of their summed PSS (shared pages split between them: the memory they really
 
     python benchmarks/prepare_corpus.py --mb=100 [--workers=1,2]
 
-MB/s is input megabytes (10^6 bytes) over the time `prepare` reports (without the interpreter's start-up).
+MB/s is input megabytes (10^6 bytes) over the time `prepare` reports (without the interpreter's start-up);
+CPU s is the user + system time of the process and its workers (getrusage), which other jobs on a shared
+machine do not inflate the way they do the wall time.
 The shards of every run must be identical; the script exits 1 if they are not. For scale, the last row is
 tiktoken's encode_ordinary alone on the first 10 MB, in this process: the tokenizer's own speed on one core.
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -84,6 +88,8 @@ class PeakMemory(threading.Thread):
 def run_prepare(corpus: Path, out: Path, workers: int) -> dict[str, float]:
     cmd = [sys.executable, "-m", "gptlab", "prepare", str(corpus), str(out), f"--workers={workers}",
            "--progress=False"]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory = PeakMemory(proc.pid)
@@ -92,12 +98,14 @@ def run_prepare(corpus: Path, out: Path, workers: int) -> dict[str, float]:
     wall = time.perf_counter() - start
     memory.stop.set()
     memory.join()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped by prepare, are in its totals
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"gptlab prepare failed: {stderr.strip()}")
     m = re.search(r"([\d,]+) tokens .* in ([\d.]+) s", stdout)
     tokens, seconds = int(m.group(1).replace(",", "")), float(m.group(2))
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.glob("*.bin")))).hexdigest()
-    return {"seconds": seconds, "wall": wall, "tokens": tokens, "rss": memory.rss, "pss": memory.pss,
+    return {"seconds": seconds, "wall": wall, "cpu": cpu, "tokens": tokens, "rss": memory.rss, "pss": memory.pss,
             "digest": digest}
 
 
@@ -115,23 +123,24 @@ def main() -> int:
                 f.write(text)
             f.write(text[: size % len(text)].rsplit(b"\n", 1)[0] + b"\n")
         mb = corpus.stat().st_size / 1e6
-        print(f"corpus: {mb:.1f} MB (Shakespeare x {mb * 1e6 / len(text):.1f}), CPU: {cpu_model()}")
-        print("| workers | MB/s | tokens/s | seconds | peak RSS, all processes (MB) | peak PSS (MB) |")
-        print("|---|---|---|---|---|---|")
+        print(f"corpus: {mb:.1f} MB (Shakespeare x {mb * 1e6 / len(text):.1f}), CPU: {cpu_model()}, "
+              f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
+        print("| workers | MB/s | tokens/s | seconds | CPU s | peak RSS, all processes (MB) | peak PSS (MB) |")
+        print("|---|---|---|---|---|---|---|")
         digests = set()
         for workers in (int(w) for w in args.workers.split(",")):
             r = run_prepare(corpus, Path(tmp) / f"out{workers}", workers)
             digests.add(r["digest"])
             print(f"| {workers} | {mb / r['seconds']:.2f} | {r['tokens'] / r['seconds'] / 1e6:.2f}M | "
-                  f"{r['seconds']:.1f} | {r['rss']:.0f} | {r['pss']:.0f} |", flush=True)
+                  f"{r['seconds']:.1f} | {r['cpu']:.1f} | {r['rss']:.0f} | {r['pss']:.0f} |", flush=True)
         sample = text * (10_000_000 // len(text) + 1)
         sample = sample[:10_000_000].decode("utf-8", errors="ignore")
         encoding = get_tokenizer("gpt2").encoding
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         n = len(encoding.encode_ordinary(sample))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
         print(f"| tiktoken alone (10 MB, 1 thread) | {10 / seconds:.2f} | {n / seconds / 1e6:.2f}M | {seconds:.1f} "
-              "| | |")
+              f"| {cpu:.1f} | | |")
         print(f"tokens: {r['tokens']:,}; shards identical across runs: {len(digests) == 1}")
         return 0 if len(digests) == 1 else 1
 
