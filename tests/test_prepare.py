@@ -332,7 +332,14 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path: Path, capsys: pytest.Captur
         rc, err = run_cli(capsys, *argv)
         assert rc == 2 and err.startswith("gptlab: error: ") and err.count("\n") == 1, (argv, err)
         assert message in err, (argv, err)
-    assert not list(tmp_path.glob("o3/*.bin"))
+    # nothing was published before the bad file, so nothing holds the corrected rerun to the old input
+    assert list((tmp_path / "o3").iterdir()) == []
+    (tmp_path / "mixed" / "b.txt").write_text("Sch\u00f6n\n")
+    (tmp_path / "mixed" / "c.txt").unlink()
+    assert run_cli(capsys, str(tmp_path / "mixed"), str(tmp_path / "o3"))[0] == 0
+    assert stream(tmp_path / "o3") == docs_tokens("Good file.\n", "Sch\u00f6n\n")
+    (tmp_path / "mixed" / "b.txt").write_bytes("Sch\u00f6n\n".encode("latin-1"))
+    (tmp_path / "mixed" / "c.txt").write_bytes(b"bin\0ary")
     # --skip_bad_files: both bad files are named and left out whole
     rc = cli.main(["prepare", str(tmp_path / "mixed"), str(tmp_path / "o7"), "--skip_bad_files", "--progress=False"])
     captured = capsys.readouterr()

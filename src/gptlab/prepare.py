@@ -664,7 +664,7 @@ def _open_out(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"{out} holds shards prepared with other settings or input ({what}); pick a new OUT "
                             "folder, or delete this one to start over")
         return manifest
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p for p in out.iterdir() if not _is_temp_shard(p)):
         bins = sorted(p.name for p in out.glob("*.bin"))
         what = f".bin shards ({bins[0]}, ...) that" if bins else "files that"
         raise DataError(f"{out} holds {what} gptlab prepare did not write (no {MANIFEST}); pick a new or empty "
@@ -672,6 +672,11 @@ def _open_out(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     return {"format": MANIFEST_FORMAT, "settings": settings, "complete": False, "shards": [], "resume": {},
             "skipped_files": []}
+
+
+def _is_temp_shard(path: Path) -> bool:
+    """A shard a killed run was writing (see _Stream.add): never published, and not needed by the rerun."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and ".bin." in path.name
 
 
 def _short(value: Any) -> str:
@@ -724,9 +729,10 @@ def prepare(src: str, out: str | os.PathLike[str], cfg: PrepareConfig | None = N
     manifest = _open_out(out, _settings(source, cfg, vocab_size))
     if manifest["complete"]:
         return manifest
-    for stale in out.glob(".*.bin.*.tmp"):  # a shard a killed run was writing: never published, not needed
+    for stale in filter(_is_temp_shard, out.iterdir()):
         stale.unlink(missing_ok=True)
-    _save_manifest(out, manifest)  # claims the folder before the first shard
+    # The manifest is first saved with the first shard: a run that stops before (a bad file, a typo in a
+    # flag) leaves nothing that would hold a corrected rerun to its settings.
 
     names = ["all"] if cfg.val_fraction is None else ["val", "train"]
     streams = {n: _Stream(n, out, manifest, cfg, vocab_size, lambda: _save_manifest(out, manifest)) for n in names}
