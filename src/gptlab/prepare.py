@@ -601,6 +601,8 @@ class _Stream:
         self.file.close()
         self.file = None
         os.chmod(self.tmp, 0o644)
+        if not (self.out / MANIFEST).exists():  # claim OUT before its first shard (else a kill now leaves a
+            self.on_publish()                  # .bin without a manifest, which a rerun refuses as foreign)
         os.replace(self.tmp, self.out / name)
         _test_hook("published")
         # A kill here leaves a shard the manifest does not list; the rerun writes it again, identically.
