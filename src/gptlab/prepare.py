@@ -784,7 +784,9 @@ def _progress(enabled: bool, total: int | None) -> Any:
         return contextlib.nullcontext()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="prepare", dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes); leave=False: the summary line replaces it
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="prepare", dynamic_ncols=True,
+                disable=None, leave=False)
 
 
 def _count_bytes(pieces: Iterator[Piece], bar: Any) -> Iterator[Piece]:
