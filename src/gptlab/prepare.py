@@ -452,6 +452,8 @@ def _with_bytes(pieces: Iterator[str], nbytes: int) -> Document:
 
 @dataclass
 class Piece:
+    """A stretch of one document, tokenized on its own."""
+
     index: int  # position in the stream of pieces: resume cursors count these
     doc: int  # number of the (non-empty) document it belongs to
     first: bool  # the first piece of its document: gets <|endoftext|> in front
@@ -539,6 +541,8 @@ MANIFEST_FORMAT = "gptlab-prepare-1"
 
 @dataclass
 class PrepareConfig:
+    """The flags of `gptlab prepare` (the comments are their --help)."""
+
     shard_tokens: int = 100_000_000  # tokens per shard (llm.c's FineWeb shards hold 100M)
     val_fraction: float | None = None  # None: the first shard is val (llm.c); else this share of documents
     workers: int | None = None  # tokenizer processes; None: one per CPU core
@@ -547,7 +551,7 @@ class PrepareConfig:
     text_field: str = "text"  # the field holding the text in .jsonl, .parquet and datasets
     split: str = "train"  # the split of a Hugging Face dataset
     hub_config: str | None = None  # the configuration (subset) of a hub dataset, e.g. sample-10BT
-    progress: bool = True  # a progress bar on stderr (MB/s of input, tokens/s)
+    progress: bool = True  # a progress bar (MB/s of input, tokens/s) when stderr is a terminal
 
 
 class _Stream:
