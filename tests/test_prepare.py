@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import multiprocessing
+import os
 import random
 import signal
 from pathlib import Path
@@ -377,3 +378,19 @@ def test_out_of_other_settings_or_not_ours_is_refused_untouched(tmp_path: Path, 
     rc, err = run_cli(capsys, str(src), str(foreign))
     assert rc == 2 and "holds .bin shards (fineweb_val_000000.bin, ...) that gptlab prepare did not write" in err
     assert [p.name for p in foreign.iterdir()] == ["fineweb_val_000000.bin"]
+
+
+def test_a_second_prepare_into_the_same_out_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    (tmp_path / "in.txt").write_text("Some text.\n")
+    (tmp_path / "out").mkdir()
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running prepare holds it
+        with pytest.raises(DataError, match="another gptlab prepare is writing into"):
+            prepare(str(tmp_path / "in.txt"), tmp_path / "out", conf())
+    finally:
+        os.close(fd)
+    prepare(str(tmp_path / "in.txt"), tmp_path / "out", conf())
+    assert stream(tmp_path / "out") == docs_tokens("Some text.\n")

@@ -652,8 +652,6 @@ def _settings(source: Source, cfg: PrepareConfig, vocab_size: int) -> dict[str, 
 def _open_out(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest to continue in `out`: a new one for a new or empty folder, the saved one for the same
     settings. DataError for a folder holding anything else: its files are never touched."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"OUT {out} is a file; pass a folder for the shards (a new or empty one)")
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         try:
@@ -675,7 +673,6 @@ def _open_out(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         what = f".bin shards ({bins[0]}, ...) that" if bins else "files that"
         raise DataError(f"{out} holds {what} gptlab prepare did not write (no {MANIFEST}); pick a new or empty "
                         "OUT folder")
-    out.mkdir(parents=True, exist_ok=True)
     return {"format": MANIFEST_FORMAT, "settings": settings, "complete": False, "shards": [], "resume": {},
             "skipped_files": []}
 
@@ -732,9 +729,42 @@ def prepare(src: str, out: str | os.PathLike[str], cfg: PrepareConfig | None = N
         raise UsageError("--val_fraction picks whole documents, and a text file is one document; drop it (the "
                          "first shard is then val) or pass a folder or .jsonl of many documents")
     vocab_size = get_tokenizer("gpt2").vocab_size
-    manifest = _open_out(out, _settings(source, cfg, vocab_size))
-    if manifest["complete"]:
-        return manifest
+    with _exclusive(out):
+        manifest = _open_out(out, _settings(source, cfg, vocab_size))
+        if not manifest["complete"]:
+            _write_shards(src, source, out, cfg, manifest, vocab_size)
+    return manifest
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold an flock on folder `out` (created if need be): two runs writing one manifest would corrupt it.
+
+    The kernel drops the lock when the process (and its workers, which share it) dies, so none is ever stale.
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"OUT {out} is a file; pass a folder for the shards (a new or empty one)")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"another gptlab prepare is writing into {out}; wait for it to finish, or pick "
+                            "another OUT") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_shards(src: str, source: Source, out: Path, cfg: PrepareConfig, manifest: dict[str, Any],
+                  vocab_size: int) -> None:
+    """Tokenize the documents (those after the manifest's resume points) into shards; mark the manifest complete."""
     for stale in filter(_is_temp_shard, out.iterdir()):
         stale.unlink(missing_ok=True)
     # The manifest is first saved with the first shard: a run that stops before (a bad file, a typo in a
@@ -779,7 +809,6 @@ def prepare(src: str, out: str | os.PathLike[str], cfg: PrepareConfig | None = N
     manifest["complete"] = True
     manifest["skipped_files"] = skipped  # this run read the whole input, so it saw every bad file
     _save_manifest(out, manifest)
-    return manifest
 
 
 def _progress(enabled: bool, total: int | None) -> Any:
