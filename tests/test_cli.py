@@ -180,7 +180,7 @@ def test_model_config_from_flags(tmp_path: Path) -> None:
 
 def test_command_table(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(cli.COMMANDS) == {"train", "sample", "eval", "plot", "info", "compare", "convert", "export", "runs",
-                                 "attention"}
+                                 "attention", "prepare"}
     assert cli.main(["--help"]) == 0 and "commands:" in capsys.readouterr().out
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,7 @@ from gptlab.data import DataError, prepare_dataset, shakespeare_text
 from gptlab.hf import CheckpointError, load_pretrained
 from gptlab.model import GPT
 from gptlab.options import UsageError, read_config_file
+from gptlab.prepare import read_shard, write_shard
 from gptlab.tokenizer import ASSETS_DIR, CharTokenizer, load_gpt2_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -384,6 +386,15 @@ CLI_CASES: list[tuple[str, str, str]] = [
      "cannot create it (Not a directory)"),
     ("convert into a directory that is not empty", "convert --to-gqa 1 {w}/run {w}/run",
      "exists and is not empty; convert writes a new model directory: pick a new DST"),
+    ("prepare of a folder without .txt, .jsonl or .parquet files", "prepare {w}/cache {w}/shards1",
+     "holds no .txt, .jsonl or .parquet files"),
+    ("prepare of a non-UTF-8 file", "prepare {w}/latin1.txt {w}/shards2",
+     "latin1.txt is not valid UTF-8 (byte 0xe8 at byte offset 2); convert or remove it, or pass --skip_bad_files"),
+    ("prepare of a binary file", "prepare {w}/binary.txt {w}/shards3", "binary.txt looks binary (NUL byte at"),
+    ("prepare into a folder it did not write", "prepare {w}/input.txt {w}/run",
+     "holds files that gptlab prepare did not write (no manifest.json); pick a new or empty OUT folder"),
+    ("prepare with val_fraction out of range", "prepare {w}/input.txt {w}/shards4 --val_fraction=1.5",
+     "--val_fraction must be in (0, 1)"),
 ]
 
 
@@ -427,6 +438,12 @@ def _corrupt_gpt2_assets(w: Path) -> None:
         data[len(data) // 2] ^= 1
         (d / "vocab.bpe").write_bytes(bytes(data))
     load_gpt2_encoding(d)
+
+
+def _truncated_shard(w: Path) -> None:
+    write_shard(w / "cut.bin", np.arange(100), vocab_size=50257)
+    os.truncate(w / "cut.bin", 1024 + 150)  # 75 of its 100 uint16 tokens
+    read_shard(w / "cut.bin")
 
 
 def _generate(w: Path, **kw: object) -> None:
@@ -479,6 +496,10 @@ API_CASES: list[tuple[str, Callable[[Path], object], type[BaseException], str]] 
     ("GPT.generate: top_p outside (0, 1]", lambda w: _generate(w, top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),
     ("GPT.generate: past block_size (learned positions)", lambda w: _generate(w, max_new_tokens=40), ValueError,
      "block_size"),
+    ("read_shard: token count that does not match the file size", _truncated_shard, DataError,
+     r"header says 100 tokens \(1224 bytes with the header\) but the file has 1174 bytes"),
+    ("read_shard: not a token shard", lambda w: read_shard(w / "input.txt"), DataError,
+     "is not a token shard this reader knows"),
 ]
 
 

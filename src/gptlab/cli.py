@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
     "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
+    "prepare": ("gptlab.prepare", "main", "tokenize a corpus into llm.c-format token shards, in parallel, resumable"),
     "export": ("gptlab.cli", "export_main", "save a run's model for transformers (GPT-2, Llama or Mistral format)"),
     "runs": ("gptlab.runs", "main", "one table of run directories: settings that differ, params, KV, losses, tok/s"),
     "attention": ("gptlab.attention_maps", "main", "plot a model's attention maps per layer and head for a prompt"),
