@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from gptlab import cli
+from gptlab import corpus as corpus_module
 from gptlab import prepare as prep
 from gptlab.data import DataError
 from gptlab.prepare import PrepareConfig, prepare, read_shard, safe_cuts, write_shard
@@ -63,7 +64,7 @@ def files_of(out: Path) -> dict[str, bytes]:
 
 
 def _every_cut(text: str) -> list[int]:
-    return [i for i in range(1, len(text)) if prep._newline_cut(text, i) or prep._space_cut(text, i)]
+    return [i for i in range(1, len(text)) if corpus_module._newline_cut(text, i) or corpus_module._space_cut(text, i)]
 
 
 def test_every_safe_cut_keeps_the_whole_texts_tokens() -> None:
@@ -156,8 +157,9 @@ def test_parquet_files(tmp_path: Path) -> None:
 def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "p.parquet").write_bytes(b"PAR1")
-    real = prep.importlib.util.find_spec
-    monkeypatch.setattr(prep.importlib.util, "find_spec", lambda name: None if name == "pyarrow" else real(name))
+    util = corpus_module.importlib.util
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name: None if name == "pyarrow" else real(name))
     assert cli.main(["prepare", str(tmp_path / "p.parquet"), str(tmp_path / "out"), "--progress=False"]) == 2
     assert "needs the pyarrow package: pip install 'gptlab[parquet]'" in capsys.readouterr().err
 
