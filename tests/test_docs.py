@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from gptlab.config import SWITCHES
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = ["rope.md", "gqa.md", "sliding_window.md", "rmsnorm.md", "swiglu.md", "loading_gpt2.md"]
+# One page per switch of the table, plus loading GPT-2.
+PAGES = [s.doc for s in SWITCHES] + ["loading_gpt2.md"]
 SECTIONS = [
     "## What it is",
     "## The equation",
@@ -106,14 +109,22 @@ def test_anchors_must_exist_and_be_unique(sync):
 
 def test_pages_have_every_section_and_are_linked_from_the_index():
     index = (DOCS / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    measured = set(json.loads((ROOT / "reports" / "cpu" / "results.json").read_text())["summary"])
+    variants = {s.doc: [v.name for v in s.variants] for s in SWITCHES}
     for page in PAGES:
         text = (DOCS / page).read_text()
         positions = [text.find(s) for s in SECTIONS]
         assert -1 not in positions, (page, [s for s, p in zip(SECTIONS, positions, strict=True) if p < 0])
         assert positions == sorted(positions), f"{page}: sections out of order"
         assert f"]({page})" in index, f"docs/README.md does not link {page}"
-        # The measured section shows the committed report's numbers (a report block sync_docs.py fills in).
-        assert "<!-- report: reports/cpu " in text and "](../reports/cpu/report.md)" in text, page
+        if page in variants:
+            assert f"](docs/{page})" in readme, f"README.md's switch table does not link {page}"
+        if page not in variants or measured & set(variants[page]):
+            # The measured section shows the committed report's numbers (a report block sync_docs.py fills in).
+            assert "<!-- report: reports/cpu " in text and "](../reports/cpu/report.md)" in text, page
+        else:  # a switch newer than the committed report: the page says how to measure it
+            assert f"--grid=baseline,{variants[page][0]}" in text, f"{page}: say how to measure it"
 
 
 def test_cited_tests_exist():

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import single_switches, switch_changes, with_switches
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -28,6 +29,8 @@ CONFIGS = {
     "tiny-window-mqa": GPTConfig.from_preset("tiny", window=8, n_kv_head=1, pos_emb="rope"),
     "tiny-swiglu-bias-layernorm": GPTConfig.from_preset("tiny", mlp="swiglu", n_kv_head=2),
     "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
+    # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
+    **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
 
 
@@ -163,6 +166,11 @@ def test_flops_match_torch_flop_counter(cfg):
     assert s.flops_train_per_token == 3 * s.flops_forward_per_token
 
 
+def test_flops_match_torch_flop_counter_for_each_switch(switch):
+    # Each switch of config.SWITCHES alone and all together (tests/conftest.py); the window is 16 = T.
+    test_flops_match_torch_flop_counter(with_switches(small(), switch))
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_adamw_memory_matches_a_real_optimizer_step(dtype):
     cfg = small(pos_emb="rope", n_kv_head=2, mlp="swiglu")
@@ -222,6 +230,11 @@ def test_activation_estimate_matches_tensors_saved_for_backward(kw, dtype):
     measured = saved_activation_bytes(model, idx, targets)
     estimate = model_stats(cfg, context=T, batch=B, dtype=dtype).activation_bytes
     assert abs(estimate - measured) <= 0.02 * measured, (estimate, measured)
+
+
+def test_activation_estimate_for_each_switch(switch):
+    # Each switch of config.SWITCHES alone and all together (the window, 16, is shorter than the 32 tokens).
+    test_activation_estimate_matches_tensors_saved_for_backward(switch_changes(small(), switch), "fp32")
 
 
 # --- the report and the command line ---------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""GPTConfig: every architecture switch in one validated dataclass, plus named presets."""
+"""GPTConfig: every architecture switch in one validated dataclass; SWITCHES, the table that declares each switch
+once; named presets."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,13 @@ def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
     multiple of 64 (exact at n_embd = 768; +12.5% at 128)."""
     hidden = int(8 * n_embd / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def equal_params_swiglu_hidden(config: GPTConfig) -> int:
+    """SwiGLU hidden size h whose three matrices (and biases) hold as many parameters as the baseline's MLP:
+    3 n h + (2 h + n) = 2 n m + (m + n) for GELU hidden m, so h = m (2 n + 1) / (3 n + 2) with biases."""
+    n, m = config.n_embd, config.mlp_hidden
+    return round(m * (2 * n + 1) / (3 * n + 2)) if config.bias else round(2 * m / 3)
 
 
 @dataclass
@@ -159,3 +168,119 @@ PRESETS: dict[str, dict[str, Any]] = {
     "baby": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
     "tiny": dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64),
 }
+
+
+# ------------------------------------------------------------------------------------------------ the switches
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to turn a switch on, as `gptlab compare` trains it against the GPT-2 baseline."""
+
+    name: str  # the compare grid's name for it: --grid=rope,gqa
+    label: str  # how reports and plots name it
+    changes: Callable[[GPTConfig], dict[str, Any]]  # the fields it sets, given the baseline's config
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One architecture switch: a GPTConfig field whose GPT-2 value modern LLMs change. Everything that lists the
+    switches reads SWITCHES: compare's default grid, `gptlab info`'s description, export's formats, the docs index
+    and the README's table (docs/sync_docs.py), the test combinations (tests/conftest.py)."""
+
+    field: str  # the GPTConfig field; its default is GPT-2's value
+    gpt2: str  # GPT-2's value, as the docs show it
+    modern: str  # the modern value(s), as the docs show them
+    summary: str  # what it changes, one line
+    doc: str  # its page in docs/
+    title: str  # that page's title
+    variants: tuple[Variant, ...]  # the compare grid's variants; the first one joins "modern" if in_modern
+    describe: Callable[[GPTConfig], str]  # how `gptlab info` names the field's value
+    # Hugging Face formats that can hold GPT-2's value, and the modern value(s). Export is deny-by-default: a
+    # format not named here does not hold the setting (hf.py).
+    hf_gpt2: tuple[str, ...] = ()
+    hf_modern: tuple[str, ...] = ()
+    in_modern: bool = True  # part of compare's "modern (all)" variant
+
+    def is_on(self, config: GPTConfig) -> bool:
+        """Whether config's value differs from GPT-2's at the same sizes (n_kv_head < n_head is on)."""
+        return getattr(config, self.field) != getattr(gpt2_reference(config), self.field)
+
+
+def _describe_heads(c: GPTConfig) -> str:
+    if c.n_kv_head == c.n_head:
+        heads = f"{c.n_head} heads (MHA)"
+    elif c.n_kv_head == 1:
+        heads = f"{c.n_head} query heads, 1 KV head (MQA)"
+    else:
+        heads = f"{c.n_head} query heads, {c.n_kv_head} KV heads (GQA, {c.n_head // c.n_kv_head} per group)"
+    return f"{heads} of dim {c.head_dim}"
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch(
+        field="pos_emb", gpt2='`"learned"`', modern='`"rope"` (+ `rope_theta`)',
+        summary="rotate q and k by their position: q·k depends only on the offset",
+        doc="rope.md", title="Rotary position embeddings",
+        variants=(Variant("rope", "+RoPE", lambda c: {"pos_emb": "rope"}),),
+        describe=lambda c: f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral"),
+    ),
+    Switch(
+        field="n_kv_head", gpt2="`= n_head`", modern="`< n_head` (`1` = MQA)",
+        summary="query heads share K/V heads: the KV cache shrinks by `n_head / n_kv_head`",
+        doc="gqa.md", title="Grouped- and multi-query attention",
+        variants=(Variant("gqa", "+GQA", lambda c: {"n_kv_head": max(1, c.n_head // 2)}),
+                  Variant("mqa", "+MQA", lambda c: {"n_kv_head": 1})),
+        describe=_describe_heads,
+        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("llama", "mistral"),
+    ),
+    Switch(
+        field="window", gpt2="`None`", modern="an int",
+        summary="each query sees the last `window` keys: O(T·w) work and a rolling KV cache",
+        doc="sliding_window.md", title="Sliding-window attention",
+        variants=(Variant("swa", "+SWA", lambda c: {"window": max(1, c.block_size // 4)}),),
+        describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
+        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("mistral",),  # Mistral: Llama with a window
+    ),
+    Switch(
+        field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
+        summary="rescale by the root mean square: no mean subtraction, no bias",
+        doc="rmsnorm.md", title="RMSNorm",
+        variants=(Variant("rmsnorm", "+RMSNorm", lambda c: {"norm": "rmsnorm"}),),
+        describe=lambda c: "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral"),
+    ),
+    Switch(
+        field="mlp", gpt2='`"gelu"`', modern='`"swiglu"` (+ `mlp_hidden`)',
+        summary="a gated MLP with three matrices at the parameter cost of GPT-2's two",
+        doc="swiglu.md", title="SwiGLU",
+        # At the baseline's MLP parameters, so the comparison is not about size.
+        variants=(Variant("swiglu", "+SwiGLU",
+                          lambda c: {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(c)}),),
+        describe=lambda c: f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral"),
+    ),
+)
+
+
+def switch_variants(base: GPTConfig) -> dict[str, dict[str, Any]]:
+    """Every variant of every switch as field changes to `base`, in the table's order: {"rope": {...}, ...}."""
+    return {v.name: v.changes(base) for s in SWITCHES for v in s.variants}
+
+
+def modern_changes(base: GPTConfig) -> dict[str, Any]:
+    """The first variant of every switch that is part of "modern", together."""
+    changes: dict[str, Any] = {}
+    for s in SWITCHES:
+        if s.in_modern:
+            changes.update(s.variants[0].changes(base))
+    return changes
+
+
+SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # what every format holds
+
+
+def gpt2_reference(config: GPTConfig) -> GPTConfig:
+    """GPT-2 at config's sizes: every other field at its default (GPT-2's value), derived ones recomputed."""
+    return GPTConfig(**{name: getattr(config, name) for name in SIZE_FIELDS})

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, GPTConfig
+from .config import PRESETS, SWITCHES, GPTConfig
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
@@ -253,22 +253,11 @@ def fmt_ratio(a: float, b: float) -> str:
 
 
 def describe(c: GPTConfig) -> str:
-    """One line naming every switch of the config."""
-    groups = c.n_head // c.n_kv_head
-    if c.n_kv_head == c.n_head:
-        heads = f"{c.n_head} heads (MHA)"
-    elif c.n_kv_head == 1:
-        heads = f"{c.n_head} query heads, 1 KV head (MQA)"
-    else:
-        heads = f"{c.n_head} query heads, {c.n_kv_head} KV heads (GQA, {groups} per group)"
+    """One line naming every switch of the config (in the order of config.SWITCHES) and its sizes."""
     parts = [
         f"{c.n_layer} layers",
         f"n_embd {c.n_embd}",
-        f"{heads} of dim {c.head_dim}",
-        f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
-        "full causal attention" if c.window is None else f"sliding window {c.window}",
-        "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
-        f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
+        *(s.describe(c) for s in SWITCHES),
         "biases" if c.bias else "no biases",
         "tied embeddings" if c.tie_embeddings else "untied lm_head",
         f"vocab {c.vocab_size}",
