@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -11,16 +12,22 @@ import types
 
 import pytest
 import torch
+from conftest import with_switches
 
+import gptlab.hf
 from gptlab import GPT, GPTConfig
+from gptlab.config import SWITCHES, Switch, Variant
 from gptlab.hf import (
+    HF_FORMATS,
     CheckpointError,
     config_from_hf,
+    export_blockers,
     export_format,
     hf_gpt2_config,
     is_hf_gpt2_compatible,
     load_pretrained,
     save_pretrained,
+    why_gptlab_format,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -203,6 +210,79 @@ def test_export_to_hugging_face_architectures(tmp_path, kind, changes):
     back = GPT.from_pretrained(tmp_path)  # and back: the same config, the same numbers
     assert back.config == model.config.replace(dropout=0.0)
     assert torch.equal(our_logits(back, idx), our_logits(model, idx))
+
+
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def test_every_mixture_exports_to_a_format_that_holds_it(tmp_path, switches):
+    # Every mixture of config.SWITCHES (tests/conftest.py): a Hugging Face format that export claims loads in
+    # transformers with the same logits; the rest go to gptlab's format and come back exactly.
+    cfg = with_switches(tiny_gpt2_config(block_size=24), switches, bias=False)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    for p in model.parameters():  # non-trivial norms, so a wrong mapping shows
+        p.data.add_(0.05 * torch.randn_like(p))
+    kind = export_format(cfg)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == kind
+    idx = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(1))
+    if kind != "gptlab":
+        hf = getattr(transformers, HF_CLASSES[kind]).from_pretrained(tmp_path, attn_implementation="eager").eval()
+        assert (hf_logits(hf, idx) - our_logits(model, idx)).abs().max().item() <= 1e-5
+    else:
+        assert all(export_blockers(cfg, fmt) for fmt in HF_FORMATS)
+    assert torch.equal(our_logits(GPT.from_pretrained(tmp_path), idx), our_logits(model, idx))
+
+
+def test_every_format_the_table_names_is_exported():
+    for s in SWITCHES:
+        assert set(s.hf_gpt2) | set(s.hf_modern) <= set(HF_FORMATS), s.field
+
+
+@dataclasses.dataclass
+class ConfigWithSoftcap(GPTConfig):
+    """GPTConfig with a switch no format knows about (Gemma 2's logit soft-capping, say)."""
+
+    softcap: float | None = None
+
+
+def test_export_is_deny_by_default(monkeypatch, tmp_path):
+    sizes = dict(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=64)
+    llama = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    gpt2_like, llama_like = ConfigWithSoftcap(**sizes), ConfigWithSoftcap(**sizes, **llama)
+    on = [dataclasses.replace(c, softcap=30.0) for c in (gpt2_like, llama_like)]
+    # A field no table entry names: held only at GPT-2's value, by every format.
+    assert (export_format(gpt2_like), export_format(llama_like)) == ("gpt2", "llama")
+    for c in on:
+        assert export_format(c) == "gptlab"
+        assert all("softcap=30.0" in export_blockers(c, fmt) for fmt in HF_FORMATS)
+    # A new table entry that declares which formats hold GPT-2's value but none for its modern value.
+    softcap = Switch(
+        field="softcap", gpt2="`None`", modern="a float", summary="tanh-capped logits", doc="softcap.md",
+        title="Logit soft-capping", variants=(Variant("softcap", "+softcap", lambda c: {"softcap": 30.0}),),
+        describe=lambda c: f"softcap {c.softcap}", hf_gpt2=HF_FORMATS,
+    )
+    monkeypatch.setattr(gptlab.hf, "SWITCHES", (*SWITCHES, softcap))
+    assert (export_format(gpt2_like), export_format(llama_like)) == ("gpt2", "llama")
+    for c in on:
+        assert export_format(c) == "gptlab"
+        assert why_gptlab_format(c).count("softcap=30.0") == len(HF_FORMATS)
+        save_pretrained(GPT(c), tmp_path)
+        assert json.loads((tmp_path / "config.json").read_text())["gptlab"]["softcap"] == 30.0
+    # An entry that names no format at all: not even GPT-2's value is held.
+    monkeypatch.setattr(gptlab.hf, "SWITCHES", (*SWITCHES, dataclasses.replace(softcap, hf_gpt2=())))
+    assert export_format(gpt2_like) == export_format(llama_like) == "gptlab"
+
+
+def test_export_names_the_settings_that_keep_a_config_in_gptlab_format(tmp_path, capsys):
+    from gptlab import cli
+
+    GPT(tiny_gpt2_config(window=8)).save_pretrained(tmp_path / "swa")
+    assert cli.main(["export", str(tmp_path / "swa"), str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "gptlab format (no Hugging Face format holds this mixture of switches: gpt2 cannot hold window=8;" in out
+    assert "llama cannot hold bias=True, pos_emb='learned', window=8, norm='layernorm', mlp='gelu';" in out
 
 
 def test_dtype_and_device(tmp_path):

@@ -244,7 +244,7 @@ def export_main(argv: list[str]) -> int:
     import json
     import shutil
 
-    from .hf import copy_hf_tokenizer, export_format
+    from .hf import copy_hf_tokenizer, export_format, why_gptlab_format
     from .tokenizer import ASSETS_DIR, ENDOFTEXT, save_tokenizer
 
     parsed = _parse(
@@ -283,8 +283,8 @@ def export_main(argv: list[str]) -> int:
         copied = copy_hf_tokenizer(source, dst)
         tok_note = f"{source}'s own tokenizer files ({', '.join(copied)})" if copied else "no tokenizer (none found)"
     where = (f"Hugging Face {kind} format (transformers.{_HF_CLASSES[kind]}, or AutoModelForCausalLM)"
-             if kind in _HF_CLASSES else "gptlab format (this mixture of switches has no Hugging Face architecture; "
-             "GPT.from_pretrained loads it)")
+             if kind in _HF_CLASSES
+             else f"gptlab format ({why_gptlab_format(model.config)}; GPT.from_pretrained loads it)")
     print(f"exported {source} to {dst}: {where}, with {tok_note}")
     return 0
 

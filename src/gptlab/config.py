@@ -283,4 +283,4 @@ SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # wha
 
 def gpt2_reference(config: GPTConfig) -> GPTConfig:
     """GPT-2 at config's sizes: every other field at its default (GPT-2's value), derived ones recomputed."""
-    return GPTConfig(**{name: getattr(config, name) for name in SIZE_FIELDS})
+    return type(config)(**{name: getattr(config, name) for name in SIZE_FIELDS})

@@ -11,7 +11,9 @@ designed not to run code). config.json's model_type picks the key mapping:
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
-Saving runs the same mapping backwards (save_pretrained picks the format from the config: export_format).
+Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
+deny-by-default: a Hugging Face format holds a config only if it holds every setting that differs from GPT-2's,
+as the switch table (config.SWITCHES) and _HOLDS below declare; anything else is written in gptlab's format.
 
 Loading is strict: every parameter must be present with the right shape, and unknown tensors are an
 error. Every problem with a checkpoint raises CheckpointError (a ValueError) with a one-line message.
@@ -19,6 +21,7 @@ error. Every problem with a checkpoint raises CheckpointError (a ValueError) wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,19 +33,22 @@ from typing import Any
 
 import torch
 
-from .config import GPTConfig
+from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
 from .model import GPT
 
 __all__ = [
     "CheckpointError",
+    "HF_FORMATS",
     "SUPPORTED_MODEL_TYPES",
     "config_from_hf",
+    "export_blockers",
     "export_format",
     "hf_gpt2_config",
     "hf_llama_config",
     "is_hf_gpt2_compatible",
     "load_pretrained",
     "save_pretrained",
+    "why_gptlab_format",
 ]
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gptlab")
@@ -198,37 +204,74 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
     )
 
 
-def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
-    """Whether config is plain GPT-2, so that the HF GPT-2 format (GPT2LMHeadModel) represents it exactly."""
-    return not _gpt2_mismatches(config)
+# ----------------------------------------------------------------------------------------- export formats
+
+HF_FORMATS = ("gpt2", "llama", "mistral")  # the Hugging Face formats export writes, tried in this order
 
 
-def _gpt2_mismatches(config: GPTConfig) -> list[str]:
-    wanted = dict(pos_emb="learned", window=None, norm="layernorm", mlp="gelu", bias=True, n_kv_head=config.n_head)
-    return [f"{k}={getattr(config, k)!r} (GPT-2: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+def _any(value: Any) -> bool:
+    return True
 
 
-def _llama_mismatches(config: GPTConfig) -> list[str]:
-    wanted = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
-    return [f"{k}={getattr(config, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+# The fields that are not switches, with the values each format holds; a switch's formats are in its entry of
+# config.SWITCHES. Deny by default: a field named neither there nor here is held only at GPT-2's value, so a new
+# field keeps its models in gptlab's format until a format says it holds it. Sizes are held by every format, and so
+# is dropout, a training setting: the saved model computes the same function without it.
+_HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "gpt2": {"tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any},
+    "llama": {"bias": lambda bias: bias is False, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any,
+              "rope_theta": _any},
+}
+_HOLDS["mistral"] = _HOLDS["llama"]
+_HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
+
+
+def export_blockers(config: GPTConfig, fmt: str) -> list[str]:
+    """The settings of config that the Hugging Face format fmt cannot hold, as "field=value" (none: it holds it)."""
+    switches = {s.field: s for s in SWITCHES}
+    gpt2 = gpt2_reference(config)
+    blockers = []
+    for f in dataclasses.fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if name in _HELD_BY_EVERY_FORMAT:
+            continue
+        if name in switches:
+            s = switches[name]
+            held = fmt in (s.hf_modern if s.is_on(config) else s.hf_gpt2)
+        elif name in _HOLDS[fmt]:
+            held = _HOLDS[fmt][name](value)
+        else:
+            held = value == getattr(gpt2, name)
+        if not held:
+            blockers.append(f"{name}={value!r}")
+    return blockers
 
 
 def export_format(config: GPTConfig) -> str:
-    """The format save_pretrained writes a config in: HF "gpt2", "llama", "mistral" (Llama with a sliding
-    window), or "gptlab" (our own) for the mixtures no Hugging Face architecture holds."""
-    if not _gpt2_mismatches(config):
-        return "gpt2"
-    if not _llama_mismatches(config):
-        return "llama" if config.window is None else "mistral"
-    return "gptlab"
+    """The format save_pretrained writes a config in: the first of HF_FORMATS that holds every setting, else
+    "gptlab" (our own) for the mixtures no Hugging Face architecture holds."""
+    return next((fmt for fmt in HF_FORMATS if not export_blockers(config, fmt)), "gptlab")
+
+
+def why_gptlab_format(config: GPTConfig) -> str:
+    """Which settings keep config out of each Hugging Face format, in one line ("" if one holds it)."""
+    if export_format(config) != "gptlab":
+        return ""
+    blocked = "; ".join(f"{fmt} cannot hold {', '.join(export_blockers(config, fmt))}" for fmt in HF_FORMATS)
+    return f"no Hugging Face format holds this mixture of switches: {blocked}"
+
+
+def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
+    """Whether the HF GPT-2 format (GPT2LMHeadModel) holds config exactly."""
+    return not export_blockers(config, "gpt2")
 
 
 def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     """The HF Llama (or, with a window, Mistral) config.json for a Llama-shaped GPTConfig."""
-    bad = _llama_mismatches(config)
-    if bad:
-        raise ValueError(f"not a Llama config, HF Llama format cannot hold it: {', '.join(bad)}")
     kind = "llama" if config.window is None else "mistral"
+    bad = export_blockers(config, kind)
+    if bad:
+        raise ValueError(f"not a Llama config, HF {kind} format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none (not Llama's 1, 2)
     hf = {
         "architectures": ["LlamaForCausalLM" if kind == "llama" else "MistralForCausalLM"],
@@ -260,7 +303,7 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
 
 def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
     """The HF GPT-2 config.json for a plain GPT-2 GPTConfig (ValueError for any other)."""
-    bad = _gpt2_mismatches(config)
+    bad = export_blockers(config, "gpt2")
     if bad:
         raise ValueError(f"not a GPT-2 config, HF GPT-2 format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # <|endoftext|> of the GPT-2 tokenizer
