@@ -148,12 +148,11 @@ def test_small_gpt2_export_loads_in_transformers(tmp_path):
              tie_embeddings=False, rope_theta=5000.0),
         dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True),
         dict(n_kv_head=1, mlp_hidden=100),
-        dict(bias=False),
         # One switch away from GPT-2 or from Llama: each alone is a mixture neither format holds.
         dict(window=8), dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
         dict(norm="rmsnorm", mlp="swiglu", bias=False), dict(pos_emb="rope", norm="rmsnorm", bias=False),
     ],
-    ids=["modern-layernorm", "llama-with-bias", "mqa", "nobias", "gpt2-window", "gpt2-rope", "gpt2-rmsnorm",
+    ids=["modern-layernorm", "llama-with-bias", "mqa", "gpt2-window", "gpt2-rope", "gpt2-rmsnorm",
          "gpt2-swiglu", "llama-learned", "llama-gelu"],
 )
 def test_gptlab_format_round_trip(tmp_path, changes):
@@ -283,6 +282,30 @@ def test_export_names_the_settings_that_keep_a_config_in_gptlab_format(tmp_path,
     out = capsys.readouterr().out
     assert "gptlab format (no Hugging Face format holds this mixture of switches: gpt2 cannot hold window=8;" in out
     assert "llama cannot hold bias=True, pos_emb='learned', window=8, norm='layernorm', mlp='gelu';" in out
+
+
+def test_bias_free_gpt2_exports_as_gpt2_with_zero_biases(tmp_path):
+    # The `baby` preset and compare's baseline train GPT-2 without biases: GPT-2 with zero biases, the same model
+    # (issue 16: it used to stay in gptlab's format, which AutoModelForCausalLM cannot load).
+    torch.manual_seed(0)
+    model = GPT(tiny_gpt2_config(bias=False, tie_embeddings=False)).eval()
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    assert is_hf_gpt2_compatible(model.config) and export_format(model.config) == "gpt2"
+    model.save_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "GPT2LMHeadModel"
+    biases = {n: p for n, p in hf.named_parameters() if n.endswith(".bias")}
+    assert len(biases) == 2 * (2 + 4) + 1  # per layer 2 norms and 4 linears, then ln_f
+    assert all(torch.all(b == 0) for b in biases.values())
+    idx = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(1))
+    assert (hf_logits(hf, idx) - our_logits(model, idx)).abs().max().item() <= 1e-5
+    assert torch.equal(hf_greedy_uncached(hf, idx[:, :6], 10), model.generate(idx[:, :6], 10, temperature=0))
+    # Loading it back gives GPT-2 with those zero biases (documented in save_pretrained): the same function.
+    back = GPT.from_pretrained(tmp_path)
+    assert back.config == model.config.replace(bias=True)
+    assert all(torch.all(p == 0) for n, p in back.named_parameters() if n.endswith(".bias"))
+    torch.testing.assert_close(our_logits(back, idx), our_logits(model, idx), atol=1e-6, rtol=0)
 
 
 def test_dtype_and_device(tmp_path):

@@ -218,7 +218,8 @@ def _any(value: Any) -> bool:
 # field keeps its models in gptlab's format until a format says it holds it. Sizes are held by every format, and so
 # is dropout, a training setting: the saved model computes the same function without it.
 _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "gpt2": {"tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any},
+    # bias=False: GPT-2 without biases is GPT-2 with zero biases, and is written so (save_pretrained).
+    "gpt2": {"bias": _any, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any},
     "llama": {"bias": lambda bias: bias is False, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any,
               "rope_theta": _any},
 }
@@ -698,13 +699,22 @@ def _export_tensors(model_type: str, config: GPTConfig, state: dict[str, torch.T
     return out
 
 
+def _with_zero_biases(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """state plus a zero tensor for every bias that GPT(config) has and state lacks."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k.endswith(".bias")}
+    dtype = state["transformer.wte.weight"].dtype
+    return {**state, **{k: torch.zeros(shape, dtype=dtype) for k, shape in shapes.items() if k not in state}}
+
+
 def save_pretrained(model: GPT, directory: str | Path) -> None:
     """Write config.json and model.safetensors to directory (created if needed).
 
     In the Hugging Face format that holds the architecture exactly, so transformers loads it: GPT-2
-    (GPT2LMHeadModel), Llama (RoPE + RMSNorm + SwiGLU, no biases) or Mistral (Llama with a sliding window);
-    anything else in gptlab format: our own tensor names and {"model_type": "gptlab", "gptlab": {...}}.
-    A tied lm_head is not stored. Dropout, a training setting, is kept only by the gptlab format.
+    (GPT2LMHeadModel; without biases, with zero biases), Llama (RoPE + RMSNorm + SwiGLU, no biases) or Mistral
+    (Llama with a sliding window); anything else in gptlab format: our own tensor names and
+    {"model_type": "gptlab", "gptlab": {...}}. A tied lm_head is not stored. Dropout, a training setting, is kept
+    only by the gptlab format. A bias-free GPT-2 loads back with bias=True and these zero biases.
     """
     from safetensors.torch import save_file
 
@@ -715,6 +725,11 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     kind = export_format(config)
+    if kind == "gpt2" and not config.bias:
+        # GPT2LMHeadModel always has biases; zeros make it compute what the bias-free model computes. Loading
+        # it back gives bias=True with these zero biases: the same function, with biases that training can move.
+        config = config.replace(bias=True)
+        state = _with_zero_biases(config, state)
     if kind == "gpt2":
         hf_config = hf_gpt2_config(config)
     elif kind in ("llama", "mistral"):
