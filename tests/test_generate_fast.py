@@ -43,6 +43,7 @@ COMBOS = [
     dict(n_kv_head=1, window=3, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False),
     dict(window=1, mlp="swiglu"),
     dict(window=8, pos_emb="rope", tie_embeddings=False),
+    dict(head_dim=12, n_kv_head=2, window=5, pos_emb="rope"),  # heads of 12 channels in a 32-dim model (Qwen3)
 ]
 
 

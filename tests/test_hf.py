@@ -359,6 +359,25 @@ def test_llama_mistral_match_hf(tmp_path, kind):
     assert torch.equal(ours, hf_generate(hf, prompt, 16))
 
 
+def test_llama_with_its_own_head_dim_matches_hf(tmp_path):
+    # head_dim set apart from hidden_size / num_attention_heads (4 heads of 24 in a 64-dim model), as Qwen3 and
+    # Gemma do: loads with equal logits, and exports back to transformers' Llama.
+    cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                   num_hidden_layers=2, intermediate_size=96, vocab_size=128, initializer_range=0.1,
+                                   attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = GPT.from_pretrained(tmp_path / "hf")
+    assert (model.config.head_dim, model.config.n_embd, model.config.n_head) == (24, 64, 4)
+    idx = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(4))
+    assert (our_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() <= 1e-4
+    assert export_format(model.config) == "llama"
+    model.save_pretrained(tmp_path / "back")
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
+    assert torch.equal(hf_logits(again, idx), hf_logits(hf, idx))
+
+
 def test_mistral_window_applies_as_transformers_applies_it(tmp_path):
     # Some Mistral configs carry Qwen2's use_sliding_window: false; transformers' Mistral ignores it and
     # slides (gptlab once dropped the window: logits off by ~3).
@@ -443,13 +462,17 @@ def test_bad_config(tmp_path, llama_dir):
         "rope_type 'linear'": {**hf, "rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}},
         "attention_bias=true": {**hf, "attention_bias": True},
         "mlp_bias=true": {**hf, "mlp_bias": True},
-        "head_dim=32": {**hf, "head_dim": 32},
         "hidden_act 'gelu'": {**hf, "hidden_act": "gelu"},
     }
     for msg, cfg in bad.items():
         write_config(d, cfg)
         with pytest.raises(CheckpointError, match=msg):
             load_pretrained(d)
+    # A head_dim the weights were not made with: the first tensor that does not fit is named.
+    shutil.copy(llama_dir / "model.safetensors", d / "model.safetensors")
+    write_config(d, {**hf, "head_dim": 32})
+    with pytest.raises(CheckpointError, match=r"q_proj.weight' .* has shape \(64, 64\), expected \(128, 64\)"):
+        load_pretrained(d)
 
 
 def test_no_weights_file(tmp_path, gptlab_dir):

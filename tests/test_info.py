@@ -29,6 +29,7 @@ CONFIGS = {
     "tiny-window-mqa": GPTConfig.from_preset("tiny", window=8, n_kv_head=1, pos_emb="rope"),
     "tiny-swiglu-bias-layernorm": GPTConfig.from_preset("tiny", mlp="swiglu", n_kv_head=2),
     "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
+    "tiny-head_dim-apart": GPTConfig.from_preset("tiny", head_dim=24, n_kv_head=2, pos_emb="rope"),  # Qwen3's layout
     # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
     **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
@@ -147,6 +148,7 @@ def counted_flops(model: GPT, idx: torch.Tensor, backward: bool) -> tuple[int, i
     small(),
     small(pos_emb="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
     small(n_kv_head=1, mlp_hidden=100),
+    small(head_dim=24, n_kv_head=2, pos_emb="rope"),  # q is 96 wide in a 64-dim model
 ])
 def test_flops_match_torch_flop_counter(cfg):
     torch.manual_seed(0)
@@ -157,8 +159,9 @@ def test_flops_match_torch_flop_counter(cfg):
     matmul, attention = counted_flops(model, idx, backward=False)
     assert matmul == B * T * s.flops_matmul_per_token
     # The math kernel computes the full T x T score matrix and masks it: T keys per query, not T_eff.
-    assert attention == B * T * 4 * cfg.n_layer * T * cfg.n_embd
-    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * cfg.n_embd * (T + 1) / 2)
+    q_width = cfg.n_head * cfg.head_dim
+    assert attention == B * T * 4 * cfg.n_layer * T * q_width
+    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * q_width * (T + 1) / 2)
     # A training step is 3 x forward: the backward pass does two products for every forward product.
     train_matmul, train_attention = counted_flops(model, idx, backward=True)
     assert train_matmul == 3 * matmul
@@ -217,6 +220,8 @@ ACTIVATION_CASES = [
     (dict(window=8, pos_emb="rope"), "fp32"),  # the sliding-window kernel saves its own q, k, v, out, lse
     (dict(window=8, pos_emb="rope"), "bf16"),
     (dict(window=7, n_kv_head=2), "fp32"),  # 32 tokens in blocks of 7: padded to 35
+    (dict(head_dim=24, n_kv_head=2, pos_emb="rope"), "fp32"),  # q and the attention output are 96 wide
+    (dict(head_dim=24, window=8, pos_emb="rope"), "fp32"),
 ]
 
 

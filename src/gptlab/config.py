@@ -15,6 +15,10 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
     """Hidden size that gives SwiGLU (3 matrices) the parameters of a 4x GELU MLP (2 matrices), rounded up to a
     multiple of 64 (exact at n_embd = 768; +12.5% at 128)."""
@@ -42,6 +46,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True; Llama: False)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix
     n_kv_head: int | None = None  # None -> n_head (MHA); 1 -> multi-query; else grouped-query
+    head_dim: int | None = None  # None -> n_embd // n_head; Qwen3 sets it apart (q has n_head * head_dim channels)
     pos_emb: str = "learned"  # "learned" (GPT-2) or "rope"
     rope_theta: float = 10000.0
     window: int | None = None  # sliding window: query i sees keys j with i - window < j <= i
@@ -53,6 +58,9 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.head_dim is None and _positive_int(self.n_embd) and _positive_int(self.n_head):
+            if self.n_embd % self.n_head == 0:  # else validate says n_embd must be divisible by n_head
+                self.head_dim = self.n_embd // self.n_head
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else _swiglu_hidden(self.n_embd)
         self.validate()
@@ -73,11 +81,13 @@ class GPTConfig:
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.n_embd % self.n_head:
+        if self.head_dim is None:  # not set, and n_embd does not split into n_head heads
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"allowed n_head: divisors of {self.n_embd}"
             )
+        if not _positive_int(self.head_dim):
+            raise ValueError(f"head_dim must be None (n_embd / n_head) or a positive integer, got {self.head_dim!r}")
         if self.n_head % self.n_kv_head:
             raise ValueError(
                 f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}); "
@@ -104,10 +114,6 @@ class GPTConfig:
         if self.mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
     def replace(self, **changes: Any) -> GPTConfig:
         """A copy with some fields changed (and validated). Derived defaults are recomputed."""
         d = self.to_dict()
@@ -117,6 +123,9 @@ class GPTConfig:
                 d["mlp_hidden"] = None
         if "n_head" in changes and "n_kv_head" not in changes and self.n_kv_head == self.n_head:
             d["n_kv_head"] = None
+        if ({"n_embd", "n_head"} & set(changes) and "head_dim" not in changes
+                and self.head_dim == self.n_embd // self.n_head):  # derived: derive it again
+            d["head_dim"] = None
         d.update(changes)
         return GPTConfig.from_dict(d)
 

@@ -149,12 +149,6 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         if key not in hf:
             raise CheckpointError(f"{key} is missing; a {model_type} config.json needs it")
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
-    if head_dim is not None and (n_head * head_dim != n_embd):
-        raise CheckpointError(
-            f"head_dim={head_dim} but hidden_size/num_attention_heads = {n_embd}/{n_head}: gptlab needs "
-            "head_dim == hidden_size / num_attention_heads"
-        )
     # transformers' Mistral slides whenever sliding_window is not null (it has no use_sliding_window switch),
     # by 4096 when the key is absent.
     window = hf.get("sliding_window", 4096) if model_type == "mistral" else None
@@ -165,6 +159,7 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         n_head=n_head,
         n_embd=n_embd,
         n_kv_head=_get(hf, "num_key_value_heads", n_head),
+        head_dim=hf.get("head_dim"),  # None: hidden_size / num_attention_heads
         bias=False,
         tie_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
         pos_emb="rope",
@@ -221,7 +216,7 @@ _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     # bias=False: GPT-2 without biases is GPT-2 with zero biases, and is written so (save_pretrained).
     "gpt2": {"bias": _any, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any},
     "llama": {"bias": lambda bias: bias is False, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any,
-              "rope_theta": _any},
+              "rope_theta": _any, "head_dim": _any},
 }
 _HOLDS["mistral"] = _HOLDS["llama"]
 _HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")

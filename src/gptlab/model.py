@@ -63,7 +63,7 @@ class CausalSelfAttention(nn.Module):
         # One fused projection: [q (n_head heads) | k (n_kv_head heads) | v (n_kv_head heads)].
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -73,7 +73,7 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         input_pos: int = 0,
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
         # Each head keeps its own channels: (B, T, heads*hd) -> (B, heads, T, hd). Query heads are never merged.
@@ -93,7 +93,7 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)
         return self.resid_dropout(self.c_proj(y))
 
 
