@@ -236,24 +236,21 @@ class ExportConfig:
     checkpoint: Literal["best", "last"] = "best"  # which checkpoint of a run directory
 
 
-_HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
-
-
 def export_main(argv: list[str]) -> int:
     """`gptlab export RUN_OR_MODEL DST`: the model in the Hugging Face format that holds it, with its tokenizer."""
     import json
     import shutil
 
-    from .hf import copy_hf_tokenizer, export_format, why_gptlab_format
+    from .hf import HF_FORMATS, copy_hf_tokenizer, export_format, why_gptlab_format
     from .tokenizer import ASSETS_DIR, ENDOFTEXT, save_tokenizer
 
     parsed = _parse(
         ExportConfig, argv, {},
         "usage: gptlab export RUN_OR_MODEL DST [--checkpoint=best|last]\n\n"
         "Write a run's model (its best checkpoint), or any model gptlab loads, to the new directory DST in the\n"
-        "Hugging Face format that holds its switches exactly: GPT-2, Llama (RoPE + RMSNorm + SwiGLU, no biases)\n"
-        "or Mistral (Llama with a window); other mixtures in gptlab's own format. A GPT-2-vocabulary model gets\n"
-        "GPT-2's tokenizer files (vocab.json, merges.txt), which transformers' AutoTokenizer reads.\n",
+        f"Hugging Face format that holds its switches exactly ({', '.join(HF_FORMATS)}); other mixtures in gptlab's\n"
+        "own format. A GPT-2-vocabulary model gets GPT-2's tokenizer files (vocab.json, merges.txt), which\n"
+        "transformers' AutoTokenizer reads.\n",
     )
     if parsed is None:
         return 0
@@ -282,8 +279,8 @@ def export_main(argv: list[str]) -> int:
     else:
         copied = copy_hf_tokenizer(source, dst)
         tok_note = f"{source}'s own tokenizer files ({', '.join(copied)})" if copied else "no tokenizer (none found)"
-    where = (f"Hugging Face {kind} format (transformers.{_HF_CLASSES[kind]}, or AutoModelForCausalLM)"
-             if kind in _HF_CLASSES
+    architecture = json.loads((dst / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    where = (f"Hugging Face {kind} format (transformers.{architecture}, or AutoModelForCausalLM)" if kind in HF_FORMATS
              else f"gptlab format ({why_gptlab_format(model.config)}; GPT.from_pretrained loads it)")
     print(f"exported {source} to {dst}: {where}, with {tok_note}")
     return 0

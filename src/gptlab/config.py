@@ -204,7 +204,9 @@ class Switch:
     doc: str  # its page in docs/
     title: str  # that page's title
     variants: tuple[Variant, ...]  # the compare grid's variants; the first one joins "modern" if in_modern
-    describe: Callable[[GPTConfig], str]  # how `gptlab info` names the field's value
+    # How `gptlab info` names the field's value; None leaves it out (a newer switch need not be named when off,
+    # which keeps every description of the models before it as it was).
+    describe: Callable[[GPTConfig], str | None]
     # Hugging Face formats that can hold GPT-2's value, and the modern value(s). Export is deny-by-default: a
     # format not named here does not hold the setting (hf.py).
     hf_gpt2: tuple[str, ...] = ()

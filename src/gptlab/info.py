@@ -260,7 +260,7 @@ def describe(c: GPTConfig) -> str:
     parts = [
         f"{c.n_layer} layers",
         f"n_embd {c.n_embd}",
-        *(s.describe(c) for s in SWITCHES),
+        *(text for s in SWITCHES if (text := s.describe(c)) is not None),
         "biases" if c.bias else "no biases",
         "tied embeddings" if c.tie_embeddings else "untied lm_head",
         f"vocab {c.vocab_size}",
