@@ -51,7 +51,8 @@ __all__ = [
     "why_gptlab_format",
 ]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gptlab")
+HF_FORMATS = ("gpt2", "llama", "mistral")  # the Hugging Face formats gptlab loads and exports (in this order)
+SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -200,9 +201,6 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
 
 
 # ----------------------------------------------------------------------------------------- export formats
-
-HF_FORMATS = ("gpt2", "llama", "mistral")  # the Hugging Face formats export writes, tried in this order
-
 
 def _any(value: Any) -> bool:
     return True
