@@ -69,7 +69,7 @@ def real_param_table(model: GPT) -> dict[str, int]:
                 out["mlp_up"] += p.numel()
         elif ".mlp.c_proj." in name:
             out["mlp_down"] += p.numel()
-        elif ".ln_" in name:
+        elif ".ln_" in name or ".attn.q_norm." in name or ".attn.k_norm." in name:  # QK-norm's count as norms
             out["norms"] += p.numel()
         elif name == "lm_head.weight":
             out["lm_head"] += p.numel()

@@ -54,6 +54,7 @@ class GPTConfig:
     norm_eps: float = 1e-5
     mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu"
     mlp_hidden: int | None = None  # None -> 4*n_embd for gelu, ~8/3*n_embd (multiple of 64) for swiglu
+    qk_norm: bool = False  # RMSNorm over each head's q and k, before RoPE (Qwen3, OLMo 2)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -75,7 +76,7 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "qk_norm"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -235,7 +236,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rope.md", title="Rotary position embeddings",
         variants=(Variant("rope", "+RoPE", lambda c: {"pos_emb": "rope"}),),
         describe=lambda c: f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
     ),
     Switch(
         field="n_kv_head", gpt2="`= n_head`", modern="`< n_head` (`1` = MQA)",
@@ -244,7 +245,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("gqa", "+GQA", lambda c: {"n_kv_head": max(1, c.n_head // 2)}),
                   Variant("mqa", "+MQA", lambda c: {"n_kv_head": 1})),
         describe=_describe_heads,
-        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("llama", "mistral"),
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("llama", "mistral", "qwen3"),
     ),
     Switch(
         field="window", gpt2="`None`", modern="an int",
@@ -252,7 +253,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="sliding_window.md", title="Sliding-window attention",
         variants=(Variant("swa", "+SWA", lambda c: {"window": max(1, c.block_size // 4)}),),
         describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
-        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("mistral",),  # Mistral: Llama with a window
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("mistral", "qwen3"),  # Mistral: Llama with a window
     ),
     Switch(
         field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
@@ -260,7 +261,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rmsnorm.md", title="RMSNorm",
         variants=(Variant("rmsnorm", "+RMSNorm", lambda c: {"norm": "rmsnorm"}),),
         describe=lambda c: "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
     ),
     Switch(
         field="mlp", gpt2='`"gelu"`', modern='`"swiglu"` (+ `mlp_hidden`)',
@@ -270,7 +271,16 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("swiglu", "+SwiGLU",
                           lambda c: {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(c)}),),
         describe=lambda c: f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+    ),
+    Switch(
+        field="qk_norm", gpt2="`False`", modern="`True`",
+        summary="RMSNorm over each head's q and k before RoPE: attention logits cannot grow without bound",
+        doc="qk_norm.md", title="QK-norm",
+        variants=(Variant("qk_norm", "+QK-norm", lambda c: {"qk_norm": True}),),
+        describe=lambda c: "QK-norm" if c.qk_norm else None,
+        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("qwen3",),  # Qwen3 always has it
+        in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
     ),
 )
 

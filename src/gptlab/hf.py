@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: load GPT-2, Llama and Mistral weights into GPT, and save them in those formats.
+"""Hugging Face checkpoints: load GPT-2, Llama, Mistral and Qwen3 weights into GPT, and save them in those formats.
 
 Loading reads a directory holding config.json and model.safetensors (or a sharded
 model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which is
@@ -9,6 +9,8 @@ designed not to run code). config.json's model_type picks the key mapping:
   llama, mistral  q/k/v projections fused into attn.c_attn, gate/up into mlp.c_fc. HF's files store RoPE in
                   the "rotate half" layout we use (its converter permuted q/k rows from Meta's adjacent-pairs
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
+  qwen3           Llama's layout plus QK-norm (self_attn.q_norm / k_norm: one weight per head channel) and a
+                  head_dim of its own; a window only if every layer slides (layer_types).
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
 Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
@@ -51,7 +53,7 @@ __all__ = [
     "why_gptlab_format",
 ]
 
-HF_FORMATS = ("gpt2", "llama", "mistral")  # the Hugging Face formats gptlab loads and exports (in this order)
+HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3")  # the Hugging Face formats gptlab loads and exports (in this order)
 SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -70,6 +72,7 @@ _IGNORABLE = {
     "gpt2": re.compile(r"(.*\.)?h\.\d+\.attn\.(bias|masked_bias)"),
     "llama": re.compile(r".*rotary_emb\.inv_freq"),
     "mistral": re.compile(r".*rotary_emb\.inv_freq"),
+    "qwen3": re.compile(r".*rotary_emb\.inv_freq"),
     "gptlab": re.compile(r"(?!)"),
 }
 _LOCAL_HINT = "pass a local directory containing config.json and model.safetensors"
@@ -145,7 +148,7 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         raise CheckpointError(f"hidden_act {act!r} is not supported: gptlab's SwiGLU uses 'silu'")
     for key in ("attention_bias", "mlp_bias"):
         if _get(hf, key, False):
-            raise CheckpointError(f"{key}=true is not supported: Llama/Mistral models load with bias=False")
+            raise CheckpointError(f"{key}=true is not supported: Llama/Mistral/Qwen3 models load with bias=False")
     for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
         if key not in hf:
             raise CheckpointError(f"{key} is missing; a {model_type} config.json needs it")
@@ -153,6 +156,8 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
     # transformers' Mistral slides whenever sliding_window is not null (it has no use_sliding_window switch),
     # by 4096 when the key is absent.
     window = hf.get("sliding_window", 4096) if model_type == "mistral" else None
+    if model_type == "qwen3":
+        window = _qwen3_window(hf)
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
@@ -170,11 +175,30 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
         mlp="swiglu",
         mlp_hidden=hf["intermediate_size"],
+        qk_norm=model_type == "qwen3",
     )
 
 
+def _qwen3_window(hf: dict[str, Any]) -> int | None:
+    """The window every layer of a Qwen3 config slides by (None: full attention), as transformers reads it."""
+    # Qwen3Config: sliding_window counts only with use_sliding_window; without layer_types, layers from
+    # max_window_layers on slide.
+    window = hf.get("sliding_window", 4096) if _get(hf, "use_sliding_window", False) else None
+    n_layer, first_sliding = hf["num_hidden_layers"], _get(hf, "max_window_layers", 28)
+    types = hf.get("layer_types") or [
+        "sliding_attention" if window is not None and i >= first_sliding else "full_attention" for i in range(n_layer)
+    ]
+    windows = {window if t == "sliding_attention" else None for t in types}
+    if len(windows) > 1:
+        raise CheckpointError(
+            f"layer_types mix sliding ({window}) and full attention layers: gptlab has one window for every layer "
+            "(local/global layers are not supported yet)"
+        )
+    return windows.pop()
+
+
 def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
-    """The GPTConfig for a Hugging Face config.json (gpt2, llama, mistral) or a gptlab one.
+    """The GPTConfig for a Hugging Face config.json (gpt2, llama, mistral, qwen3) or a gptlab one.
 
     Raises CheckpointError naming the field for anything gptlab cannot represent.
     """
@@ -184,7 +208,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
     try:
         if model_type == "gpt2":
             return _config_gpt2(hf_config)
-        if model_type in ("llama", "mistral"):
+        if model_type in ("llama", "mistral", "qwen3"):
             return _config_llama(hf_config, model_type)
         if model_type == "gptlab":
             fields = hf_config.get("gptlab")
@@ -216,7 +240,7 @@ _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "llama": {"bias": lambda bias: bias is False, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any,
               "rope_theta": _any, "head_dim": _any},
 }
-_HOLDS["mistral"] = _HOLDS["llama"]
+_HOLDS["mistral"] = _HOLDS["qwen3"] = _HOLDS["llama"]
 _HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
 
 
@@ -261,14 +285,15 @@ def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
 
 
 def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
-    """The HF Llama (or, with a window, Mistral) config.json for a Llama-shaped GPTConfig."""
-    kind = "llama" if config.window is None else "mistral"
+    """The HF Llama config.json for a Llama-shaped GPTConfig; Mistral's with a window, Qwen3's with QK-norm."""
+    kind = "qwen3" if config.qk_norm else "llama" if config.window is None else "mistral"
     bad = export_blockers(config, kind)
     if bad:
         raise ValueError(f"not a Llama config, HF {kind} format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none (not Llama's 1, 2)
+    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM"}
     hf = {
-        "architectures": ["LlamaForCausalLM" if kind == "llama" else "MistralForCausalLM"],
+        "architectures": [architecture[kind]],
         "model_type": kind,
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.block_size,
@@ -290,8 +315,12 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     }
     if kind == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
-    else:
+    elif kind == "mistral":
         hf["sliding_window"] = config.window
+    else:  # Qwen3 slides only with use_sliding_window, in the layers layer_types names: all of them or none
+        layer = "full_attention" if config.window is None else "sliding_attention"
+        hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window,
+                  max_window_layers=0 if config.window else config.n_layer, layer_types=[layer] * config.n_layer)
     return hf
 
 
@@ -525,6 +554,8 @@ _LLAMA_LAYER = {
     "ln_1.weight": "input_layernorm.weight",
     "ln_2.weight": "post_attention_layernorm.weight",
     "attn.c_proj.weight": "self_attn.o_proj.weight",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",  # Qwen3's QK-norm
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
     "mlp.c_proj.weight": "mlp.down_proj.weight",
 }
 
@@ -553,7 +584,8 @@ def _plan_gptlab(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfi
     return [(key, shape)], _single
 
 
-_PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "gptlab": _plan_gptlab}
+_PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "qwen3": _plan_llama,
+          "gptlab": _plan_gptlab}
 
 
 def _convert(
@@ -704,10 +736,10 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
     """Write config.json and model.safetensors to directory (created if needed).
 
     In the Hugging Face format that holds the architecture exactly, so transformers loads it: GPT-2
-    (GPT2LMHeadModel; without biases, with zero biases), Llama (RoPE + RMSNorm + SwiGLU, no biases) or Mistral
-    (Llama with a sliding window); anything else in gptlab format: our own tensor names and
-    {"model_type": "gptlab", "gptlab": {...}}. A tied lm_head is not stored. Dropout, a training setting, is kept
-    only by the gptlab format. A bias-free GPT-2 loads back with bias=True and these zero biases.
+    (GPT2LMHeadModel; without biases, with zero biases), Llama (RoPE + RMSNorm + SwiGLU, no biases), Mistral
+    (Llama with a sliding window) or Qwen3 (Llama with QK-norm); anything else in gptlab format: our own tensor
+    names and {"model_type": "gptlab", "gptlab": {...}}. A tied lm_head is not stored. Dropout, a training setting,
+    is kept only by the gptlab format. A bias-free GPT-2 loads back with bias=True and these zero biases.
     """
     from safetensors.torch import save_file
 
@@ -725,7 +757,7 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
         state = _with_zero_biases(config, state)
     if kind == "gpt2":
         hf_config = hf_gpt2_config(config)
-    elif kind in ("llama", "mistral"):
+    elif kind in ("llama", "mistral", "qwen3"):
         hf_config = hf_llama_config(config)
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}

@@ -128,7 +128,7 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "mlp_gate": L * (d * c.mlp_hidden + b * c.mlp_hidden) if swiglu else 0,
         "mlp_up": L * (d * c.mlp_hidden + b * c.mlp_hidden),
         "mlp_down": L * (c.mlp_hidden * d + b * d),
-        "norms": (2 * L + 1) * norm,
+        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0),  # QK-norm: a weight per head channel
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
     }
 
@@ -156,7 +156,8 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
     norm = (d + 2) * nbytes if c.norm == "layernorm" else (2 * d + 1) * FP32
     attn_in = tokens * d * nbytes  # input of the fused q/k/v projection (the norm's output)
     per_head = c.n_head * FP32  # the log-sum-exp of every query head, kept for the backward pass
-    if c.window is not None and c.window < context:
+    windowed = c.window is not None and c.window < context
+    if windowed:
         # The sliding-window kernel saves its own copies of q, k, v and the output, padded to whole blocks.
         rows = batch * -(-context // c.window) * c.window
         attn = attn_in + rows * ((2 * q + 2 * kv) * nbytes + per_head)
@@ -167,6 +168,15 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
         if c.pos_emb == "rope":
             attn += tokens * (q + kv) * nbytes  # the rotated q and k
         attn += tokens * (q * nbytes + per_head)  # attention output (= c_proj input) and its log-sum-exp
+    if c.qk_norm:
+        # RMSNorm over each head of q and k saves its input in fp32, the normalized heads in fp32 and an rstd per head.
+        attn += tokens * (q + kv + c.n_head + c.n_kv_head) * FP32
+        if nbytes != FP32:
+            attn += tokens * (q + kv) * FP32  # the fp32 copy of its input
+        elif windowed:  # its input is a view of the projection's output, which nothing else keeps in this path
+            attn += tokens * (q + 2 * kv) * nbytes
+        if not windowed and c.pos_emb == "learned":  # attention's q, k: the normalized heads, not projection views
+            attn += tokens * (q + kv) * nbytes
     hidden = c.mlp_hidden * nbytes
     # GELU: the c_fc output and GELU's output (c_proj input). SwiGLU: [gate|up], silu(gate), silu(gate) * up.
     mlp = d * nbytes + (4 if c.mlp == "swiglu" else 2) * hidden
@@ -283,6 +293,8 @@ def report_rows(s: ModelStats) -> list[_Row]:
     rows = []
     last = None
     for key, group, name in COMPONENTS:
+        if key == "norms" and s.config.qk_norm:
+            name += ", QK-norm"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [

@@ -1,4 +1,4 @@
-"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm and SwiGLU as config switches.
+"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm, SwiGLU and QK-norm as config switches.
 
 Read top to bottom: norms, rotary embeddings, attention, MLP, block, GPT.
 """
@@ -65,6 +65,11 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm (Qwen3, OLMo 2): RMSNorm over each head's q and k, one weight g per channel shared by all heads, as
+        # Qwen3 has it. A normalized head has norm <= sqrt(hd) * max|g|, so |q·k| / sqrt(hd) <= sqrt(hd) * max|g_q|
+        # * max|g_k| however large the projections grow in training: the softmax cannot saturate on a few keys.
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -76,6 +81,9 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
+        if self.q_norm is not None:  # over each head's hd channels; before RoPE, which keeps the norm
+            q = self.q_norm(q.view(B, T, self.n_head, hd)).flatten(2)
+            k = self.k_norm(k.view(B, T, self.n_kv_head, hd)).flatten(2)
         # Each head keeps its own channels: (B, T, heads*hd) -> (B, heads, T, hd). Query heads are never merged.
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
