@@ -131,13 +131,13 @@ def test_cited_tests_exist():
     defined = set()
     for path in (ROOT / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE))
-    for page in ["README.md", *PAGES]:
+    for page in ["README.md", *PAGES, "adding_a_switch.md"]:
         for name in re.findall(r"`(test_\w+)`", (DOCS / page).read_text()):
             assert name in defined, f"docs/{page} cites {name}, which no test defines"
 
 
 def test_relative_links_resolve():
-    for page in ["README.md", *PAGES]:
+    for page in ["README.md", *PAGES, "adding_a_switch.md"]:
         text = (DOCS / page).read_text()
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if target.startswith(("http://", "https://")):
@@ -180,3 +180,10 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)  # the README's own code: it is what users copy
     assert namespace["loss"] is not None and namespace["out"].shape == (1, 5 + 50)
     assert (tmp_path / "out" / "export" / "config.json").is_file()
+
+
+def test_adding_a_switch_lists_the_readers_of_the_table():
+    text = (DOCS / "adding_a_switch.md").read_text()
+    assert "](adding_a_switch.md)" in (DOCS / "README.md").read_text()
+    for reader in ("compare.py", "info.py", "hf.py", "sync_docs.py", "conftest.py", "test_docs.py"):
+        assert reader in text, reader

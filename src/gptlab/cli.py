@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
     "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
-    "export": ("gptlab.cli", "export_main", "save a run's model for transformers (GPT-2, Llama or Mistral format)"),
+    "export": ("gptlab.cli", "export_main", "save a run's model for transformers, in the HF format that holds it"),
 }
 
 

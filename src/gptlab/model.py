@@ -245,14 +245,14 @@ class GPT(nn.Module):
     def from_pretrained(
         cls, path_or_name: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> GPT:
-        """Load a Hugging Face GPT-2 / Llama / Mistral checkpoint, or a gptlab directory (see hf.py), in eval mode,
-        on `device` (default CPU) in `dtype` (default float32)."""
+        """Load a Hugging Face GPT-2 / Llama / Mistral / Qwen3 checkpoint, or a gptlab directory (see hf.py), in eval
+        mode, on `device` (default CPU) in `dtype` (default float32)."""
         from .hf import load_pretrained
 
         return load_pretrained(path_or_name, device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write safetensors + config.json, in HF GPT-2, Llama or Mistral format where one holds the config."""
+        """Write safetensors + config.json, in HF GPT-2, Llama, Mistral or Qwen3 format where one holds the config."""
         from .hf import save_pretrained
 
         save_pretrained(self, directory)
