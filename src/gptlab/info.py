@@ -25,7 +25,8 @@ Conventions
   `torch.optim.AdamW`, which keeps its moments in the dtype of the weights). Mixed precision is not modelled.
 * Activations: the tensors autograd saves for backward in this implementation (dropout 0), per layer and token:
   the norm inputs, the inputs of every Linear, q/k/v (and the rotated q/k with RoPE), the attention output and
-  its log-sum-exp, the MLP hidden states; plus the final norm and fp32 log-probabilities over the vocabulary.
+  its log-sum-exp, the MLP hidden states (QK-norm: the fp32 normalized heads and their RMS); plus the final norm
+  and fp32 log-probabilities over the vocabulary.
   The sliding-window kernel keeps its own copies of q, k, v and the output, padded to whole windows. Not counted:
   tensors that live only during one step of the pass (the logits, their gradient) and the allocator's slack, so
   the peak is higher than this total.
@@ -293,8 +294,8 @@ def report_rows(s: ModelStats) -> list[_Row]:
     rows = []
     last = None
     for key, group, name in COMPONENTS:
-        if key == "norms" and s.config.qk_norm:
-            name += ", QK-norm"
+        if key == "norms" and s.config.qk_norm:  # QK-norm's gains are norm weights too
+            name += " (+ QK-norm)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [
