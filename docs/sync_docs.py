@@ -22,6 +22,10 @@ Four kinds of blocks in the Markdown are written by this script, never by hand:
     <!-- /include -->                                                                    first anchor up to
                                                                                          (not including) the second
 
+    <!-- switches: readme -->             the table of switches, from gptlab.config.SWITCHES (`index`: the same
+    ...                                  table with each page's title, for docs/README.md)
+    <!-- /switches -->
+
 The top-level README.md is processed too (its includes keep the catalogue there and here the same).
 
 Code is found by its content, not its line number, so a citation follows the code when lines move; the link
@@ -45,7 +49,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 
 BLOCK = re.compile(
-    r"(?P<open><!-- (?P<kind>code|info|report|include): (?P<spec>.*?) -->\n)(?P<body>.*?)"
+    r"(?P<open><!-- (?P<kind>code|info|report|include|switches): (?P<spec>.*?) -->\n)(?P<body>.*?)"
     r"(?P<close><!-- /(?P=kind) -->)",
     re.DOTALL,
 )
@@ -207,9 +211,25 @@ def render_include(spec: str) -> str:
     return "\n".join(lines[i:j]).strip("\n") + "\n"
 
 
+def render_switches(spec: str) -> str:
+    """The switch table: one row per entry of gptlab.config.SWITCHES, linking its page."""
+    from gptlab.config import SWITCHES
+
+    if spec.strip() not in ("readme", "index"):
+        raise DocsError(f'bad switches marker "{spec}"; expected: readme or index')
+    index = spec.strip() == "index"
+    lines = ["| page | switch | GPT-2 | modern | what it changes |" if index else
+             "| switch | GPT-2 | modern | what it changes |", "|---|---|---|---|" + ("---|" if index else "")]
+    for s in SWITCHES:
+        page = f"[{s.title}]({s.doc}) | `{s.field}`" if index else f"[`{s.field}`](docs/{s.doc})"
+        lines.append(f"| {page} | {s.gpt2} | {s.modern} | {s.summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(markdown: str) -> str:
     """markdown with every block regenerated."""
-    renderers = {"code": render_code, "info": render_info, "report": render_report, "include": render_include}
+    renderers = {"code": render_code, "info": render_info, "report": render_report, "include": render_include,
+                 "switches": render_switches}
 
     def one(m: re.Match) -> str:
         return m["open"] + renderers[m["kind"]](m["spec"]) + m["close"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gptlab.compare import convert_main, convert_to_gqa, main, parse_grid, run_device
-from gptlab.config import GPTConfig
+from gptlab.config import SWITCHES, GPTConfig
 from gptlab.model import GPT
 from gptlab.options import UsageError
 
@@ -97,7 +97,9 @@ def test_convert_main_gpt2_dir_to_loadable_gqa(tmp_path: Path, capsys: pytest.Ca
 def test_parse_grid(tmp_path: Path) -> None:
     base = GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64)
     grid = parse_grid(None, base)
-    assert list(grid) == ["baseline", "rope", "gqa", "mqa", "swa", "rmsnorm", "swiglu", "modern"]
+    variants = [v.name for s in SWITCHES for v in s.variants]  # the table's order
+    assert list(grid) == ["baseline", *variants, "modern"]
+    assert variants[:6] == ["rope", "gqa", "mqa", "swa", "rmsnorm", "swiglu"]
     assert grid["gqa"] == {"n_kv_head": 2} and grid["swa"] == {"window": 16}
     assert grid["modern"] == {"pos_emb": "rope", "n_kv_head": 2, "window": 16, "norm": "rmsnorm", "mlp": "swiglu",
                               "mlp_hidden": 170}

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from gptlab.config import SWITCHES
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = ["rope.md", "gqa.md", "sliding_window.md", "rmsnorm.md", "swiglu.md", "loading_gpt2.md"]
+# One page per switch of the table, plus loading GPT-2.
+PAGES = [s.doc for s in SWITCHES] + ["loading_gpt2.md"]
 SECTIONS = [
     "## What it is",
     "## The equation",
@@ -106,27 +109,35 @@ def test_anchors_must_exist_and_be_unique(sync):
 
 def test_pages_have_every_section_and_are_linked_from_the_index():
     index = (DOCS / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    measured = set(json.loads((ROOT / "reports" / "cpu" / "results.json").read_text())["summary"])
+    variants = {s.doc: [v.name for v in s.variants] for s in SWITCHES}
     for page in PAGES:
         text = (DOCS / page).read_text()
         positions = [text.find(s) for s in SECTIONS]
         assert -1 not in positions, (page, [s for s, p in zip(SECTIONS, positions, strict=True) if p < 0])
         assert positions == sorted(positions), f"{page}: sections out of order"
         assert f"]({page})" in index, f"docs/README.md does not link {page}"
-        # The measured section shows the committed report's numbers (a report block sync_docs.py fills in).
-        assert "<!-- report: reports/cpu " in text and "](../reports/cpu/report.md)" in text, page
+        if page in variants:
+            assert f"](docs/{page})" in readme, f"README.md's switch table does not link {page}"
+        if page not in variants or measured & set(variants[page]):
+            # The measured section shows the committed report's numbers (a report block sync_docs.py fills in).
+            assert "<!-- report: reports/cpu " in text and "](../reports/cpu/report.md)" in text, page
+        else:  # a switch newer than the committed report: the page says how to measure it
+            assert f"--grid=baseline,{variants[page][0]}" in text, f"{page}: say how to measure it"
 
 
 def test_cited_tests_exist():
     defined = set()
     for path in (ROOT / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE))
-    for page in ["README.md", *PAGES]:
+    for page in ["README.md", *PAGES, "adding_a_switch.md"]:
         for name in re.findall(r"`(test_\w+)`", (DOCS / page).read_text()):
             assert name in defined, f"docs/{page} cites {name}, which no test defines"
 
 
 def test_relative_links_resolve():
-    for page in ["README.md", *PAGES]:
+    for page in ["README.md", *PAGES, "adding_a_switch.md"]:
         text = (DOCS / page).read_text()
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if target.startswith(("http://", "https://")):
@@ -169,3 +180,10 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)  # the README's own code: it is what users copy
     assert namespace["loss"] is not None and namespace["out"].shape == (1, 5 + 50)
     assert (tmp_path / "out" / "export" / "config.json").is_file()
+
+
+def test_adding_a_switch_lists_the_readers_of_the_table():
+    text = (DOCS / "adding_a_switch.md").read_text()
+    assert "](adding_a_switch.md)" in (DOCS / "README.md").read_text()
+    for reader in ("compare.py", "info.py", "hf.py", "sync_docs.py", "conftest.py", "test_docs.py"):
+        assert reader in text, reader

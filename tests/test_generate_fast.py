@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import with_switches
 
 from gptlab import GPT, GPTConfig, autotune
 from gptlab.generate import KVCache, _gemv_linear, _gemv_linears, filter_logits, generate, make_caches
@@ -43,6 +44,7 @@ COMBOS = [
     dict(n_kv_head=1, window=3, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False),
     dict(window=1, mlp="swiglu"),
     dict(window=8, pos_emb="rope", tie_embeddings=False),
+    dict(head_dim=12, n_kv_head=2, window=5, pos_emb="rope"),  # heads of 12 channels in a 32-dim model (Qwen3)
 ]
 
 
@@ -52,6 +54,14 @@ def test_greedy_fast_equals_uncached(kw):
     idx = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(1))
     n = 30  # far past every window: the rolling buffer wraps several times
     assert torch.equal(generate(m, idx, n, temperature=0), greedy_uncached(m, idx, n))
+
+
+def test_greedy_fast_equals_uncached_for_each_switch(switch):
+    # Each variant of config.SWITCHES alone, and all of them (tests/conftest.py); the window (block_size / 4 = 16)
+    # is shorter than the 37 positions generated.
+    m = model_of(with_switches(tiny(), switch))
+    idx = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(generate(m, idx, 30, temperature=0), greedy_uncached(m, idx, 30))
 
 
 def test_windowed_rope_decodes_past_block_size_like_uncached():

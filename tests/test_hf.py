@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -11,16 +12,23 @@ import types
 
 import pytest
 import torch
+from conftest import with_switches
 
+import gptlab.hf
 from gptlab import GPT, GPTConfig
+from gptlab.config import SWITCHES, Switch, Variant
 from gptlab.hf import (
+    HF_FORMATS,
+    SUPPORTED_MODEL_TYPES,
     CheckpointError,
     config_from_hf,
+    export_blockers,
     export_format,
     hf_gpt2_config,
     is_hf_gpt2_compatible,
     load_pretrained,
     save_pretrained,
+    why_gptlab_format,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -141,12 +149,11 @@ def test_small_gpt2_export_loads_in_transformers(tmp_path):
              tie_embeddings=False, rope_theta=5000.0),
         dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True),
         dict(n_kv_head=1, mlp_hidden=100),
-        dict(bias=False),
         # One switch away from GPT-2 or from Llama: each alone is a mixture neither format holds.
         dict(window=8), dict(pos_emb="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"),
         dict(norm="rmsnorm", mlp="swiglu", bias=False), dict(pos_emb="rope", norm="rmsnorm", bias=False),
     ],
-    ids=["modern-layernorm", "llama-with-bias", "mqa", "nobias", "gpt2-window", "gpt2-rope", "gpt2-rmsnorm",
+    ids=["modern-layernorm", "llama-with-bias", "mqa", "gpt2-window", "gpt2-rope", "gpt2-rmsnorm",
          "gpt2-swiglu", "llama-learned", "llama-gelu"],
 )
 def test_gptlab_format_round_trip(tmp_path, changes):
@@ -205,6 +212,103 @@ def test_export_to_hugging_face_architectures(tmp_path, kind, changes):
     assert torch.equal(our_logits(back, idx), our_logits(model, idx))
 
 
+def test_every_mixture_exports_to_a_format_that_holds_it(tmp_path, switches):
+    # Every mixture of config.SWITCHES (tests/conftest.py): a Hugging Face format that export claims loads in
+    # transformers with the same logits; the rest go to gptlab's format and come back exactly.
+    cfg = with_switches(tiny_gpt2_config(block_size=24), switches, bias=False)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    for p in model.parameters():  # non-trivial norms, so a wrong mapping shows
+        p.data.add_(0.05 * torch.randn_like(p))
+    kind = export_format(cfg)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == kind
+    idx = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(1))
+    if kind != "gptlab":  # the class the file names, as AutoModelForCausalLM picks it
+        cls = getattr(transformers, saved["architectures"][0])
+        hf = cls.from_pretrained(tmp_path, attn_implementation="eager").eval()
+        assert (hf_logits(hf, idx) - our_logits(model, idx)).abs().max().item() <= 1e-5
+    else:
+        assert all(export_blockers(cfg, fmt) for fmt in HF_FORMATS)
+    assert torch.equal(our_logits(GPT.from_pretrained(tmp_path), idx), our_logits(model, idx))
+
+
+def test_every_format_the_table_names_is_exported_and_loaded():
+    assert SUPPORTED_MODEL_TYPES == (*HF_FORMATS, "gptlab")
+    for s in SWITCHES:
+        assert set(s.hf_gpt2) | set(s.hf_modern) <= set(HF_FORMATS), s.field
+
+
+@dataclasses.dataclass
+class ConfigWithSoftcap(GPTConfig):
+    """GPTConfig with a switch no format knows about (Gemma 2's logit soft-capping, say)."""
+
+    softcap: float | None = None
+
+
+def test_export_is_deny_by_default(monkeypatch, tmp_path):
+    sizes = dict(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=64)
+    llama = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    gpt2_like, llama_like = ConfigWithSoftcap(**sizes), ConfigWithSoftcap(**sizes, **llama)
+    on = [dataclasses.replace(c, softcap=30.0) for c in (gpt2_like, llama_like)]
+    # A field no table entry names: held only at GPT-2's value, by every format.
+    assert (export_format(gpt2_like), export_format(llama_like)) == ("gpt2", "llama")
+    for c in on:
+        assert export_format(c) == "gptlab"
+        assert all("softcap=30.0" in export_blockers(c, fmt) for fmt in HF_FORMATS)
+    # A new table entry that declares which formats hold GPT-2's value but none for its modern value.
+    softcap = Switch(
+        field="softcap", gpt2="`None`", modern="a float", summary="tanh-capped logits", doc="softcap.md",
+        title="Logit soft-capping", variants=(Variant("softcap", "+softcap", lambda c: {"softcap": 30.0}),),
+        describe=lambda c: f"softcap {c.softcap}", hf_gpt2=HF_FORMATS,
+    )
+    monkeypatch.setattr(gptlab.hf, "SWITCHES", (*SWITCHES, softcap))
+    assert (export_format(gpt2_like), export_format(llama_like)) == ("gpt2", "llama")
+    for c in on:
+        assert export_format(c) == "gptlab"
+        assert why_gptlab_format(c).count("softcap=30.0") == len(HF_FORMATS)
+        save_pretrained(GPT(c), tmp_path)
+        assert json.loads((tmp_path / "config.json").read_text())["gptlab"]["softcap"] == 30.0
+    # An entry that names no format at all: not even GPT-2's value is held.
+    monkeypatch.setattr(gptlab.hf, "SWITCHES", (*SWITCHES, dataclasses.replace(softcap, hf_gpt2=())))
+    assert export_format(gpt2_like) == export_format(llama_like) == "gptlab"
+
+
+def test_export_names_the_settings_that_keep_a_config_in_gptlab_format(tmp_path, capsys):
+    from gptlab import cli
+
+    GPT(tiny_gpt2_config(window=8)).save_pretrained(tmp_path / "swa")
+    assert cli.main(["export", str(tmp_path / "swa"), str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "gptlab format (no Hugging Face format holds this mixture of switches: gpt2 cannot hold window=8;" in out
+    assert "llama cannot hold bias=True, pos_emb='learned', window=8, norm='layernorm', mlp='gelu';" in out
+
+
+def test_bias_free_gpt2_exports_as_gpt2_with_zero_biases(tmp_path):
+    # The `baby` preset and compare's baseline train GPT-2 without biases: GPT-2 with zero biases, the same model
+    # (issue 16: it used to stay in gptlab's format, which AutoModelForCausalLM cannot load).
+    torch.manual_seed(0)
+    model = GPT(tiny_gpt2_config(bias=False, tie_embeddings=False)).eval()
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    assert is_hf_gpt2_compatible(model.config) and export_format(model.config) == "gpt2"
+    model.save_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "GPT2LMHeadModel"
+    biases = {n: p for n, p in hf.named_parameters() if n.endswith(".bias")}
+    assert len(biases) == 2 * (2 + 4) + 1  # per layer 2 norms and 4 linears, then ln_f
+    assert all(torch.all(b == 0) for b in biases.values())
+    idx = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(1))
+    assert (hf_logits(hf, idx) - our_logits(model, idx)).abs().max().item() <= 1e-5
+    assert torch.equal(hf_greedy_uncached(hf, idx[:, :6], 10), model.generate(idx[:, :6], 10, temperature=0))
+    # Loading it back gives GPT-2 with those zero biases (documented in save_pretrained): the same function.
+    back = GPT.from_pretrained(tmp_path)
+    assert back.config == model.config.replace(bias=True)
+    assert all(torch.all(p == 0) for n, p in back.named_parameters() if n.endswith(".bias"))
+    torch.testing.assert_close(our_logits(back, idx), our_logits(model, idx), atol=1e-6, rtol=0)
+
+
 def test_dtype_and_device(tmp_path):
     model = GPT(tiny_gpt2_config(pos_emb="rope", norm="rmsnorm")).eval()
     model.save_pretrained(tmp_path)
@@ -254,6 +358,25 @@ def test_llama_mistral_match_hf(tmp_path, kind):
     ours = model.generate(prompt, 16, temperature=0)
     assert torch.equal(ours, hf_greedy_uncached(hf, prompt, 16))
     assert torch.equal(ours, hf_generate(hf, prompt, 16))
+
+
+def test_llama_with_its_own_head_dim_matches_hf(tmp_path):
+    # head_dim set apart from hidden_size / num_attention_heads (4 heads of 24 in a 64-dim model), as Qwen3 and
+    # Gemma do: loads with equal logits, and exports back to transformers' Llama.
+    cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                   num_hidden_layers=2, intermediate_size=96, vocab_size=128, initializer_range=0.1,
+                                   attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = GPT.from_pretrained(tmp_path / "hf")
+    assert (model.config.head_dim, model.config.n_embd, model.config.n_head) == (24, 64, 4)
+    idx = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(4))
+    assert (our_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() <= 1e-4
+    assert export_format(model.config) == "llama"
+    model.save_pretrained(tmp_path / "back")
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
+    assert torch.equal(hf_logits(again, idx), hf_logits(hf, idx))
 
 
 def test_mistral_window_applies_as_transformers_applies_it(tmp_path):
@@ -326,7 +449,7 @@ def test_bad_config(tmp_path, llama_dir):
     with pytest.raises(CheckpointError, match=r"config.json is not valid JSON"):
         load_pretrained(d)
     write_config(d, {"model_type": "bert"})
-    with pytest.raises(CheckpointError, match="unknown model_type 'bert'.*gpt2, llama, mistral, gptlab"):
+    with pytest.raises(CheckpointError, match=f"unknown model_type 'bert'.*{', '.join(SUPPORTED_MODEL_TYPES)}$"):
         load_pretrained(d)
     write_config(d, {"model_type": "gpt2", "activation_function": "relu"})
     with pytest.raises(CheckpointError, match="activation_function 'relu'"):
@@ -340,13 +463,17 @@ def test_bad_config(tmp_path, llama_dir):
         "rope_type 'linear'": {**hf, "rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}},
         "attention_bias=true": {**hf, "attention_bias": True},
         "mlp_bias=true": {**hf, "mlp_bias": True},
-        "head_dim=32": {**hf, "head_dim": 32},
         "hidden_act 'gelu'": {**hf, "hidden_act": "gelu"},
     }
     for msg, cfg in bad.items():
         write_config(d, cfg)
         with pytest.raises(CheckpointError, match=msg):
             load_pretrained(d)
+    # A head_dim the weights were not made with: the first tensor that does not fit is named.
+    shutil.copy(llama_dir / "model.safetensors", d / "model.safetensors")
+    write_config(d, {**hf, "head_dim": 32})
+    with pytest.raises(CheckpointError, match=r"q_proj.weight' .* has shape \(64, 64\), expected \(128, 64\)"):
+        load_pretrained(d)
 
 
 def test_no_weights_file(tmp_path, gptlab_dir):

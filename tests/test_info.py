@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import single_switches, switch_changes, with_switches
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -28,6 +29,9 @@ CONFIGS = {
     "tiny-window-mqa": GPTConfig.from_preset("tiny", window=8, n_kv_head=1, pos_emb="rope"),
     "tiny-swiglu-bias-layernorm": GPTConfig.from_preset("tiny", mlp="swiglu", n_kv_head=2),
     "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
+    "tiny-head_dim-apart": GPTConfig.from_preset("tiny", head_dim=24, n_kv_head=2, pos_emb="rope"),  # Qwen3's layout
+    # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
+    **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
 
 
@@ -65,7 +69,7 @@ def real_param_table(model: GPT) -> dict[str, int]:
                 out["mlp_up"] += p.numel()
         elif ".mlp.c_proj." in name:
             out["mlp_down"] += p.numel()
-        elif ".ln_" in name:
+        elif ".ln_" in name or ".attn.q_norm." in name or ".attn.k_norm." in name:  # QK-norm's count as norms
             out["norms"] += p.numel()
         elif name == "lm_head.weight":
             out["lm_head"] += p.numel()
@@ -144,6 +148,7 @@ def counted_flops(model: GPT, idx: torch.Tensor, backward: bool) -> tuple[int, i
     small(),
     small(pos_emb="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
     small(n_kv_head=1, mlp_hidden=100),
+    small(head_dim=24, n_kv_head=2, pos_emb="rope"),  # q is 96 wide in a 64-dim model
 ])
 def test_flops_match_torch_flop_counter(cfg):
     torch.manual_seed(0)
@@ -154,13 +159,19 @@ def test_flops_match_torch_flop_counter(cfg):
     matmul, attention = counted_flops(model, idx, backward=False)
     assert matmul == B * T * s.flops_matmul_per_token
     # The math kernel computes the full T x T score matrix and masks it: T keys per query, not T_eff.
-    assert attention == B * T * 4 * cfg.n_layer * T * cfg.n_embd
-    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * cfg.n_embd * (T + 1) / 2)
+    q_width = cfg.n_head * cfg.head_dim
+    assert attention == B * T * 4 * cfg.n_layer * T * q_width
+    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * q_width * (T + 1) / 2)
     # A training step is 3 x forward: the backward pass does two products for every forward product.
     train_matmul, train_attention = counted_flops(model, idx, backward=True)
     assert train_matmul == 3 * matmul
     assert train_attention == 3 * attention
     assert s.flops_train_per_token == 3 * s.flops_forward_per_token
+
+
+def test_flops_match_torch_flop_counter_for_each_switch(switch):
+    # Each switch of config.SWITCHES alone and all together (tests/conftest.py); the window is 16 = T.
+    test_flops_match_torch_flop_counter(with_switches(small(), switch))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -209,6 +220,8 @@ ACTIVATION_CASES = [
     (dict(window=8, pos_emb="rope"), "fp32"),  # the sliding-window kernel saves its own q, k, v, out, lse
     (dict(window=8, pos_emb="rope"), "bf16"),
     (dict(window=7, n_kv_head=2), "fp32"),  # 32 tokens in blocks of 7: padded to 35
+    (dict(head_dim=24, n_kv_head=2, pos_emb="rope"), "fp32"),  # q and the attention output are 96 wide
+    (dict(head_dim=24, window=8, pos_emb="rope"), "fp32"),
 ]
 
 
@@ -225,6 +238,11 @@ def test_activation_estimate_matches_tensors_saved_for_backward(kw, dtype, monke
     measured = saved_activation_bytes(model, idx, targets)
     estimate = model_stats(cfg, context=T, batch=B, dtype=dtype).activation_bytes
     assert abs(estimate - measured) <= 0.02 * measured, (estimate, measured)
+
+
+def test_activation_estimate_for_each_switch(switch):
+    # Each switch of config.SWITCHES alone and all together (the window, 16, is shorter than the 32 tokens).
+    test_activation_estimate_matches_tensors_saved_for_backward(switch_changes(small(), switch), "fp32")
 
 
 # --- the report and the command line ---------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import with_switches
 
 from gptlab import GPT, GPTConfig
 from gptlab.attention import naive_attention
@@ -113,6 +113,26 @@ def test_mha_attention_matches_naive_formula():
     q, k, v = qkv_of(attn, x)
     y = naive_attention(q, k, v).transpose(1, 2).reshape(2, 9, -1) @ attn.c_proj.weight.T + attn.c_proj.bias
     torch.testing.assert_close(attn(x), y, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_head_dim_set_apart_from_n_embd_matches_naive_formula(pos_emb):
+    # Qwen3's layout: 4 heads of 12 channels (q is 48 wide) in a 32-dim model; c_proj maps 48 back to 32, and the
+    # scores are scaled by 1/sqrt(12), the head's width.
+    cfg = tiny(head_dim=12, n_kv_head=2, pos_emb=pos_emb)
+    m = model_of(cfg)
+    attn = m.transformer.h[0].attn
+    assert attn.c_attn.weight.shape == ((4 + 2 * 2) * 12, 32) and attn.c_proj.weight.shape == (32, 48)
+    x = torch.randn(2, 9, cfg.n_embd)
+    pos = torch.arange(9)
+    q, k, v = qkv_of(attn, x)
+    if pos_emb == "rope":
+        q, k = complex_rope(q, pos, cfg.rope_theta), complex_rope(k, pos, cfg.rope_theta)
+    y = naive_attention(q, k, v).transpose(1, 2).reshape(2, 9, 48) @ attn.c_proj.weight.T + attn.c_proj.bias
+    rope = m.rotary(pos) if pos_emb == "rope" else None
+    torch.testing.assert_close(attn(x, rope), y, atol=1e-5, rtol=1e-5)
+    full = m(torch.randint(0, 97, (1, 20)))[0]
+    assert full.shape == (1, 20, 97)
 
 
 def mha_with_duplicated_kv(gqa: GPT) -> GPT:
@@ -256,14 +276,11 @@ def test_training_mode_attention_dropout_is_random_and_unbiased(window):
 
 # --- KV cache ---------------------------------------------------------------------------------------------
 
-COMBOS = list(
-    itertools.product(["learned", "rope"], [4, 2, 1], [None, 6], ["layernorm", "rmsnorm"], ["gelu", "swiglu"])
-)
-
-
-@pytest.mark.parametrize("pos_emb,n_kv_head,window,norm,mlp", COMBOS)
-def test_kv_cache_incremental_equals_full(pos_emb, n_kv_head, window, norm, mlp):
-    cfg = tiny(pos_emb=pos_emb, n_kv_head=n_kv_head, window=window, norm=norm, mlp=mlp, bias=mlp == "gelu")
+def test_kv_cache_incremental_equals_full(switches):
+    # Every mixture of the switches (tests/conftest.py builds them from config.SWITCHES); biases with GELU only.
+    cfg = with_switches(tiny(), switches, bias="swiglu" not in switches)
+    if cfg.window is not None:
+        cfg = cfg.replace(window=6)  # a fifth of T, so the rolling buffer wraps around several times
     m = model_of(cfg)
     T = 30  # five times the window: the rolling buffer wraps around
     idx = torch.randint(0, 97, (2, T))
@@ -425,6 +442,8 @@ def test_learned_positions_reject_long_sequences():
     (dict(block_size=2.5), "block_size"),
     (dict(rope_theta=0.0, pos_emb="rope"), "rope_theta"),
     (dict(norm_eps=0.0), "norm_eps"),
+    (dict(head_dim=0), "head_dim"),
+    (dict(n_embd=30, n_head=4), "n_embd .30. must be divisible by n_head"),
 ])
 def test_invalid_configs_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -452,6 +471,9 @@ def test_config_replace_recomputes_derived_defaults():
     assert gpt2.replace(mlp="swiglu", mlp_hidden=100).mlp_hidden == 100  # an explicit size stays
     assert gpt2.replace(n_head=8).n_kv_head == 8  # MHA stays MHA
     assert gpt2.replace(n_kv_head=4).replace(n_head=8).n_kv_head == 4  # a chosen GQA stays
+    assert gpt2.head_dim == 64 and gpt2.replace(n_head=16).head_dim == 48  # derived: follows n_embd / n_head
+    assert gpt2.replace(head_dim=32).replace(n_head=16).head_dim == 32  # a chosen head_dim stays
+    assert GPTConfig(n_embd=100, n_head=3, head_dim=32).head_dim == 32  # set apart, n_embd need not divide
 
 
 def test_swiglu_matches_formula():
@@ -481,13 +503,14 @@ def test_layernorm_matches_formula_with_config_eps_and_bias(bias):
     dict(bias=False, n_kv_head=2),
     dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=1),
     dict(norm="rmsnorm", mlp_hidden=50, window=4),
+    dict(head_dim=12, n_kv_head=2),
 ])
 def test_num_params_matches_formula(kw):
     c = tiny(**kw)
     V, C, L, hd, hidden = c.vocab_size, c.n_embd, c.n_layer, c.head_dim, c.mlp_hidden
     qkv = (c.n_head + 2 * c.n_kv_head) * hd
     n_fc = 2 * hidden if c.mlp == "swiglu" else hidden
-    attn = C * qkv + C * C + (qkv + C if c.bias else 0)
+    attn = C * qkv + c.n_head * hd * C + (qkv + C if c.bias else 0)
     mlp = C * n_fc + hidden * C + (n_fc + C if c.bias else 0)
     norm = C + (C if c.norm == "layernorm" and c.bias else 0)  # weight, and a bias only for a biased LayerNorm
     tables = V * C + (c.block_size * C if c.pos_emb == "learned" else 0)

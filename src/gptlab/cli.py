@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
     "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
     "prepare": ("gptlab.prepare", "main", "tokenize a corpus into llm.c-format token shards, in parallel, resumable"),
-    "export": ("gptlab.cli", "export_main", "save a run's model for transformers (GPT-2, Llama or Mistral format)"),
+    "export": ("gptlab.cli", "export_main", "save a run's model for transformers, in the HF format that holds it"),
     "runs": ("gptlab.runs", "main", "one table of run directories: settings that differ, params, KV, losses, tok/s"),
     "attention": ("gptlab.attention_maps", "main", "plot a model's attention maps per layer and head for a prompt"),
 }
@@ -249,24 +249,21 @@ class ExportConfig:
     checkpoint: Literal["best", "last"] = "best"  # which checkpoint of a run directory
 
 
-_HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
-
-
 def export_main(argv: list[str]) -> int:
     """`gptlab export RUN_OR_MODEL DST`: the model in the Hugging Face format that holds it, with its tokenizer."""
     import json
     import shutil
 
-    from .hf import copy_hf_tokenizer, export_format
+    from .hf import HF_FORMATS, copy_hf_tokenizer, export_format, why_gptlab_format
     from .tokenizer import ASSETS_DIR, ENDOFTEXT, save_tokenizer
 
     parsed = _parse(
         ExportConfig, argv, {},
         "usage: gptlab export RUN_OR_MODEL DST [--checkpoint=best|last]\n\n"
         "Write a run's model (its best checkpoint), or any model gptlab loads, to the new directory DST in the\n"
-        "Hugging Face format that holds its switches exactly: GPT-2, Llama (RoPE + RMSNorm + SwiGLU, no biases)\n"
-        "or Mistral (Llama with a window); other mixtures in gptlab's own format. A GPT-2-vocabulary model gets\n"
-        "GPT-2's tokenizer files (vocab.json, merges.txt), which transformers' AutoTokenizer reads.\n",
+        f"Hugging Face format that holds its switches exactly ({', '.join(HF_FORMATS)}); other mixtures in gptlab's\n"
+        "own format. A GPT-2-vocabulary model gets GPT-2's tokenizer files (vocab.json, merges.txt), which\n"
+        "transformers' AutoTokenizer reads.\n",
     )
     if parsed is None:
         return 0
@@ -295,9 +292,9 @@ def export_main(argv: list[str]) -> int:
     else:
         copied = copy_hf_tokenizer(source, dst)
         tok_note = f"{source}'s own tokenizer files ({', '.join(copied)})" if copied else "no tokenizer (none found)"
-    where = (f"Hugging Face {kind} format (transformers.{_HF_CLASSES[kind]}, or AutoModelForCausalLM)"
-             if kind in _HF_CLASSES else "gptlab format (this mixture of switches has no Hugging Face architecture; "
-             "GPT.from_pretrained loads it)")
+    architecture = json.loads((dst / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    where = (f"Hugging Face {kind} format (transformers.{architecture}, or AutoModelForCausalLM)" if kind in HF_FORMATS
+             else f"gptlab format ({why_gptlab_format(model.config)}; GPT.from_pretrained loads it)")
     print(f"exported {source} to {dst}: {where}, with {tok_note}")
     return 0
 

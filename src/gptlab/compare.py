@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from . import hardware
-from .config import GPTConfig
+from .config import SWITCHES, GPTConfig, modern_changes, switch_variants
 from .model import GPT
 
 # ========================================================================================================
@@ -154,35 +154,15 @@ def convert_main(argv: list[str] | None = None) -> int:
 # ========================================================================================================
 
 
-def equal_params_swiglu_hidden(config: GPTConfig) -> int:
-    """SwiGLU hidden size h whose three matrices (and biases) hold as many parameters as the baseline's MLP:
-    3 n h + (2 h + n) = 2 n m + (m + n) for GELU hidden m, so h = m (2 n + 1) / (3 n + 2) with biases."""
-    n, m = config.n_embd, config.mlp_hidden
-    return round(m * (2 * n + 1) / (3 * n + 2)) if config.bias else round(2 * m / 3)
-
-
 def default_grid(config: GPTConfig) -> dict[str, dict[str, Any]]:
-    """Each change against the GPT-2 baseline, plus all of them together ("modern")."""
-    bs = config.block_size
-    changes = {
-        "baseline": {},
-        "rope": {"pos_emb": "rope"},
-        "gqa": {"n_kv_head": max(1, config.n_head // 2)},
-        "mqa": {"n_kv_head": 1},
-        "swa": {"window": max(1, bs // 4)},
-        "rmsnorm": {"norm": "rmsnorm"},
-        "swiglu": {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(config)},
-    }
-    modern: dict[str, Any] = {}
-    for name in ("rope", "gqa", "swa", "rmsnorm", "swiglu"):
-        modern.update(changes[name])
-    changes["modern"] = modern
-    return changes
+    """Each variant of every switch (config.SWITCHES) against the GPT-2 baseline, plus the modern ones together."""
+    return {"baseline": {}, **switch_variants(config), "modern": modern_changes(config)}
 
 
 LABELS = {
-    "baseline": "baseline (GPT-2)", "rope": "+RoPE", "gqa": "+GQA", "mqa": "+MQA", "swa": "+SWA",
-    "rmsnorm": "+RMSNorm", "swiglu": "+SwiGLU", "modern": "modern (all)",
+    "baseline": "baseline (GPT-2)",
+    **{v.name: v.label for s in SWITCHES for v in s.variants},
+    "modern": "modern (all)",
 }
 
 # Compare presets: the baseline model and the train flags shared by every run.
@@ -853,14 +833,15 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
 # The command
 # ========================================================================================================
 
-COMPARE_USAGE = """usage: gptlab compare [--preset=cpu|gpu|micro] [--grid=NAMES|FILE.yaml] [--seeds=N] [--out=DIR]
+COMPARE_USAGE = f"""usage: gptlab compare [--preset=cpu|gpu|micro] [--grid=NAMES|FILE.yaml] [--seeds=N] [--out=DIR]
                       [--note=TEXT] [--no-uptrain] [--report-only] [train flags, e.g. --trainer.max_iters=100 ...]
 
 Train a grid of architecture variants (same data, tokens, batch, schedule and seeds) through gptlab train
-and write OUT/report.md with figures. Default grid: baseline (GPT-2), rope, gqa, mqa, swa, rmsnorm, swiglu,
-modern (all). A YAML grid maps names to model field changes against the baseline, e.g.
-  rope: {pos_emb: rope}
-  wide_kv: {n_kv_head: 2}
+and write OUT/report.md with figures. Default grid: baseline (GPT-2), the switches one at a time
+({", ".join(v.name for s in SWITCHES for v in s.variants)}) and modern (all).
+A YAML grid maps names to model field changes against the baseline, e.g.
+  rope: {{pos_emb: rope}}
+  wide_kv: {{n_kv_head: 2}}
 Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison.
 --report-only writes the report from the runs complete so far (marked incomplete), training nothing; while
 the comparison runs, it does not time the variants either (tokens/s: each run's own log)."""

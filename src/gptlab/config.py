@@ -1,9 +1,11 @@
-"""GPTConfig: every architecture switch in one validated dataclass, plus named presets."""
+"""GPTConfig: every architecture switch in one validated dataclass; SWITCHES, the table that declares each switch
+once; named presets."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,22 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
     """Hidden size that gives SwiGLU (3 matrices) the parameters of a 4x GELU MLP (2 matrices), rounded up to a
     multiple of 64 (exact at n_embd = 768; +12.5% at 128)."""
     hidden = int(8 * n_embd / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def equal_params_swiglu_hidden(config: GPTConfig) -> int:
+    """SwiGLU hidden size h whose three matrices (and biases) hold as many parameters as the baseline's MLP:
+    3 n h + (2 h + n) = 2 n m + (m + n) for GELU hidden m, so h = m (2 n + 1) / (3 n + 2) with biases."""
+    n, m = config.n_embd, config.mlp_hidden
+    return round(m * (2 * n + 1) / (3 * n + 2)) if config.bias else round(2 * m / 3)
 
 
 @dataclass
@@ -33,6 +46,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True; Llama: False)
     tie_embeddings: bool = True  # lm_head shares the token embedding matrix
     n_kv_head: int | None = None  # None -> n_head (MHA); 1 -> multi-query; else grouped-query
+    head_dim: int | None = None  # None -> n_embd // n_head; Qwen3 sets it apart (q has n_head * head_dim channels)
     pos_emb: str = "learned"  # "learned" (GPT-2) or "rope"
     rope_theta: float = 10000.0
     window: int | None = None  # sliding window: query i sees keys j with i - window < j <= i
@@ -40,10 +54,14 @@ class GPTConfig:
     norm_eps: float = 1e-5
     mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu"
     mlp_hidden: int | None = None  # None -> 4*n_embd for gelu, ~8/3*n_embd (multiple of 64) for swiglu
+    qk_norm: bool = False  # RMSNorm over each head's q and k, before RoPE (Qwen3, OLMo 2)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.head_dim is None and _positive_int(self.n_embd) and _positive_int(self.n_head):
+            if self.n_embd % self.n_head == 0:  # else validate says n_embd must be divisible by n_head
+                self.head_dim = self.n_embd // self.n_head
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else _swiglu_hidden(self.n_embd)
         self.validate()
@@ -58,17 +76,19 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "qk_norm"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.n_embd % self.n_head:
+        if self.head_dim is None:  # not set, and n_embd does not split into n_head heads
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"allowed n_head: divisors of {self.n_embd}"
             )
+        if not _positive_int(self.head_dim):
+            raise ValueError(f"head_dim must be None (n_embd / n_head) or a positive integer, got {self.head_dim!r}")
         if self.n_head % self.n_kv_head:
             raise ValueError(
                 f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}); "
@@ -95,10 +115,6 @@ class GPTConfig:
         if self.mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
     def replace(self, **changes: Any) -> GPTConfig:
         """A copy with some fields changed (and validated). Derived defaults are recomputed."""
         d = self.to_dict()
@@ -108,6 +124,9 @@ class GPTConfig:
                 d["mlp_hidden"] = None
         if "n_head" in changes and "n_kv_head" not in changes and self.n_kv_head == self.n_head:
             d["n_kv_head"] = None
+        if ({"n_embd", "n_head"} & set(changes) and "head_dim" not in changes
+                and self.head_dim == self.n_embd // self.n_head):  # derived: derive it again
+            d["head_dim"] = None
         d.update(changes)
         return GPTConfig.from_dict(d)
 
@@ -159,3 +178,130 @@ PRESETS: dict[str, dict[str, Any]] = {
     "baby": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
     "tiny": dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64),
 }
+
+
+# ------------------------------------------------------------------------------------------------ the switches
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to turn a switch on, as `gptlab compare` trains it against the GPT-2 baseline."""
+
+    name: str  # the compare grid's name for it: --grid=rope,gqa
+    label: str  # how reports and plots name it
+    changes: Callable[[GPTConfig], dict[str, Any]]  # the fields it sets, given the baseline's config
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One architecture switch: a GPTConfig field whose GPT-2 value modern LLMs change. Everything that lists the
+    switches reads SWITCHES: compare's default grid, `gptlab info`'s description, export's formats, the docs index
+    and the README's table (docs/sync_docs.py), the test combinations (tests/conftest.py)."""
+
+    field: str  # the GPTConfig field; its default is GPT-2's value
+    gpt2: str  # GPT-2's value, as the docs show it
+    modern: str  # the modern value(s), as the docs show them
+    summary: str  # what it changes, one line
+    doc: str  # its page in docs/
+    title: str  # that page's title
+    variants: tuple[Variant, ...]  # the compare grid's variants; the first one joins "modern" if in_modern
+    # How `gptlab info` names the field's value; None leaves it out (a newer switch need not be named when off,
+    # which keeps every description of the models before it as it was).
+    describe: Callable[[GPTConfig], str | None]
+    # Hugging Face formats that can hold GPT-2's value, and the modern value(s). Export is deny-by-default: a
+    # format not named here does not hold the setting (hf.py).
+    hf_gpt2: tuple[str, ...] = ()
+    hf_modern: tuple[str, ...] = ()
+    in_modern: bool = True  # part of compare's "modern (all)" variant
+
+    def is_on(self, config: GPTConfig) -> bool:
+        """Whether config's value differs from GPT-2's at the same sizes (n_kv_head < n_head is on)."""
+        return getattr(config, self.field) != getattr(gpt2_reference(config), self.field)
+
+
+def _describe_heads(c: GPTConfig) -> str:
+    if c.n_kv_head == c.n_head:
+        heads = f"{c.n_head} heads (MHA)"
+    elif c.n_kv_head == 1:
+        heads = f"{c.n_head} query heads, 1 KV head (MQA)"
+    else:
+        heads = f"{c.n_head} query heads, {c.n_kv_head} KV heads (GQA, {c.n_head // c.n_kv_head} per group)"
+    return f"{heads} of dim {c.head_dim}"
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch(
+        field="pos_emb", gpt2='`"learned"`', modern='`"rope"` (+ `rope_theta`)',
+        summary="rotate q and k by their position: q·k depends only on the offset",
+        doc="rope.md", title="Rotary position embeddings",
+        variants=(Variant("rope", "+RoPE", lambda c: {"pos_emb": "rope"}),),
+        describe=lambda c: f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+    ),
+    Switch(
+        field="n_kv_head", gpt2="`= n_head`", modern="`< n_head` (`1` = MQA)",
+        summary="query heads share K/V heads: the KV cache shrinks by `n_head / n_kv_head`",
+        doc="gqa.md", title="Grouped- and multi-query attention",
+        variants=(Variant("gqa", "+GQA", lambda c: {"n_kv_head": max(1, c.n_head // 2)}),
+                  Variant("mqa", "+MQA", lambda c: {"n_kv_head": 1})),
+        describe=_describe_heads,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("llama", "mistral", "qwen3"),
+    ),
+    Switch(
+        field="window", gpt2="`None`", modern="an int",
+        summary="each query sees the last `window` keys: O(T·w) work and a rolling KV cache",
+        doc="sliding_window.md", title="Sliding-window attention",
+        variants=(Variant("swa", "+SWA", lambda c: {"window": max(1, c.block_size // 4)}),),
+        describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("mistral", "qwen3"),  # Mistral: Llama with a window
+    ),
+    Switch(
+        field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
+        summary="rescale by the root mean square: no mean subtraction, no bias",
+        doc="rmsnorm.md", title="RMSNorm",
+        variants=(Variant("rmsnorm", "+RMSNorm", lambda c: {"norm": "rmsnorm"}),),
+        describe=lambda c: "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+    ),
+    Switch(
+        field="mlp", gpt2='`"gelu"`', modern='`"swiglu"` (+ `mlp_hidden`)',
+        summary="a gated MLP with three matrices at the parameter cost of GPT-2's two",
+        doc="swiglu.md", title="SwiGLU",
+        # At the baseline's MLP parameters, so the comparison is not about size.
+        variants=(Variant("swiglu", "+SwiGLU",
+                          lambda c: {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(c)}),),
+        describe=lambda c: f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+    ),
+    Switch(
+        field="qk_norm", gpt2="`False`", modern="`True`",
+        summary="RMSNorm over each head's q and k before RoPE: attention logits cannot grow without bound",
+        doc="qk_norm.md", title="QK-norm",
+        variants=(Variant("qk_norm", "+QK-norm", lambda c: {"qk_norm": True}),),
+        describe=lambda c: "QK-norm" if c.qk_norm else None,
+        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("qwen3",),  # Qwen3 always has it
+        in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
+    ),
+)
+
+
+def switch_variants(base: GPTConfig) -> dict[str, dict[str, Any]]:
+    """Every variant of every switch as field changes to `base`, in the table's order: {"rope": {...}, ...}."""
+    return {v.name: v.changes(base) for s in SWITCHES for v in s.variants}
+
+
+def modern_changes(base: GPTConfig) -> dict[str, Any]:
+    """The first variant of every switch that is part of "modern", together."""
+    changes: dict[str, Any] = {}
+    for s in SWITCHES:
+        if s.in_modern:
+            changes.update(s.variants[0].changes(base))
+    return changes
+
+
+SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # what every format holds
+
+
+def gpt2_reference(config: GPTConfig) -> GPTConfig:
+    """GPT-2 at config's sizes: every other field at its default (GPT-2's value), derived ones recomputed."""
+    return type(config)(**{name: getattr(config, name) for name in SIZE_FIELDS})

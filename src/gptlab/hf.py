@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: load GPT-2, Llama and Mistral weights into GPT, and save them in those formats.
+"""Hugging Face checkpoints: load GPT-2, Llama, Mistral and Qwen3 weights into GPT, and save them in those formats.
 
 Loading reads a directory holding config.json and model.safetensors (or a sharded
 model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which is
@@ -9,9 +9,13 @@ designed not to run code). config.json's model_type picks the key mapping:
   llama, mistral  q/k/v projections fused into attn.c_attn, gate/up into mlp.c_fc. HF's files store RoPE in
                   the "rotate half" layout we use (its converter permuted q/k rows from Meta's adjacent-pairs
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
+  qwen3           Llama's layout plus QK-norm (self_attn.q_norm / k_norm: one weight per head channel) and a
+                  head_dim of its own; a window only if every layer slides (layer_types).
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
-Saving runs the same mapping backwards (save_pretrained picks the format from the config: export_format).
+Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
+deny-by-default: a Hugging Face format holds a config only if it holds every setting that differs from GPT-2's,
+as the switch table (config.SWITCHES) and _HOLDS below declare; anything else is written in gptlab's format.
 
 Loading is strict: every parameter must be present with the right shape, and unknown tensors are an
 error. Every problem with a checkpoint raises CheckpointError (a ValueError) with a one-line message.
@@ -19,6 +23,7 @@ error. Every problem with a checkpoint raises CheckpointError (a ValueError) wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,22 +35,26 @@ from typing import Any
 
 import torch
 
-from .config import GPTConfig
+from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
 from .model import GPT
 
 __all__ = [
     "CheckpointError",
+    "HF_FORMATS",
     "SUPPORTED_MODEL_TYPES",
     "config_from_hf",
+    "export_blockers",
     "export_format",
     "hf_gpt2_config",
     "hf_llama_config",
     "is_hf_gpt2_compatible",
     "load_pretrained",
     "save_pretrained",
+    "why_gptlab_format",
 ]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gptlab")
+HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3")  # the Hugging Face formats gptlab loads and exports (in this order)
+SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -63,6 +72,7 @@ _IGNORABLE = {
     "gpt2": re.compile(r"(.*\.)?h\.\d+\.attn\.(bias|masked_bias)"),
     "llama": re.compile(r".*rotary_emb\.inv_freq"),
     "mistral": re.compile(r".*rotary_emb\.inv_freq"),
+    "qwen3": re.compile(r".*rotary_emb\.inv_freq"),
     "gptlab": re.compile(r"(?!)"),
 }
 _LOCAL_HINT = "pass a local directory containing config.json and model.safetensors"
@@ -138,20 +148,16 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         raise CheckpointError(f"hidden_act {act!r} is not supported: gptlab's SwiGLU uses 'silu'")
     for key in ("attention_bias", "mlp_bias"):
         if _get(hf, key, False):
-            raise CheckpointError(f"{key}=true is not supported: Llama/Mistral models load with bias=False")
+            raise CheckpointError(f"{key}=true is not supported: Llama/Mistral/Qwen3 models load with bias=False")
     for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
         if key not in hf:
             raise CheckpointError(f"{key} is missing; a {model_type} config.json needs it")
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
-    if head_dim is not None and (n_head * head_dim != n_embd):
-        raise CheckpointError(
-            f"head_dim={head_dim} but hidden_size/num_attention_heads = {n_embd}/{n_head}: gptlab needs "
-            "head_dim == hidden_size / num_attention_heads"
-        )
     # transformers' Mistral slides whenever sliding_window is not null (it has no use_sliding_window switch),
     # by 4096 when the key is absent.
     window = hf.get("sliding_window", 4096) if model_type == "mistral" else None
+    if model_type == "qwen3":
+        window = _qwen3_window(hf)
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
@@ -159,6 +165,7 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         n_head=n_head,
         n_embd=n_embd,
         n_kv_head=_get(hf, "num_key_value_heads", n_head),
+        head_dim=hf.get("head_dim"),  # None: hidden_size / num_attention_heads
         bias=False,
         tie_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
         pos_emb="rope",
@@ -168,11 +175,30 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
         mlp="swiglu",
         mlp_hidden=hf["intermediate_size"],
+        qk_norm=model_type == "qwen3",
     )
 
 
+def _qwen3_window(hf: dict[str, Any]) -> int | None:
+    """The window every layer of a Qwen3 config slides by (None: full attention), as transformers reads it."""
+    # Qwen3Config: sliding_window counts only with use_sliding_window; without layer_types, layers from
+    # max_window_layers on slide.
+    window = hf.get("sliding_window", 4096) if _get(hf, "use_sliding_window", False) else None
+    n_layer, first_sliding = hf["num_hidden_layers"], _get(hf, "max_window_layers", 28)
+    types = hf.get("layer_types") or [
+        "sliding_attention" if window is not None and i >= first_sliding else "full_attention" for i in range(n_layer)
+    ]
+    windows = {window if t == "sliding_attention" else None for t in types}
+    if len(windows) > 1:
+        raise CheckpointError(
+            f"layer_types mix sliding ({window}) and full attention layers: gptlab has one window for every layer "
+            "(local/global layers are not supported yet)"
+        )
+    return windows.pop()
+
+
 def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
-    """The GPTConfig for a Hugging Face config.json (gpt2, llama, mistral) or a gptlab one.
+    """The GPTConfig for a Hugging Face config.json (gpt2, llama, mistral, qwen3) or a gptlab one.
 
     Raises CheckpointError naming the field for anything gptlab cannot represent.
     """
@@ -182,7 +208,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
     try:
         if model_type == "gpt2":
             return _config_gpt2(hf_config)
-        if model_type in ("llama", "mistral"):
+        if model_type in ("llama", "mistral", "qwen3"):
             return _config_llama(hf_config, model_type)
         if model_type == "gptlab":
             fields = hf_config.get("gptlab")
@@ -198,40 +224,76 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
     )
 
 
-def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
-    """Whether config is plain GPT-2, so that the HF GPT-2 format (GPT2LMHeadModel) represents it exactly."""
-    return not _gpt2_mismatches(config)
+# ----------------------------------------------------------------------------------------- export formats
+
+def _any(value: Any) -> bool:
+    return True
 
 
-def _gpt2_mismatches(config: GPTConfig) -> list[str]:
-    wanted = dict(pos_emb="learned", window=None, norm="layernorm", mlp="gelu", bias=True, n_kv_head=config.n_head)
-    return [f"{k}={getattr(config, k)!r} (GPT-2: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+# The fields that are not switches, with the values each format holds; a switch's formats are in its entry of
+# config.SWITCHES. Deny by default: a field named neither there nor here is held only at GPT-2's value, so a new
+# field keeps its models in gptlab's format until a format says it holds it. Sizes are held by every format, and so
+# is dropout, a training setting: the saved model computes the same function without it.
+_HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    # bias=False: GPT-2 without biases is GPT-2 with zero biases, and is written so (save_pretrained).
+    "gpt2": {"bias": _any, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any},
+    "llama": {"bias": lambda bias: bias is False, "tie_embeddings": _any, "norm_eps": _any, "mlp_hidden": _any,
+              "rope_theta": _any, "head_dim": _any},
+}
+_HOLDS["mistral"] = _HOLDS["qwen3"] = _HOLDS["llama"]
+_HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
 
 
-def _llama_mismatches(config: GPTConfig) -> list[str]:
-    wanted = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
-    return [f"{k}={getattr(config, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
+def export_blockers(config: GPTConfig, fmt: str) -> list[str]:
+    """The settings of config that the Hugging Face format fmt cannot hold, as "field=value" (none: it holds it)."""
+    switches = {s.field: s for s in SWITCHES}
+    gpt2 = gpt2_reference(config)
+    blockers = []
+    for f in dataclasses.fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if name in _HELD_BY_EVERY_FORMAT:
+            continue
+        if name in switches:
+            s = switches[name]
+            held = fmt in (s.hf_modern if s.is_on(config) else s.hf_gpt2)
+        elif name in _HOLDS[fmt]:
+            held = _HOLDS[fmt][name](value)
+        else:
+            held = value == getattr(gpt2, name)
+        if not held:
+            blockers.append(f"{name}={value!r}")
+    return blockers
 
 
 def export_format(config: GPTConfig) -> str:
-    """The format save_pretrained writes a config in: HF "gpt2", "llama", "mistral" (Llama with a sliding
-    window), or "gptlab" (our own) for the mixtures no Hugging Face architecture holds."""
-    if not _gpt2_mismatches(config):
-        return "gpt2"
-    if not _llama_mismatches(config):
-        return "llama" if config.window is None else "mistral"
-    return "gptlab"
+    """The format save_pretrained writes a config in: the first of HF_FORMATS that holds every setting, else
+    "gptlab" (our own) for the mixtures no Hugging Face architecture holds."""
+    return next((fmt for fmt in HF_FORMATS if not export_blockers(config, fmt)), "gptlab")
+
+
+def why_gptlab_format(config: GPTConfig) -> str:
+    """Which settings keep config out of each Hugging Face format, in one line ("" if one holds it)."""
+    if export_format(config) != "gptlab":
+        return ""
+    blocked = "; ".join(f"{fmt} cannot hold {', '.join(export_blockers(config, fmt))}" for fmt in HF_FORMATS)
+    return f"no Hugging Face format holds this mixture of switches: {blocked}"
+
+
+def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
+    """Whether the HF GPT-2 format (GPT2LMHeadModel) holds config exactly."""
+    return not export_blockers(config, "gpt2")
 
 
 def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
-    """The HF Llama (or, with a window, Mistral) config.json for a Llama-shaped GPTConfig."""
-    bad = _llama_mismatches(config)
+    """The HF Llama config.json for a Llama-shaped GPTConfig; Mistral's with a window, Qwen3's with QK-norm."""
+    kind = "qwen3" if config.qk_norm else "llama" if config.window is None else "mistral"
+    bad = export_blockers(config, kind)
     if bad:
-        raise ValueError(f"not a Llama config, HF Llama format cannot hold it: {', '.join(bad)}")
-    kind = "llama" if config.window is None else "mistral"
+        raise ValueError(f"not a Llama config, HF {kind} format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none (not Llama's 1, 2)
+    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM"}
     hf = {
-        "architectures": ["LlamaForCausalLM" if kind == "llama" else "MistralForCausalLM"],
+        "architectures": [architecture[kind]],
         "model_type": kind,
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.block_size,
@@ -253,14 +315,18 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     }
     if kind == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
-    else:
+    elif kind == "mistral":
         hf["sliding_window"] = config.window
+    else:  # Qwen3 slides only with use_sliding_window, in the layers layer_types names: all of them or none
+        layer = "full_attention" if config.window is None else "sliding_attention"
+        hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window,
+                  max_window_layers=0 if config.window else config.n_layer, layer_types=[layer] * config.n_layer)
     return hf
 
 
 def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
     """The HF GPT-2 config.json for a plain GPT-2 GPTConfig (ValueError for any other)."""
-    bad = _gpt2_mismatches(config)
+    bad = export_blockers(config, "gpt2")
     if bad:
         raise ValueError(f"not a GPT-2 config, HF GPT-2 format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # <|endoftext|> of the GPT-2 tokenizer
@@ -488,6 +554,8 @@ _LLAMA_LAYER = {
     "ln_1.weight": "input_layernorm.weight",
     "ln_2.weight": "post_attention_layernorm.weight",
     "attn.c_proj.weight": "self_attn.o_proj.weight",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",  # Qwen3's QK-norm
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
     "mlp.c_proj.weight": "mlp.down_proj.weight",
 }
 
@@ -516,7 +584,8 @@ def _plan_gptlab(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfi
     return [(key, shape)], _single
 
 
-_PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "gptlab": _plan_gptlab}
+_PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "qwen3": _plan_llama,
+          "gptlab": _plan_gptlab}
 
 
 def _convert(
@@ -655,13 +724,22 @@ def _export_tensors(model_type: str, config: GPTConfig, state: dict[str, torch.T
     return out
 
 
+def _with_zero_biases(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """state plus a zero tensor for every bias that GPT(config) has and state lacks."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k.endswith(".bias")}
+    dtype = state["transformer.wte.weight"].dtype
+    return {**state, **{k: torch.zeros(shape, dtype=dtype) for k, shape in shapes.items() if k not in state}}
+
+
 def save_pretrained(model: GPT, directory: str | Path) -> None:
     """Write config.json and model.safetensors to directory (created if needed).
 
     In the Hugging Face format that holds the architecture exactly, so transformers loads it: GPT-2
-    (GPT2LMHeadModel), Llama (RoPE + RMSNorm + SwiGLU, no biases) or Mistral (Llama with a sliding window);
-    anything else in gptlab format: our own tensor names and {"model_type": "gptlab", "gptlab": {...}}.
-    A tied lm_head is not stored. Dropout, a training setting, is kept only by the gptlab format.
+    (GPT2LMHeadModel; without biases, with zero biases), Llama (RoPE + RMSNorm + SwiGLU, no biases), Mistral
+    (Llama with a sliding window) or Qwen3 (Llama with QK-norm); anything else in gptlab format: our own tensor
+    names and {"model_type": "gptlab", "gptlab": {...}}. A tied lm_head is not stored. Dropout, a training setting,
+    is kept only by the gptlab format. A bias-free GPT-2 loads back with bias=True and these zero biases.
     """
     from safetensors.torch import save_file
 
@@ -672,9 +750,14 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     kind = export_format(config)
+    if kind == "gpt2" and not config.bias:
+        # GPT2LMHeadModel always has biases; zeros make it compute what the bias-free model computes. Loading
+        # it back gives bias=True with these zero biases: the same function, with biases that training can move.
+        config = config.replace(bias=True)
+        state = _with_zero_biases(config, state)
     if kind == "gpt2":
         hf_config = hf_gpt2_config(config)
-    elif kind in ("llama", "mistral"):
+    elif kind in ("llama", "mistral", "qwen3"):
         hf_config = hf_llama_config(config)
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}

@@ -16,6 +16,8 @@ Conventions
       matmuls   = 2 * N_matmul          (N_matmul: every weight used in a product, lm_head included even when tied)
       attention = 2 * 2 * n_layer * T_eff * n_embd     (q·k scores, then the weighted sum of v)
 
+  (n_head x head_dim in place of n_embd when head_dim is set apart from n_embd / n_head, as Qwen3 does.)
+
   T_eff is the number of keys a query sees, averaged over the positions of the sequence: (T + 1) / 2 for
   causal attention over T tokens, less with a sliding window (query i sees min(i + 1, window) keys). A
   training step (forward + backward) is 3 x forward: the backward pass does two products per forward product.
@@ -23,7 +25,8 @@ Conventions
   `torch.optim.AdamW`, which keeps its moments in the dtype of the weights). Mixed precision is not modelled.
 * Activations: the tensors autograd saves for backward in this implementation (dropout 0), per layer and token:
   the norm inputs, the inputs of every Linear, q/k/v (and the rotated q/k with RoPE), the attention output and
-  its log-sum-exp, the MLP hidden states; plus the final norm and fp32 log-probabilities over the vocabulary.
+  its log-sum-exp, the MLP hidden states (QK-norm: the fp32 normalized heads and their RMS); plus the final norm
+  and fp32 log-probabilities over the vocabulary.
   The sliding-window kernel keeps its own copies of q, k, v and the output, padded to whole windows (the flash band
   path; on short sequences a masked SDPA may be measured faster and saves its mask instead). Not counted:
   tensors that live only during one step of the pass (the logits, their gradient) and the allocator's slack, so
@@ -39,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, GPTConfig
+from .config import PRESETS, SWITCHES, GPTConfig
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
@@ -123,11 +126,11 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "q": L * (d * q + b * q),
         "k": L * (d * kv + b * kv),
         "v": L * (d * kv + b * kv),
-        "attn_out": L * (d * d + b * d),
+        "attn_out": L * (q * d + b * d),
         "mlp_gate": L * (d * c.mlp_hidden + b * c.mlp_hidden) if swiglu else 0,
         "mlp_up": L * (d * c.mlp_hidden + b * c.mlp_hidden),
         "mlp_down": L * (c.mlp_hidden * d + b * d),
-        "norms": (2 * L + 1) * norm,
+        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0),  # QK-norm: a weight per head channel
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
     }
 
@@ -135,7 +138,7 @@ def param_table(c: GPTConfig) -> dict[str, int]:
 def matmul_params(c: GPTConfig) -> int:
     """Weights used in a matrix product for every token: attention and MLP matrices, and the lm_head."""
     d, hd = c.n_embd, c.head_dim
-    attn = d * (c.n_head + 2 * c.n_kv_head) * hd + d * d
+    attn = d * (c.n_head + 2 * c.n_kv_head) * hd + c.n_head * hd * d
     mlp = (3 if c.mlp == "swiglu" else 2) * d * c.mlp_hidden
     return c.n_layer * (attn + mlp) + c.vocab_size * d
 
@@ -149,23 +152,33 @@ def keys_per_query(context: int, window: int | None) -> float:
 
 def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dict[str, int]:
     """Bytes autograd saves for one training forward of batch x context tokens, by where they are saved."""
-    d, kv, hd, L = c.n_embd, c.n_kv_head * c.head_dim, c.head_dim, c.n_layer
+    d, q, kv, hd, L = c.n_embd, c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.head_dim, c.n_layer
     tokens = batch * context
     # LayerNorm saves its input and (mean, rstd); nn.RMSNorm saves its input and the normalized x in fp32, and rstd.
     norm = (d + 2) * nbytes if c.norm == "layernorm" else (2 * d + 1) * FP32
     attn_in = tokens * d * nbytes  # input of the fused q/k/v projection (the norm's output)
     per_head = c.n_head * FP32  # the log-sum-exp of every query head, kept for the backward pass
-    if c.window is not None and c.window < context:
+    windowed = c.window is not None and c.window < context
+    if windowed:
         # The sliding-window kernel saves its own copies of q, k, v and the output, padded to whole blocks.
         rows = batch * -(-context // c.window) * c.window
-        attn = attn_in + rows * ((2 * d + 2 * kv) * nbytes + per_head)
+        attn = attn_in + rows * ((2 * q + 2 * kv) * nbytes + per_head)
         if rows != tokens:  # the output cut back to the sequence is a new tensor, c_proj's input
-            attn += tokens * d * nbytes
+            attn += tokens * q * nbytes
     else:
-        attn = attn_in + tokens * (d + 2 * kv) * nbytes  # q, k, v: views of the projection's output
+        attn = attn_in + tokens * (q + 2 * kv) * nbytes  # q, k, v: views of the projection's output
         if c.pos_emb == "rope":
-            attn += tokens * (d + kv) * nbytes  # the rotated q and k
-        attn += tokens * (d * nbytes + per_head)  # attention output (= c_proj input) and its log-sum-exp
+            attn += tokens * (q + kv) * nbytes  # the rotated q and k
+        attn += tokens * (q * nbytes + per_head)  # attention output (= c_proj input) and its log-sum-exp
+    if c.qk_norm:
+        # RMSNorm over each head of q and k saves its input in fp32, the normalized heads in fp32 and an rstd per head.
+        attn += tokens * (q + kv + c.n_head + c.n_kv_head) * FP32
+        if nbytes != FP32:
+            attn += tokens * (q + kv) * FP32  # the fp32 copy of its input
+        elif windowed:  # its input is a view of the projection's output, which nothing else keeps in this path
+            attn += tokens * (q + 2 * kv) * nbytes
+        if not windowed and c.pos_emb == "learned":  # attention's q, k: the normalized heads, not projection views
+            attn += tokens * (q + kv) * nbytes
     hidden = c.mlp_hidden * nbytes
     # GELU: the c_fc output and GELU's output (c_proj input). SwiGLU: [gate|up], silu(gate), silu(gate) * up.
     mlp = d * nbytes + (4 if c.mlp == "swiglu" else 2) * hidden
@@ -197,10 +210,11 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     n_matmul = matmul_params(c)
     t_eff = keys_per_query(context, c.window)
     flops_matmul = 2 * n_matmul
-    flops_attn = 2 * 2 * c.n_layer * t_eff * c.n_embd
+    q_width = c.n_head * c.head_dim  # n_embd unless head_dim is set apart
+    flops_attn = 2 * 2 * c.n_layer * t_eff * q_width
     forward = flops_matmul + flops_attn
     decode_keys = min(context, c.window or context)  # the last token of the context sees T_eff = min(T, window)
-    decode = flops_matmul + 2 * 2 * c.n_layer * decode_keys * c.n_embd
+    decode = flops_matmul + 2 * 2 * c.n_layer * decode_keys * q_width
 
     kv_per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * nbytes
     positions = context if c.window is None else min(c.window, context)
@@ -254,22 +268,11 @@ def fmt_ratio(a: float, b: float) -> str:
 
 
 def describe(c: GPTConfig) -> str:
-    """One line naming every switch of the config."""
-    groups = c.n_head // c.n_kv_head
-    if c.n_kv_head == c.n_head:
-        heads = f"{c.n_head} heads (MHA)"
-    elif c.n_kv_head == 1:
-        heads = f"{c.n_head} query heads, 1 KV head (MQA)"
-    else:
-        heads = f"{c.n_head} query heads, {c.n_kv_head} KV heads (GQA, {groups} per group)"
+    """One line naming every switch of the config (in the order of config.SWITCHES) and its sizes."""
     parts = [
         f"{c.n_layer} layers",
         f"n_embd {c.n_embd}",
-        f"{heads} of dim {c.head_dim}",
-        f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
-        "full causal attention" if c.window is None else f"sliding window {c.window}",
-        "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
-        f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
+        *(text for s in SWITCHES if (text := s.describe(c)) is not None),
         "biases" if c.bias else "no biases",
         "tied embeddings" if c.tie_embeddings else "untied lm_head",
         f"vocab {c.vocab_size}",
@@ -292,6 +295,8 @@ def report_rows(s: ModelStats) -> list[_Row]:
     rows = []
     last = None
     for key, group, name in COMPONENTS:
+        if key == "norms" and s.config.qk_norm:  # QK-norm's gains are norm weights too
+            name += " (+ QK-norm)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [
@@ -299,9 +304,11 @@ def report_rows(s: ModelStats) -> list[_Row]:
         _Row(params, "non-embedding", s.non_embedding_params, "count"),
     ]
     flops = f"FLOPs per token (2 per multiply-add; context {s.context})"
+    c = s.config
+    width = "n_embd" if c.n_head * c.head_dim == c.n_embd else "n_head x hd"
     rows += [
         _Row(flops, "forward: matmuls = 2 x N_matmul", s.flops_matmul_per_token, "flops"),
-        _Row(flops, "forward: attention = 4 x n_layer x T_eff x n_embd", s.flops_attention_per_token, "flops"),
+        _Row(flops, f"forward: attention = 4 x n_layer x T_eff x {width}", s.flops_attention_per_token, "flops"),
         _Row(flops, "  T_eff (keys per query, averaged)", s.attn_keys_per_query, "number"),
         _Row(flops, "forward", s.flops_forward_per_token, "flops"),
         _Row(flops, "training step (3 x forward)", s.flops_train_per_token, "flops"),
@@ -458,7 +465,7 @@ def _parse_value(name: str, text: str, default: Any) -> Any:
         raise ValueError(f"--model.{name} must be true or false, got {text!r}")
     if isinstance(default, float):
         return float(text)
-    if isinstance(default, int) or name in ("n_kv_head", "window", "mlp_hidden"):
+    if isinstance(default, int) or name in ("n_kv_head", "head_dim", "window", "mlp_hidden"):
         try:
             return int(text)
         except ValueError:

@@ -1,4 +1,4 @@
-"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm and SwiGLU as config switches.
+"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm, SwiGLU and QK-norm as config switches.
 
 Read top to bottom: norms, rotary embeddings, attention, MLP, block, GPT.
 """
@@ -63,8 +63,13 @@ class CausalSelfAttention(nn.Module):
         # One fused projection: [q (n_head heads) | k (n_kv_head heads) | v (n_kv_head heads)].
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.c_attn = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm (Qwen3, OLMo 2): RMSNorm over each head's q and k, one weight g per channel shared by all heads, as
+        # Qwen3 has it. A normalized head has norm <= sqrt(hd) * max|g|, so |q·k| / sqrt(hd) <= sqrt(hd) * max|g_q|
+        # * max|g_k| however large the projections grow in training: the softmax cannot saturate on a few keys.
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -73,9 +78,12 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         input_pos: int = 0,
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
+        if self.q_norm is not None:  # over each head's hd channels; before RoPE, which keeps the norm
+            q = self.q_norm(q.view(B, T, self.n_head, hd)).flatten(2)
+            k = self.k_norm(k.view(B, T, self.n_kv_head, hd)).flatten(2)
         # Each head keeps its own channels: (B, T, heads*hd) -> (B, heads, T, hd). Query heads are never merged.
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
@@ -87,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:  # decoding: attend over everything cached so far, this chunk included
             k, v, k_pos = cache.update(k, v, input_pos)
         y = attention(q, k, v, self.window, self.dropout if self.training else 0.0, input_pos, k_pos)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -231,14 +239,14 @@ class GPT(nn.Module):
     def from_pretrained(
         cls, path_or_name: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> GPT:
-        """Load a Hugging Face GPT-2 / Llama / Mistral checkpoint, or a gptlab directory (see hf.py), in eval mode,
-        on `device` (default CPU) in `dtype` (default float32)."""
+        """Load a Hugging Face GPT-2 / Llama / Mistral / Qwen3 checkpoint, or a gptlab directory (see hf.py), in eval
+        mode, on `device` (default CPU) in `dtype` (default float32)."""
         from .hf import load_pretrained
 
         return load_pretrained(path_or_name, device=device, dtype=dtype)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write safetensors + config.json, in HF GPT-2, Llama or Mistral format where one holds the config."""
+        """Write safetensors + config.json, in HF GPT-2, Llama, Mistral or Qwen3 format where one holds the config."""
         from .hf import save_pretrained
 
         save_pretrained(self, directory)
