@@ -1,12 +1,14 @@
 """llm.c's `.bin` token shards: a 256 x int32 header (magic, version, token count), then the tokens.
 
 The format of llm.c's dev/data/data_common.py `write_datafile`, read by llm.c and modded-nanogpt, so shards
-downloaded for either work here unchanged. `gptlab prepare` writes them; `read_shard` maps one read-only.
+downloaded for either work here unchanged. `gptlab prepare` writes them; `read_shard` maps one read-only, and
+`ShardedTokens` reads a split's shards as one sequence for training (`--data.shards`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +17,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .data import DataError
+from .data import DataError, TokenData
+from .tokenizer import get_tokenizer
 
 # --------------------------------------------------------------------------------------------------------
 # The .bin shard format (llm.c's dev/data/data_common.py write_datafile, read by llm.c and modded-nanogpt)
@@ -117,3 +120,81 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shards as one token sequence per split, for training
+# --------------------------------------------------------------------------------------------------------
+
+
+class ShardedTokens:
+    """Several shards read as one sequence of tokens, without copying: `tokens[idx]` for an integer array idx
+    (the trainer's (B, T+1) window offsets) gathers from whichever shard holds each position, so a window may
+    cross from one shard into the next, as in one long file."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.shards = [read_shard(p) for p in paths]
+        sizes = [len(s) for s in self.shards]
+        self.starts = np.cumsum([0, *sizes])  # shard k holds positions starts[k] .. starts[k+1] - 1
+        self.dtype = self.shards[0].dtype if self.shards else np.dtype("<u2")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, idx: np.ndarray | slice) -> np.ndarray:
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        idx = np.asarray(idx)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        out = np.empty(idx.shape, dtype=self.dtype)
+        for k in np.unique(which):  # a batch touches one or two shards
+            here = which == k
+            out[here] = self.shards[k][idx[here] - self.starts[k]]
+        return out
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        """All the tokens in memory (for `gptlab eval` over a val split): the shards one after another."""
+        whole = np.concatenate(self.shards) if self.shards else np.zeros(0, self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def split_shards(spec: str | os.PathLike[str]) -> dict[str, list[Path]]:
+    """{"train": [...], "val": [...]} from a glob ("data/fineweb_*.bin") or a folder of shards (a `gptlab
+    prepare` OUT): a file whose name has "val" in it is val (llm.c's and modded-nanogpt's names, and prepare's),
+    the others train; each split in name order."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.bin"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec)))
+    if not files:
+        raise DataError(f"--data.shards={spec}: no .bin shards there; pass a folder of shards or a glob such as "
+                        "'data/fineweb_*.bin' (quoted)")
+    splits = {"train": [f for f in files if "val" not in f.name], "val": [f for f in files if "val" in f.name]}
+    for split, paths in splits.items():
+        if not paths:
+            raise DataError(f"--data.shards={spec}: no {split} shard among {len(files)} files (val shards have 'val' "
+                            "in their name, as llm.c and gptlab prepare name them)")
+    return splits
+
+
+def shard_dataset(spec: str | os.PathLike[str]) -> TokenData:
+    """The train and val splits of a set of GPT-2 token shards (see split_shards), memory-mapped, as the
+    trainer's TokenData: batches are drawn from them exactly as from a tokenized text file."""
+    splits = split_shards(spec)
+    train, val = ShardedTokens(splits["train"]), ShardedTokens(splits["val"])
+    tokenizer = get_tokenizer("gpt2")
+    for tokens in (val, train):
+        if tokens.dtype != np.dtype("<u2"):
+            raise DataError(f"{tokens.paths[0]} holds uint32 tokens (a vocabulary over 65,536 ids): shards of another "
+                            "tokenizer than GPT-2's, which gptlab trains on")
+        # The first shard of each split, as a cheap check (reading every shard would read the whole corpus).
+        first = tokens.shards[0]
+        if len(first) and int(first.max()) >= tokenizer.vocab_size:
+            raise DataError(f"{tokens.paths[0]} holds token id {int(first.max())}, past GPT-2's vocabulary "
+                            f"({tokenizer.vocab_size}): shards of another tokenizer")
+    folder = Path(spec).expanduser()
+    where = folder if folder.is_dir() else train.paths[0].parent
+    return TokenData(train=train, val=val, tokenizer=tokenizer, path=where)
