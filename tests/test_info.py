@@ -240,9 +240,9 @@ def test_activation_estimate_matches_tensors_saved_for_backward(kw, dtype, monke
     assert abs(estimate - measured) <= 0.02 * measured, (estimate, measured)
 
 
-def test_activation_estimate_for_each_switch(switch):
+def test_activation_estimate_for_each_switch(switch, monkeypatch):
     # Each switch of config.SWITCHES alone and all together (the window, 16, is shorter than the 32 tokens).
-    test_activation_estimate_matches_tensors_saved_for_backward(switch_changes(small(), switch), "fp32")
+    test_activation_estimate_matches_tensors_saved_for_backward(switch_changes(small(), switch), "fp32", monkeypatch)
 
 
 # --- the report and the command line ---------------------------------------------------------------------
