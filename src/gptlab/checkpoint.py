@@ -36,7 +36,6 @@ from typing import Any
 import torch
 
 from .config import GPTConfig
-from .hf import CheckpointError  # one exception type for every unusable checkpoint
 from .tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
@@ -49,6 +48,7 @@ __all__ = [
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "read_json",
     "lock_held",
     "published",
     "recover",
@@ -66,6 +66,12 @@ STATE_NAME = "state.json"
 TOKENIZER_NAME = "tokenizer.json"
 DATA_REF_NAME = "data.json"
 DATA_KEYS = ("data.path", "data.tokenizer", "data.cache_dir")  # what locates a run's data (and its val split)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file or tensor and what to do.
+
+    One type for every unusable checkpoint, gptlab's or Hugging Face's (gptlab.hf raises it too)."""
 
 
 @dataclass
@@ -311,15 +317,16 @@ def data_reference(directory: str | Path) -> dict[str, Any] | None:
     default), from its state.json or, for a converted model, its data.json; None when it has neither."""
     directory = Path(directory)
     if (directory / STATE_NAME).is_file():
-        saved = _read_json(directory / STATE_NAME).get("train_config", {})
+        saved = read_json(directory / STATE_NAME).get("train_config", {})
         return {key: saved.get(key) for key in DATA_KEYS}
     if (directory / DATA_REF_NAME).is_file():
-        saved = _read_json(directory / DATA_REF_NAME)
+        saved = read_json(directory / DATA_REF_NAME)
         return {key: saved.get(key) for key in DATA_KEYS}
     return None
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A checkpoint's JSON file; CheckpointError naming the file when it is missing or not JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -344,7 +351,7 @@ def read_config(directory: str | Path) -> GPTConfig:
     from .hf import config_from_hf
 
     directory = Path(directory)
-    raw = _read_json(directory / CONFIG_NAME)  # its errors name the file already
+    raw = read_json(directory / CONFIG_NAME)  # its errors name the file already
     try:
         return config_from_hf(raw)
     except CheckpointError as e:
@@ -369,7 +376,7 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     state: dict[str, Any] = {}
     optimizer_state = None
     if (directory / STATE_NAME).is_file():
-        state = _read_json(directory / STATE_NAME)
+        state = read_json(directory / STATE_NAME)
         if with_optimizer and "optimizer" in state:
             tensors = _read_safetensors(directory / OPTIMIZER_NAME)
             optimizer_state = unflatten_optimizer_state(tensors, state["optimizer"])

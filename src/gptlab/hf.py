@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import CheckpointError  # raised here too; importable from gptlab.hf as before
 from .config import GPTConfig
 from .model import GPT
 
@@ -66,10 +67,6 @@ _IGNORABLE = {
     "gptlab": re.compile(r"(?!)"),
 }
 _LOCAL_HINT = "pass a local directory containing config.json and model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file or tensor and what to do."""
 
 
 # ----------------------------------------------------------------------------------------------- config
