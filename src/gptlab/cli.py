@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plot": ("gptlab.cli", "plot_main", "loss curves of one or several run directories in one PNG"),
     "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
-    "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
+    "convert": ("gptlab.convert", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
     "export": ("gptlab.cli", "export_main", "save a run's model for transformers (GPT-2, Llama or Mistral format)"),
 }
 
