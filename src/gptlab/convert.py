@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from . import checkpoint as ckpt
 from .hf import copy_hf_tokenizer
 from .model import GPT
-from .options import UsageError
+from .options import UsageError, coerce, options_of, parse_flags
 from .tokenizer import save_tokenizer
 from .train import command, load_pretrained
 
@@ -64,34 +65,35 @@ format where SRC is one, else gptlab's, with a char model's tokenizer); uptrain 
 `gptlab train --init=DST`."""
 
 
+@dataclass
+class ConvertSettings:
+    to_gqa: int | None = None  # K/V heads of the converted model
+
+
+CONVERT_OPTIONS = options_of(ConvertSettings)
+
+
+def _parse_args(argv: list[str]) -> tuple[int, list[str]]:
+    """(N, [SRC, DST]) from `--to-gqa N SRC DST`, parsed as every command's flags are (options.parse_flags)."""
+    pairs, rest = parse_flags(argv, CONVERT_OPTIONS, aliases={})
+    n = None
+    for key, value in pairs:
+        try:
+            n = coerce(key, value, CONVERT_OPTIONS[key].type)
+        except UsageError:
+            raise UsageError(f"--to-gqa expects an integer number of K/V heads, got {value!r}") from None
+    if n is None or len(rest) != 2:
+        raise UsageError("expected --to-gqa N SRC DST; see gptlab convert --help")
+    return n, rest
+
+
 def convert_main(argv: list[str] | None = None) -> int:
     """`gptlab convert --to-gqa N SRC DST`; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or "-h" in argv or "--help" in argv:
         print(CONVERT_USAGE)
         return 0 if argv else 2
-    n: int | None = None
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--to-gqa") or a.startswith("--to_gqa"):
-            value = a.partition("=")[2]
-            if not value:
-                i += 1
-                value = argv[i] if i < len(argv) else ""
-            try:
-                n = int(value)
-            except ValueError:
-                raise UsageError(f"--to-gqa expects an integer number of K/V heads, got {value!r}") from None
-        elif a.startswith("--"):
-            raise UsageError(f"unknown flag {a}; see gptlab convert --help")
-        else:
-            rest.append(a)
-        i += 1
-    if n is None or len(rest) != 2:
-        raise UsageError("expected --to-gqa N SRC DST; see gptlab convert --help")
-    src, dst = rest
+    n, (src, dst) = _parse_args(argv)
     if Path(dst).exists() and (not Path(dst).is_dir() or any(Path(dst).iterdir())):
         raise UsageError(f"{dst} exists and is not empty; convert writes a new model directory: pick a new DST")
     model, tokenizer = load_pretrained(src, need_tokenizer=False)
