@@ -28,14 +28,17 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
+from .options import UsageError
 from .tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
@@ -156,8 +159,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     save_file(tensors, str(path), metadata={"format": "pt"})
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -193,8 +194,6 @@ def _test_pause() -> None:
     tests/test_reliability.py can land SIGKILLs in the middle of one. Unset (always, outside tests): no-op."""
     seconds = os.environ.get("GPTLAB_TEST_SLOW_SAVE")
     if seconds:
-        import time
-
         time.sleep(float(seconds))
 
 
@@ -336,8 +335,6 @@ def read_json(path: Path) -> Any:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")  # CPU first: never straight onto a GPU (nanoGPT #158)
     except FileNotFoundError:
@@ -348,7 +345,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_config(directory: str | Path) -> GPTConfig:
     """The GPTConfig of a checkpoint directory (gptlab, or Hugging Face GPT-2/Llama/Mistral config.json)."""
-    from .hf import config_from_hf
+    from .hf import config_from_hf  # here: hf imports this module (CheckpointError), so not at the top
 
     directory = Path(directory)
     raw = read_json(directory / CONFIG_NAME)  # its errors name the file already
@@ -409,8 +406,6 @@ class RunLock:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            from .options import UsageError
-
             raise UsageError(
                 f"another gptlab process is training in {self.path.parent} (it holds {self.path}); "
                 "wait for it, or use another --system.work_dir"

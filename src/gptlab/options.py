@@ -296,7 +296,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
+            import yaml  # here: only YAML config files need it (JSON ones do not)
 
             data = yaml.safe_load(text)
     except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: report the position they give
@@ -396,7 +396,9 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
     positional checkpoint or run directory, whose config.json is read (model flags then change it).
     Other train flags are accepted and ignored. Raises UsageError (a ValueError) for anything invalid.
     """
-    from .train import parse_train_args, pretrained_model_config
+    # Here, not at the top: train and train_config import this module.
+    from .train import pretrained_model_config
+    from .train_config import parse_train_args
 
     positional = [a for a in flags if not a.startswith("--")]
     if len(positional) > 1:
