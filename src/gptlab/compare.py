@@ -35,7 +35,15 @@ from .convert import convert_main, convert_to_gqa
 from .data import default_data_path, prepare_dataset
 from .distributed import resolve_device
 from .measure import device_name, eval_loss, measure, measure_speeds
-from .options import UsageError, build_dataclass, coerce, model_config_from_dict, options_of, parse_flags
+from .options import (
+    UsageError,
+    build_dataclass,
+    coerce,
+    model_config_from_dict,
+    options_of,
+    parse_flags,
+    unknown_flags,
+)
 from .report import LABELS, commentary, summary_lines, write_report
 from .tokenizer import save_tokenizer
 from .train import load_pretrained
@@ -356,6 +364,9 @@ def parse_compare_args(argv: list[str]) -> tuple[CompareSettings, list[str]]:
     """(compare's own settings, the flags for the runs) from the command line."""
     run_flags = [a for a in argv if a.startswith(RUN_FLAGS)]
     own = ["--uptrain=False" if a.replace("_", "-") == "--no-uptrain" else a for a in argv if a not in run_flags]
+    unknown = unknown_flags(own, COMPARE_OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown argument {unknown[0]!r}; see gptlab compare --help")
     pairs, positionals = parse_flags(own, COMPARE_OPTIONS, aliases={})
     if positionals:
         raise UsageError(f"unknown argument {positionals[0]!r}; see gptlab compare --help")

@@ -16,7 +16,7 @@ import torch
 from . import checkpoint as ckpt
 from .hf import copy_hf_tokenizer
 from .model import GPT
-from .options import UsageError, coerce, options_of, parse_flags
+from .options import UsageError, coerce, options_of, parse_flags, unknown_flags
 from .tokenizer import save_tokenizer
 from .train import command, load_pretrained
 
@@ -75,6 +75,9 @@ CONVERT_OPTIONS = options_of(ConvertSettings)
 
 def _parse_args(argv: list[str]) -> tuple[int, list[str]]:
     """(N, [SRC, DST]) from `--to-gqa N SRC DST`, parsed as every command's flags are (options.parse_flags)."""
+    unknown = unknown_flags(argv, CONVERT_OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown flag {unknown[0]}; see gptlab convert --help")
     pairs, rest = parse_flags(argv, CONVERT_OPTIONS, aliases={})
     n = None
     for key, value in pairs:

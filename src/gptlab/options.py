@@ -269,6 +269,12 @@ def parse_flags(
     return pairs, positionals
 
 
+def unknown_flags(argv: list[str], options: dict[str, Option]) -> list[str]:
+    """The --flags in argv that name none of `options` (a command without aliases checks these first, so that
+    `--bogus` is called unknown rather than asked for a value)."""
+    return [a for a in argv if a.startswith("--") and a[2:].partition("=")[0].replace("-", "_") not in options]
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"trainer": {"max_iters": 5}} -> {"trainer.max_iters": 5}; dotted keys may be used directly too."""
     out: dict[str, Any] = {}
