@@ -238,6 +238,9 @@ def test_sample(run: Path, capsys: pytest.CaptureFixture) -> None:
     cli.main(["sample", f"--out_dir={run / 'a'}", "--start=To be", "--max_new_tokens=8", "--seed=3",
               "--checkpoint=last"])
     assert capsys.readouterr().out == first
+    # gptlab train's flag for the run directory names it here too.
+    cli.main(["sample", f"--system.work_dir={run / 'a'}", *argv])
+    assert capsys.readouterr().out == first
     # RoPE models have no position table: they can generate past block_size.
     assert cli.main(["sample", str(run / "b"), "--max_new_tokens=50", "--temperature=0"]) == 0
 

@@ -199,6 +199,18 @@ def test_compare_usage_errors() -> None:
         main(["--grid=nope.yaml"])
 
 
+def test_compare_settings_are_typed() -> None:
+    from gptlab.compare import parse_compare_args
+
+    s, run_flags = parse_compare_args(["--preset=micro", "--seeds=3", "--no-uptrain", "--report-only",
+                                       "--trainer.max_iters=4", "--data.path=x.txt", "--note=a b"])
+    assert (s.preset, s.seeds, s.uptrain, s.report_only, s.note) == ("micro", 3, False, True, "a b")
+    assert s.out_dir == Path("reports/micro")
+    assert run_flags == ["--trainer.max_iters=4", "--data.path=x.txt"]  # for the runs, in order
+    with pytest.raises(UsageError, match="--seeds expects an integer"):
+        parse_compare_args(["--seeds=two"])
+
+
 def test_report_only_without_runs_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no complete runs"):
         main(["--preset=micro", f"--out={tmp_path / 'new'}", "--report-only"])

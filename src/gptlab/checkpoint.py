@@ -28,15 +28,17 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
-from .hf import CheckpointError  # one exception type for every unusable checkpoint
+from .options import UsageError
 from .tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "read_json",
     "lock_held",
     "published",
     "recover",
@@ -66,6 +69,12 @@ STATE_NAME = "state.json"
 TOKENIZER_NAME = "tokenizer.json"
 DATA_REF_NAME = "data.json"
 DATA_KEYS = ("data.path", "data.tokenizer", "data.cache_dir")  # what locates a run's data (and its val split)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file or tensor and what to do.
+
+    One type for every unusable checkpoint, gptlab's or Hugging Face's (gptlab.hf raises it too)."""
 
 
 @dataclass
@@ -150,8 +159,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     save_file(tensors, str(path), metadata={"format": "pt"})
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -187,8 +194,6 @@ def _test_pause() -> None:
     tests/test_reliability.py can land SIGKILLs in the middle of one. Unset (always, outside tests): no-op."""
     seconds = os.environ.get("GPTLAB_TEST_SLOW_SAVE")
     if seconds:
-        import time
-
         time.sleep(float(seconds))
 
 
@@ -311,15 +316,16 @@ def data_reference(directory: str | Path) -> dict[str, Any] | None:
     default), from its state.json or, for a converted model, its data.json; None when it has neither."""
     directory = Path(directory)
     if (directory / STATE_NAME).is_file():
-        saved = _read_json(directory / STATE_NAME).get("train_config", {})
+        saved = read_json(directory / STATE_NAME).get("train_config", {})
         return {key: saved.get(key) for key in DATA_KEYS}
     if (directory / DATA_REF_NAME).is_file():
-        saved = _read_json(directory / DATA_REF_NAME)
+        saved = read_json(directory / DATA_REF_NAME)
         return {key: saved.get(key) for key in DATA_KEYS}
     return None
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A checkpoint's JSON file; CheckpointError naming the file when it is missing or not JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -329,8 +335,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")  # CPU first: never straight onto a GPU (nanoGPT #158)
     except FileNotFoundError:
@@ -341,10 +345,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_config(directory: str | Path) -> GPTConfig:
     """The GPTConfig of a checkpoint directory (gptlab, or Hugging Face GPT-2/Llama/Mistral config.json)."""
-    from .hf import config_from_hf
+    from .hf import config_from_hf  # here: hf imports this module (CheckpointError), so not at the top
 
     directory = Path(directory)
-    raw = _read_json(directory / CONFIG_NAME)  # its errors name the file already
+    raw = read_json(directory / CONFIG_NAME)  # its errors name the file already
     try:
         return config_from_hf(raw)
     except CheckpointError as e:
@@ -369,7 +373,7 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     state: dict[str, Any] = {}
     optimizer_state = None
     if (directory / STATE_NAME).is_file():
-        state = _read_json(directory / STATE_NAME)
+        state = read_json(directory / STATE_NAME)
         if with_optimizer and "optimizer" in state:
             tensors = _read_safetensors(directory / OPTIMIZER_NAME)
             optimizer_state = unflatten_optimizer_state(tensors, state["optimizer"])
@@ -402,8 +406,6 @@ class RunLock:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            from .options import UsageError
-
             raise UsageError(
                 f"another gptlab process is training in {self.path.parent} (it holds {self.path}); "
                 "wait for it, or use another --system.work_dir"

