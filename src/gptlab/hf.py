@@ -37,6 +37,7 @@ import torch
 
 from .checkpoint import CheckpointError  # raised here too; importable from gptlab.hf as before
 from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
+from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
 from .model import GPT
 
 __all__ = [
@@ -56,16 +57,6 @@ __all__ = [
 
 HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3")  # the Hugging Face formats gptlab loads and exports (in this order)
 SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
-BIN_NAME = "pytorch_model.bin"
-BIN_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHT_NAMES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, BIN_NAME, BIN_INDEX_NAME)
-# A Hugging Face directory's tokenizer, copied along when gptlab rewrites its model (convert, export).
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                      "vocab.json", "merges.txt", "generation_config.json")
-
 # HF GPT-2 stores these as Conv1D, weight shape (in, out): the transpose of nn.Linear's (out, in).
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
 # Buffers that old checkpoints carry and that hold no learned state.
@@ -76,7 +67,6 @@ _IGNORABLE = {
     "qwen3": re.compile(r".*rotary_emb\.inv_freq"),
     "gptlab": re.compile(r"(?!)"),
 }
-_LOCAL_HINT = "pass a local directory containing config.json and model.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -215,7 +205,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
     except CheckpointError:
         raise
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"the {model_type} config does not give a valid GPTConfig: {_one_line(e)}") from None
+        raise CheckpointError(f"the {model_type} config does not give a valid GPTConfig: {one_line(e)}") from None
     raise CheckpointError(
         f"unknown model_type {model_type!r}; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
     )
@@ -351,170 +341,6 @@ def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def _one_line(e: BaseException | str) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _resolve(path_or_name: str | Path) -> Path:
-    """A local checkpoint directory: path_or_name itself, or a Hugging Face Hub download."""
-    path = Path(path_or_name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(
-                f"{path} is a file, not a checkpoint directory; pass the directory that holds config.json "
-                "and the weights"
-            )
-        return path
-    name = str(path_or_name)
-    looks_local = (
-        isinstance(path_or_name, Path)
-        or name.startswith(("/", ".", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or (name.count("/") == 1 and Path(name.split("/")[0]).is_dir())  # out/typo: a local folder's child
-        or not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?", name)
-    )
-    if looks_local:
-        raise CheckpointError(
-            f"checkpoint directory {name} does not exist; {_LOCAL_HINT} (or a Hugging Face Hub id such as 'gpt2')"
-        )
-    return _download(name)
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _download(repo_id: str) -> Path:
-    """config.json and the weights of a Hub repo (model*.safetensors, else pytorch_model*.bin)."""
-
-    def fail(reason: str) -> CheckpointError:
-        return CheckpointError(
-            f"no local directory {repo_id!r}, and it could not be fetched from the Hugging Face Hub ({reason}); "
-            f"check the path, or {_LOCAL_HINT}"
-        )
-
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise fail("huggingface_hub is not installed") from None
-    offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-    kwargs = dict(local_files_only=offline, etag_timeout=5)
-    try:
-        local = Path(snapshot_download(
-            repo_id, allow_patterns=[CONFIG_NAME, "model*.safetensors", SAFETENSORS_INDEX_NAME], **kwargs
-        ))
-        if not (local / SAFETENSORS_NAME).exists() and not (local / SAFETENSORS_INDEX_NAME).exists():
-            local = Path(snapshot_download(
-                repo_id, allow_patterns=[CONFIG_NAME, "pytorch_model*.bin", BIN_INDEX_NAME], **kwargs
-            ))
-    except Exception as e:  # offline, unknown repo, gated repo, network errors: all one short message
-        from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-        if offline:
-            reason = "offline (HF_HUB_OFFLINE is set) and not in the local cache"
-        elif isinstance(e, GatedRepoError):
-            reason = "gated: accept its terms on the Hub, then `hf auth login`"
-        elif isinstance(e, RepositoryNotFoundError):
-            reason = "no such repository, or a private one"
-        elif isinstance(e, LocalEntryNotFoundError):  # what a failed connection surfaces as
-            reason = "the Hub could not be reached and it is not in the local cache"
-        else:
-            reason = _one_line(e)
-        raise fail(reason) from None
-    return local
-
-
-def _read_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        runs = [directory / d for d in ("best", "last") if (directory / d / CONFIG_NAME).is_file()]
-        if runs:  # a `gptlab train` work dir: its checkpoints are one level down
-            raise CheckpointError(f"{directory} is a training run; load one of its checkpoints: {runs[0]}")
-        raise CheckpointError(
-            f"{directory} has no {CONFIG_NAME}; a checkpoint directory needs config.json next to the weights "
-            "(save it with save_pretrained)"
-        )
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({_one_line(e)}); restore or re-save it") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(hf).__name__}")
-    return hf
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-download or re-save it") from None
-    except Exception as e:  # SafetensorError and friends: truncated header, data past the end, garbage
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({_one_line(e)}); it is truncated or corrupt, "
-            "re-download or re-save it"
-        ) from None
-
-
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-download or re-save it") from None
-    except Exception as e:  # UnpicklingError beyond plain tensors; corrupt zip; EOF. re.sub: drop torch's bold codes
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path} cannot be loaded safely with torch.load(weights_only=True) ({_one_line(first)}); "
-            "it is corrupt or holds more than tensors (possibly code); convert it to model.safetensors "
-            "from a trusted source"
-        ) from None
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise CheckpointError(
-            f"{path} does not hold a flat state dict (name -> tensor); save model.state_dict() there"
-        )
-    return obj
-
-
-def _load_index(path: Path, loader: Callable[[Path], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        files = sorted(set(weight_map.values()))
-    except Exception as e:
-        raise CheckpointError(
-            f"{path} is not a valid shard index ({_one_line(e)}); it needs a \"weight_map\" of tensor -> file"
-        ) from None
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        shard = path.parent / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise CheckpointError(f"{path} names shard {name!r} outside the checkpoint directory")
-        tensors.update(loader(shard))
-    return tensors
-
-
-def _load_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    for name in WEIGHT_NAMES:
-        path = directory / name
-        if path.is_file():
-            if name == SAFETENSORS_NAME:
-                return _load_safetensors(path), path
-            if name == SAFETENSORS_INDEX_NAME:
-                return _load_index(path, _load_safetensors), path
-            if name == BIN_NAME:
-                return _load_bin(path), path
-            return _load_index(path, _load_bin), path
-    raise CheckpointError(
-        f"{directory} has no weights file (looked for {', '.join(WEIGHT_NAMES)}); put the weights there "
-        "as model.safetensors"
-    )
-
-
 # One source tensor: its name in the checkpoint and the shape it must have.
 _Source = tuple[str, tuple[int, ...]]
 # How one of our tensors is made: its sources and the function that combines them.
@@ -657,15 +483,15 @@ def load_pretrained(
     dtype: floating dtype of the parameters (default: torch's default dtype, float32). device: where to
     put the model (default: CPU).
     """
-    directory = _resolve(path_or_name)
+    directory = resolve(path_or_name)
     cfg_path = directory / CONFIG_NAME
-    hf = _read_config(directory)
+    hf = read_config(directory)
     try:
         config = config_from_hf(hf)
     except CheckpointError as e:
         raise CheckpointError(f"{cfg_path}: {e}") from None
     model_type = hf["model_type"]
-    src, file = _load_weights(directory)
+    src, file = load_weights(directory)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
     if config.tie_embeddings:
