@@ -126,14 +126,14 @@ def test_eval_by_position_errors(root: Path, capsys: pytest.CaptureFixture, argv
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("switches", [
+@pytest.mark.parametrize("fields", [
     dict(),  # GPT-2: learned positions, full causal attention
     dict(pos_emb="rope", n_kv_head=2, window=3),  # RoPE, GQA, a window
     dict(pos_emb="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu", bias=False),  # MQA, Llama-style
 ])
-def test_attention_maps_are_the_layers_own_attention(switches: dict) -> None:
+def test_attention_maps_are_the_layers_own_attention(fields: dict) -> None:
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=32, **switches)
+    config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=32, **fields)
     model = GPT(config).eval()
     idx = torch.randint(0, 40, (2, 11))
     inputs, outputs = [], []
