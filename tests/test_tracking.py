@@ -59,11 +59,11 @@ def test_tensorboard_resume_purges_what_was_logged_after_the_checkpoint(tmp_path
         tb.log({"iter": i, "loss": float(i)})
     tb.close()
     tb = tracking.open_trackers(["tensorboard"], tmp_path, SETTINGS, start_iter=3)[0]  # the checkpoint was iter 3
-    for i in range(3, 5):
+    for i in range(4, 6):
         tb.log({"iter": i, "loss": 10.0 + i})
     tb.close()
     acc = _read_tensorboard(tmp_path / "tensorboard")
-    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0)]
 
 
 def test_wandb_offline_writes_its_run_folder_and_resumes_the_same_run(tmp_path, monkeypatch):
@@ -85,3 +85,39 @@ def test_wandb_offline_writes_its_run_folder_and_resumes_the_same_run(tmp_path, 
     again = tracking.open_trackers(["wandb"], run_dir, SETTINGS, start_iter=2)[0]
     assert again.run.id == run_id
     again.close()
+
+
+def _train_argv(tmp_path: Path, iters: int, resume: bool, log_to: str) -> list[str]:
+    from gptlab.data import shakespeare_text
+
+    text = tmp_path / "t.txt"
+    if not text.exists():
+        text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    return ["--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--system.work_dir={tmp_path / 'run'}", "--trainer.device=cpu", f"--trainer.max_iters={iters}",
+            "--trainer.log_interval=2", "--trainer.eval_interval=4", "--trainer.sample_tokens=8",
+            f"--trainer.resume={resume}", f"--trainer.log_to={log_to}"]
+
+
+def test_a_training_run_mirrors_metrics_jsonl_to_tensorboard_across_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from gptlab import train as T
+
+    assert T.main(_train_argv(tmp_path, 8, False, "tensorboard")) == 0
+    assert T.main(_train_argv(tmp_path, 12, True, "tensorboard")) == 0
+    rows = T.read_metrics(tmp_path / "run")
+    acc = _read_tensorboard(tmp_path / "run" / "tensorboard")
+    for name in ("loss", "lr", "val_loss", "train_loss"):
+        want = [(r["iter"], r[name]) for r in rows if name in r]
+        got = [(e.step, e.value) for e in acc.Scalars(name)]
+        assert [s for s, _ in got] == [s for s, _ in want] and len(want) >= 3, name
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), name  # float32 in the file
+    assert {e.step for e in acc.Tensors("sample/text_summary")} >= {4, 8}
+
+
+def test_log_to_errors_are_one_line(tmp_path, capsys):
+    from gptlab.cli import main
+
+    assert main(["train", *_train_argv(tmp_path, 2, False, "tensorbored")]) == 2
+    assert "unknown tracker 'tensorbored'; choose from tensorboard, wandb" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

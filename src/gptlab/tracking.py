@@ -55,8 +55,9 @@ class TensorBoardTracker:
     def __init__(self, run_dir: Path, settings: dict[str, Any], start_iter: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: events at or after the resumed iteration were logged after the checkpoint; drop them.
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iter or None)
+        # purge_step: events after the checkpoint's iteration were logged by the interrupted process after its last
+        # checkpoint, and metrics.jsonl forgot them too; the resumed run logs them again.
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iter + 1 if start_iter else None)
         if not start_iter:
             hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in settings.items()}
             self.writer.add_hparams(hparams, {}, run_name=".")

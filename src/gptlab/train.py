@@ -29,14 +29,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import autotune, distributed, hardware, rundir
+from . import autotune, distributed, hardware, rundir, tracking
 from . import checkpoint as ckpt
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
@@ -241,14 +241,27 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
         if resumed:
             _resume(run, resumed)
         del resumed
-        with _stop_on_signal() as stop:
+        with _trackers(run), _stop_on_signal() as stop:
             if not _start(run):
                 return 0
             code = _loop(run, stop)
-        if code is not None:  # stopped early
-            return code
-        _finish(run)
+            if code is not None:  # stopped early
+                return code
+            _finish(run)
         return 0
+
+
+@contextlib.contextmanager
+def _trackers(run: Run) -> Iterator[None]:
+    """The live trackers of --trainer.log_to (rank 0), closed however the run ends."""
+    names = tracking.parse_log_to(run.cfg.trainer.log_to) if run.info.is_main else []
+    settings = {k: v for k, v in flatten(dataclasses.asdict(run.cfg)).items() if k != "trainer.quiet"}
+    run.trackers = tracking.open_trackers(names, run.work_dir, settings, run.step)
+    try:
+        yield
+    finally:
+        for tracker in run.trackers:
+            tracker.close()
 
 
 @dataclass
@@ -277,6 +290,7 @@ class Run:
     elapsed_before: float = 0.0  # seconds the run trained before this process (elapsed_s continues across resume)
     start: float = 0.0  # time.perf_counter() when this process's loop began
     start_step: int = 0
+    trackers: list[tracking.Tracker] = field(default_factory=list)  # --trainer.log_to, on rank 0
 
     @property
     def work_dir(self) -> Path:
@@ -311,8 +325,11 @@ class Run:
         return self.wrapped.no_sync() if skip else contextlib.nullcontext()
 
     def log(self, row: dict[str, Any]) -> None:
+        """A metrics.jsonl row (the source of truth), mirrored to the trackers of --trainer.log_to."""
         if self.info.is_main:
             rundir.append_metrics(self.work_dir, row)
+            for tracker in self.trackers:
+                tracker.log(row)
 
     def log_progress(self, losses: list[float], since: float, lr: float, bar: Any) -> None:
         """The metrics.jsonl row of the steps since `since` (and the progress line, or the bar's numbers)."""
@@ -378,6 +395,8 @@ class Run:
             text = sample_text(self.raw, self.tokenizer, max_new_tokens, self.info.device,
                                self.cfg.system.seed + self.step)
             self.say(f"---- {title} ----\n{text}\n----")
+            for tracker in self.trackers:
+                tracker.text(self.step, "sample", text)
 
 
 def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoint | None,

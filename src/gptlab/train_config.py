@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import checkpoint as ckpt
+from . import tracking
 from .data import default_data_path, read_text_file
 from .options import (
     UsageError,
@@ -70,6 +71,7 @@ class TrainerConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicates the model, FSDP2 shards it
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
     quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
+    log_to: str | None = None  # live tracking besides metrics.jsonl: tensorboard, wandb, or both (comma-separated)
 
 
 @dataclass
@@ -222,6 +224,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(
             f"--trainer.batch_size={t.batch_size} must be divisible by --trainer.grad_accum={t.grad_accum}"
         )
+    try:
+        tracking.parse_log_to(t.log_to)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def train_help() -> str:
