@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +68,42 @@ def test_bad_shard_sets_are_one_line_errors(tmp_path, case):
                "past vocab": "holds token id 59000, past GPT-2's vocabulary"}[case]
     with pytest.raises(DataError, match=message):
         shard_dataset(tmp_path)
+
+
+def test_training_on_prepared_shards_resumes_bit_exact_and_evals_on_their_val(tmp_path, capsys):
+    from gptlab import train as T
+    from gptlab.cli import main
+    from gptlab.data import shakespeare_text
+    from gptlab.prepare import PrepareConfig, prepare
+
+    (tmp_path / "corpus.txt").write_text(shakespeare_text()[:60_000], encoding="utf-8")
+    prepare(str(tmp_path / "corpus.txt"), tmp_path / "shards",
+            PrepareConfig(shard_tokens=4_000, workers=1, progress=False))
+    assert len(split_shards(tmp_path / "shards")["train"]) >= 2  # batches cross shard files
+
+    def run(name: str, iters: int, resume: bool = False) -> list[str]:
+        return ["--preset=tiny", f"--data.shards={tmp_path / 'shards'}", f"--system.work_dir={tmp_path / name}",
+                "--trainer.device=cpu", "--trainer.sample_tokens=0", f"--trainer.max_iters={iters}",
+                "--trainer.lr_decay_iters=8", "--trainer.log_interval=1", "--trainer.eval_interval=4",
+                f"--trainer.resume={resume}"]
+
+    assert T.main(run("straight", 8)) == 0
+    assert T.main(run("resumed", 4)) == 0
+    assert T.main(run("resumed", 8, resume=True)) == 0
+    losses = {n: [(r["iter"], r["loss"]) for r in T.read_metrics(tmp_path / n) if "loss" in r]
+              for n in ("straight", "resumed")}
+    assert losses["resumed"] == losses["straight"] and len(losses["straight"]) == 8
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "straight"), "--json"]) == 0  # on the shards' val split, not Shakespeare
+    result = json.loads(capsys.readouterr().out)
+    val = shard_dataset(tmp_path / "shards").val
+    assert result["text"] == f"{tmp_path / 'shards'} (validation split)" and result["tokens"] == len(val) - 1
+
+
+def test_shards_with_a_text_path_or_the_char_tokenizer_are_refused(tmp_path, capsys):
+    from gptlab.cli import main
+
+    for extra in ("--data.path=x.txt", "--data.tokenizer=char"):
+        assert main(["train", f"--data.shards={tmp_path}", extra, f"--system.work_dir={tmp_path / 'r'}"]) == 2
+        assert f"--data.shards holds GPT-2 tokens already: drop {extra.split('=')[0] if 'path' in extra else extra}" \
+            in capsys.readouterr().err

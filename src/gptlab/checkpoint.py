@@ -68,7 +68,8 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "state.json"
 TOKENIZER_NAME = "tokenizer.json"
 DATA_REF_NAME = "data.json"
-DATA_KEYS = ("data.path", "data.tokenizer", "data.cache_dir")  # what locates a run's data (and its val split)
+# What locates a run's data (and its val split).
+DATA_KEYS = ("data.path", "data.tokenizer", "data.cache_dir", "data.shards")
 
 
 class CheckpointError(ValueError):

