@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gptlab import checkpoint as ckpt
-from gptlab import cli, runs
+from gptlab import cli, rundir, runs
 from gptlab import train as T
 from gptlab.data import shakespeare_text
 from gptlab.info import model_stats
@@ -187,13 +187,13 @@ def test_plot_legend_carries_each_runs_numbers(root: Path, tmp_path: Path, monke
     assert label.startswith("learned (") and f"final val {s.final_val_loss:.4f}, 2-batch est." in label
     assert "tok/s" in label
     seen = {}
-    real = T.plot_losses
+    real = rundir.plot_losses
 
     def spy(run_dirs: list, out: Path, labels: list[str] | None = None) -> Path:
         seen["labels"] = labels
         return real(run_dirs, out, labels)
 
-    monkeypatch.setattr(T, "plot_losses", spy)
+    monkeypatch.setattr(rundir, "plot_losses", spy)
     out = tmp_path / "ab.png"
     assert cli.main(["plot", str(a), str(b), f"--out={out}"]) == 0
     assert seen["labels"] == [runs.legend_label(a), runs.legend_label(b)] and seen["labels"][0].startswith("mha (")

@@ -152,35 +152,27 @@ def _parse_layers(text: str | None, n_layer: int) -> list[int] | None:
     return layers
 
 
+HELP = """\
+usage: gptlab attention RUN_OR_MODEL --prompt=TEXT [--out=attention.png] [--layers=0,1]
+
+Draw the attention maps of a model (a run's best checkpoint, a checkpoint or Hugging Face directory)
+for a prompt: one panel per layer and head, softmax(q k^T / sqrt(d)) under the model's causal or
+sliding-window mask; for GQA/MQA each query head with its group's K/V head.
+"""
+
+
 def main(argv: list[str]) -> int:
     """`gptlab attention RUN_OR_MODEL --prompt=TEXT [--out=attention.png] [--layers=0,1]`."""
-    from .cli import _parse, _source, load_model
+    from .cli import _parse_model_command, load_model, png_path, read_prompt
 
-    parsed = _parse(
-        AttentionConfig, argv, {},
-        "usage: gptlab attention RUN_OR_MODEL --prompt=TEXT [--out=attention.png] [--layers=0,1]\n\n"
-        "Draw the attention maps of a model (a run's best checkpoint, a checkpoint or Hugging Face directory)\n"
-        "for a prompt: one panel per layer and head, softmax(q k^T / sqrt(d)) under the model's causal or\n"
-        "sliding-window mask; for GQA/MQA each query head with its group's K/V head.\n",
-    )
+    parsed = _parse_model_command(AttentionConfig, argv, {}, HELP)
     if parsed is None:
         return 0
-    cfg, positionals = parsed
-    source = _source(cfg, positionals)
+    cfg, source = parsed
     if not cfg.prompt:
         raise UsageError('--prompt is required: the text whose attention is drawn, e.g. --prompt="ROMEO: But soft"')
-    out = Path(cfg.out).expanduser()
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out={cfg.out}: the plot is a PNG; give a file name ending in .png")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out={cfg.out}: folder {out.parent} does not exist; create it or pick another")
-    prompt = cfg.prompt
-    if prompt.startswith("FILE:"):
-        try:
-            prompt = Path(prompt[5:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--prompt=FILE:{prompt[5:]}: cannot read it ({e})") from None
-
+    out = png_path("--out", cfg.out)
+    prompt = read_prompt(cfg.prompt)
     model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
     c = model.config
     layers = _parse_layers(cfg.layers, c.n_layer)

@@ -135,6 +135,26 @@ def _at_least(cfg: Any, name: str, low: float, note: str = "") -> None:
         raise UsageError(f"--{name} must be >= {low}{note}, got {value}")
 
 
+def read_prompt(prompt: str) -> str:
+    """--prompt's text: as given, or the contents of the file after FILE: (nanoGPT's convention)."""
+    if not prompt.startswith("FILE:"):
+        return prompt
+    try:
+        return Path(prompt[5:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--prompt=FILE:{prompt[5:]}: cannot read it ({e})") from None
+
+
+def png_path(flag: str, value: str) -> Path:
+    """The path of a PNG a command will write (--out, --plot), or a UsageError saying what is wrong with it."""
+    path = Path(value).expanduser()
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{flag}={value}: the plot is a PNG; give a file name ending in .png")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag}={value}: folder {path.parent} does not exist; create it or pick another")
+    return path
+
+
 def _source(cfg: Any, positionals: list[str]) -> str:
     if len(positionals) > 1 or (positionals and cfg.source):
         given = positionals + ([cfg.source] if cfg.source else [])
@@ -216,13 +236,7 @@ def sample_main(argv: list[str]) -> int:
     _at_least(cfg, "top_k", 1, " or None")
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UsageError(f"--top_p must be in (0, 1], got {cfg.top_p}")
-    prompt = cfg.prompt
-    if prompt.startswith("FILE:"):
-        try:
-            prompt = Path(prompt[5:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--prompt=FILE:{prompt[5:]}: cannot read it ({e})") from None
-
+    prompt = read_prompt(cfg.prompt)
     model, tokenizer, _ = load_model(source, cfg.checkpoint, cfg.device)
     try:
         ids = tokenizer.encode(prompt)
@@ -443,14 +457,9 @@ def eval_main(argv: list[str]) -> int:
     _at_least(cfg, "batch_size", 1)
     _at_least(cfg, "max_tokens", 2, " or None")
     _at_least(cfg, "context", 1, " or None")
-    plot = Path(cfg.plot).expanduser() if cfg.plot else None
-    if plot is not None:
-        if not cfg.by_position:
-            raise UsageError(f"--plot={cfg.plot} draws the loss by position: add --by-position")
-        if plot.suffix.lower() != ".png":
-            raise UsageError(f"--plot={cfg.plot}: the plot is a PNG; give a file name ending in .png")
-        if not plot.parent.is_dir():
-            raise UsageError(f"--plot={cfg.plot}: folder {plot.parent} does not exist; create it or pick another")
+    if cfg.plot and not cfg.by_position:
+        raise UsageError(f"--plot={cfg.plot} draws the loss by position: add --by-position")
+    plot = png_path("--plot", cfg.plot) if cfg.plot else None
     model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
     c = model.config
     context = c.block_size if cfg.context is None else cfg.context
@@ -553,13 +562,10 @@ def plot_main(argv: list[str]) -> int:
     labels = [s.strip() for s in cfg.labels.split(",")] if cfg.labels else None
     if labels is not None and len(labels) != len(runs):
         raise UsageError(f"--labels has {len(labels)} labels for {len(runs)} runs; give one per run, comma-separated")
-    if Path(cfg.out).suffix.lower() != ".png":
-        raise UsageError(f"--out={cfg.out}: the plot is a PNG; give a file name ending in .png")
-    if not Path(cfg.out).expanduser().parent.is_dir():
-        raise UsageError(f"--out={cfg.out}: folder {Path(cfg.out).parent} does not exist; create it or pick another")
+    out = png_path("--out", cfg.out)
     # Each run's legend entry carries its numbers (final val loss, tokens/s), as `gptlab runs` shows them.
     labels = [legend_label(run, name) for run, name in zip(runs, labels or [None] * len(runs), strict=True)]
-    out = plot_losses(runs, Path(cfg.out).expanduser(), labels)
+    out = plot_losses(runs, out, labels)
     print(f"wrote {out}")
     return 0
 

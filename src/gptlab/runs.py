@@ -356,18 +356,21 @@ class RunsConfig:
     json: bool = False  # print JSON: every number and every setting of every run
 
 
+HELP = """\
+usage: gptlab runs RUN_OR_FOLDER_OR_GLOB [...] [--csv | --json]
+
+One table of run directories, finished or still training: the settings that differ between them,
+parameters, KV cache bytes, best and final val loss (training's estimates), tokens/s, steps done of
+planned, live or finished. A folder holding runs (a compare OUT, OUT/runs) stands for every run in it;
+quote a glob ('out/*') and gptlab expands it.
+"""
+
+
 def main(argv: list[str]) -> int:
     """`gptlab runs DIR_OR_GLOB [...] [--csv | --json]`."""
     from .cli import _parse
 
-    parsed = _parse(
-        RunsConfig, argv, {},
-        "usage: gptlab runs RUN_OR_FOLDER_OR_GLOB [...] [--csv | --json]\n\n"
-        "One table of run directories, finished or still training: the settings that differ between them,\n"
-        "parameters, KV cache bytes, best and final val loss (training's estimates), tokens/s, steps done of\n"
-        "planned, live or finished. A folder holding runs (a compare OUT, OUT/runs) stands for every run in it;\n"
-        "quote a glob ('out/*') and gptlab expands it.\n",
-    )
+    parsed = _parse(RunsConfig, argv, {}, HELP)
     if parsed is None:
         return 0
     cfg, patterns = parsed
