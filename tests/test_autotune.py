@@ -164,3 +164,31 @@ def test_resume_pins_the_kernels_the_interrupted_run_measured(tmp_path, monkeypa
     resumed = [(r["iter"], r["loss"]) for r in T.read_metrics(tmp_path / "resumed") if "loss" in r]
     assert resumed == straight
     autotune.reset()
+
+
+def test_sampling_during_training_does_not_move_the_dropout_rng(tmp_path, monkeypatch):
+    """The decode choice is made at the first sample, after a checkpoint: timing it must not draw from torch's
+    RNG (the dropout stream), or a resumed run, which has no such sample, would drop other units."""
+    from gptlab import train as T
+    from gptlab.data import shakespeare_text
+
+    torch.set_num_threads(2)  # the GEMV choice is only timed with threads to split over
+    text = tmp_path / "t.txt"
+    text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
+
+    def run(name: str, iters: int, resume: bool = False) -> list[str]:
+        return [
+            "--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--system.work_dir={tmp_path / name}", "--trainer.device=cpu", "--trainer.sample_tokens=4",
+            f"--trainer.max_iters={iters}", "--trainer.lr_decay_iters=8", "--trainer.log_interval=1",
+            "--trainer.eval_interval=4", "--model.dropout=0.1", f"--trainer.resume={resume}",
+        ]
+
+    assert T.main(run("straight", 8)) == 0
+    autotune.reset()  # a new process: the choice is timed again at its first sample
+    assert T.main(run("resumed", 4)) == 0
+    autotune.reset()
+    assert T.main(run("resumed", 8, resume=True)) == 0
+    straight = [(r["iter"], r["loss"]) for r in T.read_metrics(tmp_path / "straight") if "loss" in r]
+    resumed = [(r["iter"], r["loss"]) for r in T.read_metrics(tmp_path / "resumed") if "loss" in r]
+    assert resumed == straight

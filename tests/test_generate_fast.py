@@ -173,7 +173,18 @@ def test_cache_returns_every_position_a_query_of_the_chunk_sees(window, max_len)
         keys, values, k_pos = cache.update(x, x, pos)
         assert torch.equal(keys[0, 0, :, 0].long(), k_pos) and torch.equal(values, keys)
         assert len(set(k_pos.tolist())) == len(k_pos)  # no position twice
+        assert (k_pos >= 0).all()  # only slots that hold a position
         for q in range(pos, pos + T):
             needed = {j for j in range(q + 1) if visible(torch.tensor(q), torch.tensor(j), window)}
             assert needed <= set(k_pos.tolist()), (q, needed - set(k_pos.tolist()))
+        if T == 1:  # attention skips the mask for one query: the cache must hand it exactly what it sees
+            assert set(k_pos.tolist()) == needed
         pos += T
+
+
+def test_a_full_cache_refuses_positions_past_its_end():
+    cache = KVCache(1, 1, 1, max_len=4, window=None)
+    x = torch.zeros(1, 1, 4, 1)
+    cache.update(x, x, 0)
+    with pytest.raises(ValueError, match="the cache holds 4 positions; positions 4..4 do not fit"):
+        cache.update(x[:, :, :1], x[:, :, :1], 4)

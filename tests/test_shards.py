@@ -54,6 +54,22 @@ def test_splits_by_name_from_a_folder_or_a_glob(tmp_path):
     assert [p.name for p in by_folder["val"]] == ["fineweb_val_000000.bin"]
 
 
+def test_val_is_a_word_in_the_name_not_any_val_in_it(tmp_path):
+    for name in ("interval_000000.bin", "eval_train_000001.bin", "fineweb_val_000000.bin", "val_000000.bin",
+                 "tinyshakespeare_val.bin"):
+        write_shard(tmp_path / name, np.arange(5, dtype=np.uint16), 50257)
+    splits = split_shards(tmp_path)
+    assert [p.name for p in splits["train"]] == ["eval_train_000001.bin", "interval_000000.bin"]
+    assert [p.name for p in splits["val"]] == ["fineweb_val_000000.bin", "tinyshakespeare_val.bin", "val_000000.bin"]
+
+
+def test_shards_of_two_token_widths_are_refused(tmp_path):
+    write_shard(tmp_path / "a_train_0.bin", np.arange(5, dtype=np.uint16), 50257)
+    write_shard(tmp_path / "a_train_1.bin", np.arange(5, dtype=np.uint32), 100_000)
+    with pytest.raises(DataError, match="the shards mix token widths"):
+        ShardedTokens(sorted(tmp_path.glob("*.bin")))
+
+
 @pytest.mark.parametrize("case", ["empty", "no val", "uint32", "past vocab"])
 def test_bad_shard_sets_are_one_line_errors(tmp_path, case):
     if case == "no val":

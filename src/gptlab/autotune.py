@@ -56,7 +56,9 @@ def choose(
     if torch.compiler.is_compiling():
         return PLAIN
     timer = timer or fastest_time  # looked up per call, so tests can replace it
-    times = {name: timer(name, fn) for name, fn in candidates.items()}
+    # Timing must not move torch's RNG: it is the dropout stream a checkpoint saves, and resume is bit-exact.
+    with torch.random.fork_rng(devices=[]):
+        times = {name: timer(name, fn) for name, fn in candidates.items()}
     best = min(times, key=times.__getitem__)
     if times[best] > times[PLAIN] * (1 - MARGIN):
         best = PLAIN

@@ -47,6 +47,8 @@ class KVCache(nn.Module):
         """Store k, v (B, Hkv, T, D) of positions pos..pos+T-1 (position p in slot p % size). Returns the keys,
         values and positions (N,) a query of this chunk may need, in slot order: what is cached and the chunk."""
         T, end = k.size(2), pos + k.size(2)
+        if not self.rolling and end > self.size:
+            raise ValueError(f"the cache holds {self.size} positions; positions {pos}..{end - 1} do not fit")
         if end <= self.size or T == 1:
             # In place: nothing is evicted that a query of the chunk still sees (one token evicts the position
             # `size` back, which is out of its window). A slice, not an integer index: torch.compile then keeps
@@ -146,8 +148,11 @@ def _gemv_pays(layers: list[nn.Linear]) -> bool:
     W = layers[0].weight
     if torch.get_num_threads() < 2:  # _gemv_linear is F.linear then
         return False
-    x = torch.randn(1, W.size(1), dtype=W.dtype)
     key = (tuple(W.shape), str(W.dtype), len(layers), torch.get_num_threads())
+    if autotune.choice("decode linear", key) is not None:
+        return autotune.choice("decode linear", key) == "gemv"
+    # A private generator: sampling during training must not move the dropout RNG a checkpoint saves.
+    x = torch.randn(1, W.size(1), dtype=W.dtype, generator=torch.Generator().manual_seed(0))
     candidates = {
         autotune.PLAIN: lambda: [F.linear(x, m.weight, m.bias) for m in layers],
         "gemv": lambda: [_gemv_linear(m, x) for m in layers],

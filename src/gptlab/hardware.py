@@ -52,8 +52,8 @@ def native_bf16_cpu() -> bool:
 
 def bf16_autocast_pays(device: torch.device) -> bool:
     """What --trainer.dtype=auto picks: bf16 autocast on CUDA GPUs that support it and on CPUs with native bf16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # natively (Ampere and later), not emulated as on a T4 or V100
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and native_bf16_cpu()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,14 +138,21 @@ class ShardedTokens:
         self.shards = [read_shard(p) for p in paths]
         sizes = [len(s) for s in self.shards]
         self.starts = np.cumsum([0, *sizes])  # shard k holds positions starts[k] .. starts[k+1] - 1
-        self.dtype = self.shards[0].dtype if self.shards else np.dtype("<u2")
+        dtypes = {s.dtype for s in self.shards}
+        if len(dtypes) > 1:  # uint16 and uint32 shards: another tokenizer's shards mixed in
+            raise DataError(f"{paths[0].parent}: the shards mix token widths ({', '.join(map(str, dtypes))}); "
+                            "give the shards of one tokenizer")
+        self.dtype = dtypes.pop() if dtypes else np.dtype("<u2")
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def __getitem__(self, idx: np.ndarray | slice) -> np.ndarray:
-        if isinstance(idx, slice):
-            idx = np.arange(len(self))[idx]
+        if isinstance(idx, slice):  # eval's ids[:n], ids[1:]: shard by shard, no index array over the split
+            start, stop, step = idx.indices(len(self))
+            parts = [s[max(start - a, 0) : max(stop - a, 0)] for s, a in zip(self.shards, self.starts, strict=False)]
+            whole = np.concatenate(parts) if parts else np.zeros(0, self.dtype)
+            return whole[::step]
         idx = np.asarray(idx)
         which = np.searchsorted(self.starts, idx, side="right") - 1
         out = np.empty(idx.shape, dtype=self.dtype)
@@ -161,8 +169,8 @@ class ShardedTokens:
 
 def split_shards(spec: str | os.PathLike[str]) -> dict[str, list[Path]]:
     """{"train": [...], "val": [...]} from a glob ("data/fineweb_*.bin") or a folder of shards (a `gptlab
-    prepare` OUT): a file whose name has "val" in it is val (llm.c's and modded-nanogpt's names, and prepare's),
-    the others train; each split in name order."""
+    prepare` OUT): a file whose name has "val" as a word in it (fineweb_val_000000.bin, val_000000.bin) is val
+    (llm.c's and modded-nanogpt's names, and prepare's), the others train; each split in name order."""
     spec = str(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -172,7 +180,9 @@ def split_shards(spec: str | os.PathLike[str]) -> dict[str, list[Path]]:
     if not files:
         raise DataError(f"--data.shards={spec}: no .bin shards there; pass a folder of shards or a glob such as "
                         "'data/fineweb_*.bin' (quoted)")
-    splits = {"train": [f for f in files if "val" not in f.name], "val": [f for f in files if "val" in f.name]}
+    is_val = [re.search(r"(?:^|[_\-.])val(?:[_\-.\d]|$)", f.name) is not None for f in files]  # not "interval"
+    splits = {"train": [f for f, v in zip(files, is_val, strict=True) if not v],
+              "val": [f for f, v in zip(files, is_val, strict=True) if v]}
     for split, paths in splits.items():
         if not paths:
             raise DataError(f"--data.shards={spec}: no {split} shard among {len(files)} files (val shards have 'val' "
