@@ -130,22 +130,29 @@ def test_decode_is_the_same_whichever_path_wins(monkeypatch):
     assert torch.equal(outs[0], outs[1])
 
 
+def _tiny_run(tmp_path, name: str, iters: int, resume: bool, *extra: str) -> list[str]:
+    """gptlab train flags of a tiny CPU run in tmp_path/name, on a slice of the default Shakespeare text."""
+    from gptlab.data import shakespeare_text
+
+    text = tmp_path / "t.txt"
+    if not text.exists():
+        text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
+    return [
+        "--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--system.work_dir={tmp_path / name}", "--trainer.device=cpu", f"--trainer.max_iters={iters}",
+        "--trainer.lr_decay_iters=8", "--trainer.log_interval=1", "--trainer.eval_interval=4",
+        f"--trainer.resume={resume}", *extra,
+    ]
+
+
 def test_resume_pins_the_kernels_the_interrupted_run_measured(tmp_path, monkeypatch):
     """The SWA paths differ in rounding: a resumed process that measured again could pick another one and
     drift from the uninterrupted run. The checkpoint carries the choices."""
     from gptlab import train as T
-    from gptlab.data import shakespeare_text
-
-    text = tmp_path / "t.txt"
-    text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
 
     def run(name: str, iters: int, resume: bool = False) -> list[str]:
-        return [
-            "--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--system.work_dir={tmp_path / name}", "--trainer.device=cpu", "--trainer.sample_tokens=0",
-            f"--trainer.max_iters={iters}", "--trainer.lr_decay_iters=8", "--trainer.log_interval=1",
-            "--trainer.eval_interval=4", "--model.pos_emb=rope", "--model.window=6", f"--trainer.resume={resume}",
-        ]
+        return _tiny_run(tmp_path, name, iters, resume, "--trainer.sample_tokens=0", "--model.pos_emb=rope",
+                         "--model.window=6")
 
     def prefer(winner: str) -> None:
         autotune.reset()
@@ -170,19 +177,11 @@ def test_sampling_during_training_does_not_move_the_dropout_rng(tmp_path, monkey
     """The decode choice is made at the first sample, after a checkpoint: timing it must not draw from torch's
     RNG (the dropout stream), or a resumed run, which has no such sample, would drop other units."""
     from gptlab import train as T
-    from gptlab.data import shakespeare_text
 
     torch.set_num_threads(2)  # the GEMV choice is only timed with threads to split over
-    text = tmp_path / "t.txt"
-    text.write_text(shakespeare_text()[:20_000], encoding="utf-8")
 
     def run(name: str, iters: int, resume: bool = False) -> list[str]:
-        return [
-            "--preset=tiny", f"--data.path={text}", f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--system.work_dir={tmp_path / name}", "--trainer.device=cpu", "--trainer.sample_tokens=4",
-            f"--trainer.max_iters={iters}", "--trainer.lr_decay_iters=8", "--trainer.log_interval=1",
-            "--trainer.eval_interval=4", "--model.dropout=0.1", f"--trainer.resume={resume}",
-        ]
+        return _tiny_run(tmp_path, name, iters, resume, "--trainer.sample_tokens=4", "--model.dropout=0.1")
 
     assert T.main(run("straight", 8)) == 0
     autotune.reset()  # a new process: the choice is timed again at its first sample
