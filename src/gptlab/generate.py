@@ -149,8 +149,9 @@ def _gemv_pays(layers: list[nn.Linear]) -> bool:
     if torch.get_num_threads() < 2:  # _gemv_linear is F.linear then
         return False
     key = (tuple(W.shape), str(W.dtype), len(layers), torch.get_num_threads())
-    if autotune.choice("decode linear", key) is not None:
-        return autotune.choice("decode linear", key) == "gemv"
+    chosen = autotune.choice("decode linear", key)
+    if chosen is not None:
+        return chosen == "gemv"
     # A private generator: sampling during training must not move the dropout RNG a checkpoint saves.
     x = torch.randn(1, W.size(1), dtype=W.dtype, generator=torch.Generator().manual_seed(0))
     candidates = {

@@ -71,7 +71,8 @@ def describe() -> str:
         f"bf16 matmul: {bf16}; --trainer.dtype=auto trains in {'bf16' if native_bf16_cpu() else 'fp32'} here",
     ]
     if torch.cuda.is_available():
-        lines.append(f"GPU: {torch.cuda.get_device_name()} (bf16: {torch.cuda.is_bf16_supported()})")
+        native = bf16_autocast_pays(torch.device("cuda"))
+        lines.append(f"GPU: {torch.cuda.get_device_name()} (native bf16: {native}; auto trains in bf16 if so)")
     made = autotune.choices()
     lines.append("fast paths chosen by measurement:" if made else "fast paths chosen by measurement: none yet")
     for op, key, best, times in made:
