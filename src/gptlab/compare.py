@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from . import api
 from . import checkpoint as ckpt
 from .config import SWITCHES, GPTConfig, modern_changes, switch_variants
 from .convert import convert_main, convert_to_gqa
@@ -577,3 +578,7 @@ def _side_by_side_speeds(out: Path, grid: dict[str, dict[str, Any]], results: di
     if not report_only and speeds:
         speeds_path.write_text(json.dumps(speeds, indent=1) + "\n")
     return speeds
+
+
+# `from gptlab import compare; compare(preset="micro")`: this module is also the Python API's compare (api.py).
+api.callable_module(__name__, api.compare)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import autotune, distributed, hardware, rundir, tracking
+from . import api, autotune, distributed, hardware, rundir, tracking
 from . import checkpoint as ckpt
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
@@ -56,6 +56,7 @@ from .train_config import (
     check_config,
     data_vocab_size,
     default_cache_dir,
+    format_config,
     parse_train_args,
     resume_config,
     train_help,
@@ -673,7 +674,16 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(train_help())
         return 0
+    print_config = [a for a in argv if a.replace("_", "-") == "--print-config"]
+    argv = [a for a in argv if a not in print_config]
     cfg = parse_train_args(argv)
     if cfg.trainer.resume:
         cfg = resume_config(argv, Path(cfg.system.work_dir))
+    if print_config:  # the settings, resolved; nothing is created
+        print(format_config(cfg), end="")
+        return 0
     return train(cfg)
+
+
+# `from gptlab import train; train(preset="tiny")`: this module is also the Python API's train (api.py says why).
+api.callable_module(__name__, api.train)
