@@ -129,6 +129,10 @@ def test_compare_match_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                    f"| {m:+.4f} | {m - hw:+.4f} to {m + hw:+.4f} |", "| KV cache at 32 / 128 tokens |",
                    "KV cache 0.25× the baseline's at 32 tokens, 0.06× at 128"):
         assert needle in report, needle
+    # A report of the runs later reads the match they were trained with.
+    assert main([f"--out={out}", "--report-only"]) == 0
+    assert "## Matched forward FLOPs per token" in (out / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text())["meta"]["match"] == results["meta"]["match"]
     # Another --match (or none) is another setting: the runs are not reused.
     with pytest.raises(UsageError, match=r"4 run\(s\) .* \(--match=params \(was flops\)"):
         main([*args[:-1], "--match=params"])
