@@ -280,16 +280,6 @@ SWITCHES: tuple[Switch, ...] = (
         hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("mistral", "qwen3"),  # Mistral: Llama with a window
     ),
     Switch(
-        field="layer_pattern", gpt2="`None`", modern='`"LG"`, `"LLLLLG"`, ... (+ `window`)',
-        summary="local layers slide by `window`, global ones see everything: rolling caches on the local layers only",
-        doc="local_global.md", title="Local/global layers",
-        variants=(Variant("local_global", "+local/global",
-                          lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
-        describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
-        in_modern=False, builds_on=("window",),
-    ),
-    Switch(
         field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
         summary="rescale by the root mean square: no mean subtraction, no bias",
         doc="rmsnorm.md", title="RMSNorm",
@@ -315,6 +305,16 @@ SWITCHES: tuple[Switch, ...] = (
         describe=lambda c: "QK-norm" if c.qk_norm else None,
         hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("qwen3",),  # Qwen3 always has it
         in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
+    ),
+    Switch(
+        field="layer_pattern", gpt2="`None`", modern='`"LG"`, `"LLLLLG"`, ... (+ `window`)',
+        summary="local layers slide by `window`, global ones see everything: rolling caches on the local layers only",
+        doc="local_global.md", title="Local/global layers",
+        variants=(Variant("local_global", "+local/global",
+                          lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
+        describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
+        in_modern=False, builds_on=("window",),
     ),
 )
 
