@@ -161,7 +161,10 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         parts.append(f"The KV cache holds {1 / kv4:.1f}× fewer bytes at {4 * t} tokens: that is the memory a "
                      "long-context decode saves; whether it is faster depends on the cache dominating the step "
                      f"(here: {dec:.2f}× decode speed).")
-    if s["config"].get("window"):
+    if s["config"].get("layer_pattern"):
+        parts.append(f"Local layers ({s['config']['layer_pattern']}: L) see at most {s['config']['window']} keys and "
+                     "cache only those; the global layers (G) see, and cache, the whole context.")
+    elif s["config"].get("window"):
         parts.append(f"Each query sees at most {s['config']['window']} keys, so the attention cost stops growing "
                      "with the context; information from further back must travel through the layers.")
     if s["config"].get("mlp") == "swiglu" and base["config"].get("mlp") != "swiglu":

@@ -177,7 +177,7 @@ def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.d
     except ValueError:  # a char vocabulary without "\n"
         prompt = [0]
     c, n = model.config, max_new_tokens
-    slides = c.pos_emb == "rope" and c.window is not None and c.window <= c.block_size
+    slides = c.pos_emb == "rope" and c.window is not None and c.window <= c.block_size and c.layer_pattern is None
     if not slides:
         n = min(n, c.block_size - len(prompt))
     idx = torch.tensor([prompt], device=device)
