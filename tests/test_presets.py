@@ -10,16 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptlab import compare, options
+from gptlab import compare
 from gptlab.config import GPTConfig
 from gptlab.options import flatten, model_config_from_dict
-from gptlab.train_config import RUN_PRESETS, parse_train_args
+from gptlab.presets import COMPARE_PRESETS, MODEL_PRESETS, RUN_PRESETS
+from gptlab.train_config import parse_train_args
 
 PINNED = Path(__file__).parent / "data" / "presets.json"
 
 
 def _model_presets() -> dict[str, Any]:
-    return {name: model_config_from_dict({"preset": name}).to_dict() for name in options.MODEL_PRESETS}
+    return {name: model_config_from_dict({"preset": name}).to_dict() for name in MODEL_PRESETS}
 
 
 def _run_presets() -> dict[str, Any]:
@@ -31,7 +32,7 @@ def _run_presets() -> dict[str, Any]:
 
 
 def _compare_presets() -> dict[str, Any]:
-    return {name: compare.shared_preset(name, []) for name in compare.PRESETS}
+    return {name: compare.shared_preset(name, []) for name in COMPARE_PRESETS}
 
 
 def resolved() -> dict[str, Any]:
@@ -67,3 +68,23 @@ def test_new_fields_keep_their_defaults() -> None:
 
 if __name__ == "__main__":  # rewrite the pinned file (only when a preset is meant to change)
     PINNED.write_text(json.dumps(resolved(), indent=1) + "\n", encoding="utf-8")
+
+
+def test_presets_name_presets_that_exist() -> None:
+    for name, preset in RUN_PRESETS.items():
+        assert preset.get("model.preset", "baby") in MODEL_PRESETS, name  # the demo's model is the baby preset
+    for name, preset in COMPARE_PRESETS.items():
+        assert preset["run"] in RUN_PRESETS, name
+
+
+def test_every_help_lists_the_presets_of_the_table(capsys) -> None:
+    from gptlab import cli, info
+
+    assert info.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in [*MODEL_PRESETS, *RUN_PRESETS])
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n  {name} " in out for name in RUN_PRESETS)
+    assert compare.main(["--help"]) == 0
+    assert f"[--preset={'|'.join(COMPARE_PRESETS)}]" in capsys.readouterr().out
