@@ -371,3 +371,15 @@ def test_info_of_a_run_preset_is_the_model_train_builds(tmp_path, capsys, monkey
     assert main(["--model.preset=baby"]) == 0
     out = capsys.readouterr().out
     assert "biases, tied embeddings, vocab 65" in out and "gptlab info --preset=baby shows it" in out
+
+
+def test_info_reads_what_every_command_reads(tmp_path, capsys):
+    # The one path from a name to a config (checkpoint.model_config): a hub id of GPT-2 is known offline, and
+    # `--init=DIR` and a positional DIR are the same model, changed by the same flags.
+    assert main(["gpt2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] == 124_439_808
+    config = GPTConfig.from_preset("tiny", window=8)
+    config.save(tmp_path / "config.json")
+    for spec in ([str(tmp_path)], [f"--init={tmp_path}"], [f"--model.pretrained_folder={tmp_path}"]):
+        assert main([*spec, "--model.n_layer=1", "--json"]) == 0
+        assert GPTConfig.from_dict(json.loads(capsys.readouterr().out)["config"]) == config.replace(n_layer=1), spec

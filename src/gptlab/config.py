@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .presets import MODEL_PRESETS as PRESETS  # the model presets, declared with the run and compare presets
+
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -184,23 +186,6 @@ class GPTConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; allowed presets: {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The original GPT-2 family (OpenAI, 2019).
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-    # GPT-2 size, with the changes that Llama/Mistral-style models made.
-    "gpt2-modern": dict(
-        n_layer=12, n_head=12, n_embd=768, n_kv_head=4, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False
-    ),
-    # Small models for CPU work. vocab_size is set by the tokenizer when training.
-    "char-small": dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-    "baby": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
-    "tiny": dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64),
-}
 
 
 # ------------------------------------------------------------------------------------------------ the switches

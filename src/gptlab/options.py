@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import PRESETS, GPTConfig
+from .config import GPTConfig
+from .presets import MODEL_PRESETS
 
 __all__ = [
     "ALIASES",
-    "MINGPT_MODEL_TYPES",
     "Option",
     "UsageError",
     "build_dataclass",
@@ -60,16 +60,6 @@ ALIASES: dict[str, str] = {
 }
 # `--model.rope=True` is a bool that means `--model.pos_emb=rope` (False: learned positions).
 BOOL_ALIASES: dict[str, tuple[str, str, str]] = {"model.rope": ("model.pos_emb", "rope", "learned")}
-
-# minGPT's model_type names (mingpt/model.py), so `--model.model_type=gpt-mini` works verbatim.
-MINGPT_MODEL_TYPES: dict[str, dict[str, Any]] = {
-    "openai-gpt": dict(n_layer=12, n_head=12, n_embd=768),
-    "gopher-44m": dict(n_layer=8, n_head=16, n_embd=512),
-    "gpt-mini": dict(n_layer=6, n_head=6, n_embd=192),
-    "gpt-micro": dict(n_layer=4, n_head=4, n_embd=128),
-    "gpt-nano": dict(n_layer=3, n_head=3, n_embd=48),
-}
-MODEL_PRESETS: dict[str, dict[str, Any]] = {**PRESETS, **MINGPT_MODEL_TYPES}
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -403,7 +393,7 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
     Other train flags are accepted and ignored. Raises UsageError (a ValueError) for anything invalid.
     """
     # Here, not at the top: train and train_config import this module.
-    from .train import pretrained_model_config
+    from .checkpoint import model_config
     from .train_config import parse_train_args
 
     positional = [a for a in flags if not a.startswith("--")]
@@ -414,7 +404,7 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
         flags.append(f"--init={positional[0]}")
     cfg = parse_train_args(flags)
     if cfg.init is not None:
-        base = pretrained_model_config(cfg.init)
+        base = model_config(cfg.init)[0]
         changes = {k: v for k, v in cfg.model.items() if k != "preset"}
         try:
             return base.replace(**changes)

@@ -46,7 +46,6 @@ from .rundir import plot_losses, read_metrics
 from .shards import shard_dataset
 from .tokenizer import save_tokenizer, tokenizer_for_model
 from .train_config import (
-    GPT2_HUB_IDS,
     RUN_PRESETS,
     TRAIN_OPTIONS,
     DataConfig,
@@ -68,7 +67,7 @@ __all__ = [
     "RUN_PRESETS", "TRAIN_OPTIONS", "Batches", "DataConfig", "GPTConfig", "Run", "SystemConfig", "TrainConfig",
     "TrainerConfig", "check_config", "command", "data_vocab_size", "default_cache_dir", "estimate_loss",
     "learning_rate", "load_pretrained", "main", "make_optimizer", "model_config_from_dict", "parse_train_args",
-    "plot_losses", "pretrained_model_config", "read_metrics", "resume_config", "sample_hint", "sample_text",
+    "plot_losses", "read_metrics", "resume_config", "sample_hint", "sample_text",
     "train", "train_help",
 ]
 
@@ -97,17 +96,6 @@ def make_optimizer(model: torch.nn.Module, t: TrainerConfig, fused: bool) -> tor
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused or None)
-
-
-def pretrained_model_config(init: str) -> GPTConfig:
-    """The GPTConfig of --init (a run, checkpoint or HF directory, or a GPT-2 hub id) without loading weights."""
-    path = Path(init).expanduser()
-    if path.exists():
-        return ckpt.read_config(ckpt.find_checkpoint(path))
-    name = init.removeprefix("openai-community/")
-    if name in GPT2_HUB_IDS:
-        return GPTConfig.from_preset(name)  # the hub's GPT-2 configs: vocab 50257, block 1024
-    return GPT.from_pretrained(init).config  # any other hub id: download it
 
 
 def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:

@@ -33,6 +33,7 @@ from .options import (
     parse_flags,
     read_config_file,
 )
+from .presets import RUN_PRESETS
 from .rundir import nothing_to_resume
 from .tokenizer import CharTokenizer, get_tokenizer
 
@@ -90,44 +91,16 @@ def _demo_model() -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    preset: str | None = None  # a run preset: demo (the defaults), baby, shakespeare-char, tiny
+    preset: str | None = None  # a run preset (presets.RUN_PRESETS, listed above): its settings under the flags
     config: str | None = None  # a YAML or JSON file of settings (sections or dotted keys); flags override it
     init: str | None = None  # start from pretrained weights: a run or model directory, or gpt2[-medium|...]
     data: DataConfig = field(default_factory=DataConfig)
-    # GPTConfig fields plus "preset" (see config.PRESETS); vocab_size comes from the tokenizer.
+    # GPTConfig fields plus "preset" (see presets.MODEL_PRESETS); vocab_size comes from the tokenizer.
     model: dict[str, Any] = field(default_factory=_demo_model)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
 
 
-# Run presets: flags applied on top of the defaults (and under a config file and the command line).
-RUN_PRESETS: dict[str, dict[str, Any]] = {
-    # The defaults: `make demo`.
-    "demo": {},
-    # nanoGPT's CPU "baby" Shakespeare config, its exact GPT-2 model (bias-free, as nanoGPT's default).
-    # nanoGPT's README: val loss ~1.88 after 2000 iterations; gptlab: 1.90 (see benchmarks/baby_shakespeare.py).
-    # nanoGPT's lr_decay_iters=2000 is its max_iters, so it is left unset: the decay then follows
-    # --trainer.max_iters (a 400-step run decays over 400 steps, not over the first 400 of 2000).
-    "baby": {
-        "model.preset": "baby", "model.block_size": 64, "model.dropout": 0.0, "model.bias": False,
-        "trainer.batch_size": 12, "trainer.max_iters": 2000,
-        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.warmup_iters": 100,
-        "trainer.eval_iters": 20, "trainer.log_interval": 10,
-    },
-    # nanoGPT's train_shakespeare_char.py: 6 layers x 384, block 256, dropout 0.2 (a GPU run, ~val 1.47).
-    "shakespeare-char": {
-        "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
-        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
-    },
-    # Seconds on a CPU: smoke tests.
-    "tiny": {
-        "model.preset": "tiny", "model.block_size": 32, "trainer.batch_size": 8, "trainer.max_iters": 50,
-        "trainer.warmup_iters": 5, "trainer.eval_interval": 25, "trainer.eval_iters": 2, "trainer.log_interval": 5,
-        "trainer.sample_tokens": 20,
-    },
-}
-
-GPT2_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # --init names whose config we know offline
 
 
 # ========================================================================================================
