@@ -38,8 +38,10 @@ from tqdm.auto import tqdm
 
 from . import autotune, distributed, hardware, rundir, tracking
 from . import checkpoint as ckpt
+from .batches import Batches, describe_step, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
+from .info import model_stats
 from .model import GPT
 from .options import UsageError, flatten, model_config_from_dict
 from .rundir import plot_losses, read_metrics
@@ -123,29 +125,6 @@ def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
         raise UsageError(f"{e}; fine-tune a GPT-2-vocabulary model or a gptlab run") from None
 
 
-@dataclass
-class Batches:
-    """Random (x, y) windows: the global micro-batch is drawn from one generator, each rank takes its rows."""
-
-    data: Any  # gptlab.data.TokenData
-    micro_batch: int  # rows per micro-step over all ranks
-    block_size: int
-    info: distributed.DistInfo
-
-    def get(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # Every rank draws the same global batch (same generator state), so the run does not depend on the
-        # number of processes: with N processes each computes the loss on 1/N of the same rows.
-        x, y = self.data.get_batch(split, self.micro_batch, self.block_size, generator)
-        per_rank = self.micro_batch // self.info.world_size
-        rows = slice(self.info.rank * per_rank, (self.info.rank + 1) * per_rank)
-        x, y = x[rows], y[rows]
-        if self.info.device.type == "cuda":  # pinned memory: the copy overlaps with compute
-            return x.pin_memory().to(self.info.device, non_blocking=True), y.pin_memory().to(
-                self.info.device, non_blocking=True
-            )
-        return x.to(self.info.device), y.to(self.info.device)
-
-
 @torch.no_grad()
 def estimate_loss(
     model: torch.nn.Module, batches: Batches, eval_iters: int, seed: int, autocast: Callable, grad_accum: int = 1
@@ -226,6 +205,7 @@ def train(cfg: TrainConfig) -> int:
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
     """The phases of a run, in order."""
     t = cfg.trainer
+    t.grad_accum = grad_accum_for(t, info.world_size)  # --trainer.micro_batch_size sets it from the processes
     if t.batch_size % (t.grad_accum * info.world_size):
         raise UsageError(
             f"--trainer.batch_size={t.batch_size} must be divisible by grad_accum ({t.grad_accum}) x "
@@ -292,6 +272,7 @@ class Run:
     start: float = 0.0  # time.perf_counter() when this process's loop began
     start_step: int = 0
     trackers: list[tracking.Tracker] = field(default_factory=list)  # --trainer.log_to, on rank 0
+    peak_flops: float | None = None  # the GPU's bf16 peak, for MFU (None: no MFU shown)
 
     @property
     def work_dir(self) -> Path:
@@ -337,11 +318,17 @@ class Run:
         now = time.perf_counter()
         tok_s = len(losses) * self.tokens_per_step / (now - since)
         mean_loss = sum(losses) / len(losses)
-        self.log({"iter": self.step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
-                  "elapsed_s": round(self.elapsed_before + now - self.start, 2)})
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        row = {"iter": self.step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
+               "elapsed_s": round(self.elapsed_before + now - self.start, 2)}
+        if self.peak_flops is not None:  # on a known GPU: the share of its peak the model's arithmetic uses
+            flops = model_stats(self.config).flops_train_per_token
+            row["mfu"] = round(hardware.mfu(tok_s, flops, self.peak_flops, self.info.world_size), 4)
+        self.log(row)
+        mfu = {"MFU": f"{row['mfu']:.1%}"} if "mfu" in row else {}
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **mfu)
         if self.info.is_main and not self.interactive and not self.cfg.trainer.quiet:
-            print(f"iter {self.step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
+            print(f"iter {self.step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
+                  + (f", MFU {mfu['MFU']}" if mfu else ""), flush=True)
 
     def evaluate(self) -> dict[str, float]:
         """Train and val loss estimates, logged, and the loss plot redrawn."""
@@ -366,6 +353,7 @@ class Run:
                     "iter": self.step, "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                     "best_iter": self.best_iter, "world_size": self.info.world_size,
                     "tokens_seen": self.step * self.tokens_per_step, "rng": rng, "autotune": kernels,
+                    "data_position": self.batches.state(),  # --data.order=sequential: the next train token
                     "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.start, 2),
                     # quiet is how this command prints, not the run: a resume by hand prints again.
                     "train_config": {k: v for k, v in flatten(dataclasses.asdict(self.cfg)).items()
@@ -420,6 +408,10 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
                 f"{data.tokenizer.vocab_size} ids for this text); drop the flag"
             )
         config = config.replace(vocab_size=data.tokenizer.vocab_size)
+    if t.max_tokens is not None:  # a token budget: the steps it takes (whole steps)
+        t.max_iters = steps_for_tokens(t.max_tokens, t.batch_size * config.block_size)
+    batches = Batches(data, t.batch_size // t.grad_accum, config.block_size, info, order=cfg.data.order)
+    batches.check()
     if info.is_main and not resumed and cfg.system.overwrite:
         rundir.clear_old_run(work_dir)
     if info.is_main:  # the run directory carries its tokenizer (each checkpoint has a copy too)
@@ -445,7 +437,7 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
     return Run(
         cfg, info, config, data.tokenizer, data, data_path, tok_name, raw=model, wrapped=wrapped,
         model=torch.compile(wrapped) if t.compile else wrapped, optimizer=optimizer, use_bf16=use_bf16,
-        batch_gen=batch_gen, batches=Batches(data, t.batch_size // t.grad_accum, config.block_size, info),
+        batch_gen=batch_gen, batches=batches, peak_flops=hardware.training_peak_flops(device, use_bf16),
     )
 
 
@@ -491,6 +483,7 @@ def _resume(run: Run, resumed: ckpt.Checkpoint) -> None:
     for group, decay in zip(run.optimizer.param_groups, (t.weight_decay, 0.0), strict=True):
         group["weight_decay"], group["betas"] = decay, (t.beta1, t.beta2)
     rundir.restore_rng(state["rng"], run.batch_gen, info, run.cfg.system.seed, run.step)
+    run.batches.load_state(state.get("data_position"))
     rows = [r for r in read_metrics(run.work_dir) if r.get("iter", 0) <= run.step]
     # Checkpoints since this field exists carry it; an older one: the last elapsed_s logged before it.
     run.elapsed_before = state.get("elapsed_s", max((r["elapsed_s"] for r in rows if "elapsed_s" in r), default=0.0))
@@ -530,6 +523,10 @@ def _start(run: Run) -> bool:
             + (f", resuming at iter {run.step}" if run.step else "")
             + f"; writing to {run.work_dir}"
         )
+        order = "in order, each process its own block" if run.cfg.data.order == "sequential" else "at random"
+        run.say(describe_step(t.batch_size, run.config.block_size, t.grad_accum, info.world_size)
+                + (f", {t.max_iters:,} steps for --trainer.max_tokens={t.max_tokens:,}" if t.max_tokens else "")
+                + f"; batches {order}")
     if run.step >= t.max_iters:
         run.say(f"the run is already at iter {run.step} = --trainer.max_iters; pass a larger one to train longer")
         return False
@@ -566,7 +563,7 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=run.info.device)
             for micro in range(t.grad_accum):
-                x, y = run.batches.get("train", run.batch_gen)
+                x, y = run.batches.next_train(run.batch_gen)
                 with run.no_sync(last_micro_step=micro == t.grad_accum - 1):
                     with run.autocast():
                         _, loss = model(x, y)

@@ -46,13 +46,22 @@ class DataConfig:
     tokenizer: Literal["char", "gpt2"] | None = None  # None: the pretrained model's (--init), else char
     cache_dir: str | None = None  # data cache; None: $GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab or ~/.cache/gptlab
     shards: str | None = None  # GPT-2 token shards instead of path: a gptlab prepare OUT folder, or a quoted glob
+    # random: windows at random offsets (nanoGPT); sequential: the train tokens in order, each rank its own block,
+    # wrapping at the end (build-nanogpt, llm.c)
+    order: Literal["random", "sequential"] = "random"
 
 
 @dataclass
 class TrainerConfig:
     max_iters: int = 1000  # optimizer steps
+    # a budget in tokens instead: max_iters = max_tokens // (batch_size x block_size); whichever of the two is given
+    # last (flags over --config over --preset) wins
+    max_tokens: int | None = None
     batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
     grad_accum: int = 1  # split each step's batch into this many micro-batches (less memory, same result)
+    # rows per process per forward pass instead: grad_accum = batch_size / (micro_batch_size x processes), so a step
+    # is the same on 1 GPU or 8; whichever of the two is given last wins
+    micro_batch_size: int | None = None
     learning_rate: float = 1e-3  # peak learning rate, reached after warmup
     min_lr: float | None = None  # learning rate at the end of the cosine decay; None: learning_rate / 10
     warmup_iters: int = 100  # linear warmup steps
@@ -90,7 +99,7 @@ def _demo_model() -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    preset: str | None = None  # a run preset: demo (the defaults), baby, shakespeare-char, tiny
+    preset: str | None = None  # a run preset: demo (the defaults), baby, shakespeare-char, gpt2-124m, tiny
     config: str | None = None  # a YAML or JSON file of settings (sections or dotted keys); flags override it
     init: str | None = None  # start from pretrained weights: a run or model directory, or gpt2[-medium|...]
     data: DataConfig = field(default_factory=DataConfig)
@@ -119,6 +128,17 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
         "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
     },
+    # llm.c's and build-nanogpt's GPT-2 (124M) on 10B tokens of FineWeb (README "Reproducing GPT-2 124M"): 512 x 1024
+    # = 524,288 tokens a step, 64 rows a forward on each GPU (accumulation fills the rest: 8 micro-steps on 1 GPU,
+    # 1 on 8), AdamW 6e-4 (betas 0.9, 0.95), 700 warmup steps, cosine to 10%, decay 0.1, clip 1.0, bf16, compiled.
+    "gpt2-124m": {
+        "model.preset": "gpt2", "model.dropout": 0.0, "data.tokenizer": "gpt2", "data.order": "sequential",
+        "trainer.batch_size": 512, "trainer.micro_batch_size": 64, "trainer.max_tokens": 10_000_000_000,
+        "trainer.learning_rate": 6e-4, "trainer.min_lr": 6e-5, "trainer.warmup_iters": 700,
+        "trainer.weight_decay": 0.1, "trainer.beta1": 0.9, "trainer.beta2": 0.95, "trainer.grad_clip": 1.0,
+        "trainer.dtype": "auto", "trainer.compile": True, "trainer.eval_interval": 250, "trainer.eval_iters": 20,
+        "trainer.log_interval": 10,
+    },
     # Seconds on a CPU: smoke tests.
     "tiny": {
         "model.preset": "tiny", "model.block_size": 32, "trainer.batch_size": 8, "trainer.max_iters": 50,
@@ -144,6 +164,13 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         base = {k: v for k, v in base.items() if not k.startswith("model.")}
         if "init" not in layer:
             base.pop("init", None)
+    # Two ways to say one thing: the layer that says it one way overrides the other way below it.
+    pairs = (("trainer.max_iters", "trainer.max_tokens"), ("trainer.grad_accum", "trainer.micro_batch_size"))
+    for given, other in pairs:
+        if given in layer and other in layer and layer[other] is not None:
+            raise UsageError(f"--{given} and --{other} both set it; give one of them")
+        if given in layer:
+            base = {**base, other: None}
     return {**base, **layer}
 
 
@@ -214,8 +241,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--trainer.learning_rate must be > 0, got {t.learning_rate}")
     if t.min_lr is not None and not 0 <= t.min_lr <= t.learning_rate:
         raise UsageError(f"--trainer.min_lr must be in [0, learning_rate={t.learning_rate}], got {t.min_lr}")
-    if t.lr_decay_iters is not None and t.lr_decay_iters < 1:
-        raise UsageError(f"--trainer.lr_decay_iters must be >= 1 or None, got {t.lr_decay_iters}")
+    for name in ("max_tokens", "micro_batch_size", "lr_decay_iters"):
+        if getattr(t, name) is not None and getattr(t, name) < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1 or None, got {getattr(t, name)}")
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(t, name) < 1:
             raise UsageError(f"--trainer.{name} must be in [0, 1), got {getattr(t, name)}")
@@ -285,10 +313,11 @@ def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     if not state_path.is_file():
         raise nothing_to_resume(work_dir)
     saved = json.loads(state_path.read_text(encoding="utf-8"))["train_config"]
+    saved.setdefault("data.order", "random")  # runs from before the setting drew at random
     cfg = parse_train_args(argv, base=saved)
     now = flatten(dataclasses.asdict(cfg))
     for key in sorted(set(saved) | set(now)):
-        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards")
+        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards", "data.order")
         if fixed and saved.get(key) != now.get(key):
             was = saved.get(key)
             if was is None and key.startswith("model."):  # the field came from a preset: show its real value
