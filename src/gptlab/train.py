@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import autotune, distributed, hardware, rundir, tracking
+from . import autotune, distributed, hardware, hellaswag, rundir, tracking
 from . import checkpoint as ckpt
 from .batches import Batches, describe_step, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
@@ -273,6 +273,7 @@ class Run:
     start_step: int = 0
     trackers: list[tracking.Tracker] = field(default_factory=list)  # --trainer.log_to, on rank 0
     peak_flops: float | None = None  # the GPU's bf16 peak, for MFU (None: no MFU shown)
+    hellaswag_examples: list[hellaswag.Example] | None = None  # --trainer.hellaswag, tokenized
 
     @property
     def work_dir(self) -> Path:
@@ -335,7 +336,14 @@ class Run:
         t = self.cfg.trainer
         losses = estimate_loss(self.model, self.batches, t.eval_iters, self.cfg.system.seed + 1, self.autocast,
                                t.grad_accum)
-        self.log({"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"]})
+        row = {"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"]}
+        if self.hellaswag_examples:  # the uncompiled model (any length); under FSDP every rank runs every forward
+            split = (0, 1) if t.strategy == "fsdp" else (self.info.rank, self.info.world_size)
+            with self.autocast():
+                scores = hellaswag.evaluate(self.raw, self.hellaswag_examples, *split)
+            losses["hellaswag"] = row["hellaswag_acc_norm"] = scores["acc_norm"]
+            row["hellaswag_acc"] = scores["acc"]
+        self.log(row)
         if self.info.is_main:
             plot_losses([self.work_dir], self.work_dir / "loss.png")
         return losses
@@ -372,8 +380,9 @@ class Run:
         self.save()
         if improved and self.info.is_main:
             ckpt.copy_checkpoint(self.work_dir / "last", self.work_dir / "best")
+        hella = f", HellaSwag acc_norm {losses['hellaswag']:.4f}" if "hellaswag" in losses else ""
         self.say(f"iter {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                 f"({self.estimate}s)" + (" (best)" if improved else ""))
+                 f"({self.estimate}s){hella}" + (" (best)" if improved else ""))
         if self.step < self.cfg.trainer.max_iters:
             self.sample(self.cfg.trainer.sample_tokens, f"sample at iter {self.step}")
 
@@ -412,6 +421,7 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
         t.max_iters = steps_for_tokens(t.max_tokens, t.batch_size * config.block_size)
     batches = Batches(data, t.batch_size // t.grad_accum, config.block_size, info, order=cfg.data.order)
     batches.check()
+    examples = hellaswag.load(t.hellaswag, data.tokenizer) if t.hellaswag else None  # a bad file fails now
     if info.is_main and not resumed and cfg.system.overwrite:
         rundir.clear_old_run(work_dir)
     if info.is_main:  # the run directory carries its tokenizer (each checkpoint has a copy too)
@@ -438,6 +448,7 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
         cfg, info, config, data.tokenizer, data, data_path, tok_name, raw=model, wrapped=wrapped,
         model=torch.compile(wrapped) if t.compile else wrapped, optimizer=optimizer, use_bf16=use_bf16,
         batch_gen=batch_gen, batches=batches, peak_flops=hardware.training_peak_flops(device, use_bf16),
+        hellaswag_examples=examples,
     )
 
 
@@ -541,7 +552,8 @@ def _start(run: Run) -> bool:
         )
     if run.step == 0:
         losses = run.evaluate()
-        run.say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({run.estimate}s)")
+        hella = f", HellaSwag acc_norm {losses['hellaswag']:.4f}" if "hellaswag" in losses else ""
+        run.say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({run.estimate}s){hella}")
     return True
 
 

@@ -82,6 +82,7 @@ class TrainerConfig:
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
     quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
     log_to: str | None = None  # live tracking besides metrics.jsonl: tensorboard, wandb, or both (comma-separated)
+    hellaswag: str | None = None  # a HellaSwag .jsonl (hellaswag_val.jsonl): acc and acc_norm at every eval
 
 
 @dataclass
@@ -219,7 +220,7 @@ def parse_train_args(argv: list[str], base: dict[str, Any] | None = None) -> Tra
         cfg.system.work_dir = str(Path("out") / (cfg.preset or "run"))
     # `--system.work_dir=~/runs/x`: the shell does not expand a ~ after "=" in a flag.
     for section, name in ((cfg.system, "work_dir"), (cfg.data, "path"), (cfg.data, "cache_dir"), (cfg.data, "shards"),
-                          (cfg, "init")):
+                          (cfg, "init"), (cfg.trainer, "hellaswag")):
         value = getattr(section, name)
         if value is not None and value.startswith("~"):
             setattr(section, name, str(Path(value).expanduser()))
