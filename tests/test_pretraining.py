@@ -223,3 +223,50 @@ def test_mfu_by_gpu_name(monkeypatch: pytest.MonkeyPatch) -> None:
     # GPT-2 124M at llm.c's ~60% MFU on 8 A100s: 8 x 312e12 x 0.6 / (6 x 124M + attention) tokens/s
     flops = 6 * 124e6 + 6 * 12 * 1024 * 768
     assert hardware.mfu(8 * 312e12 * 0.6 / flops, flops, 312e12, processes=8) == pytest.approx(0.6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bad shards at the command line: one line, exit 2 (prepare's own faults: tests/test_prepare.py)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_bad_shards_and_another_tokenizers_model_are_one_line_errors(shards: Path, tmp_path: Path, capsys) -> None:
+    from gptlab.cli import main
+
+    def folder(name: str, train: np.ndarray | None = None, vocab: int = 50257) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        write_shard(out / "val_000000.bin", np.arange(100), 50257)
+        if train is not None:
+            write_shard(out / "train_000001.bin", train, vocab)
+        return out
+
+    truncated = folder("truncated", np.arange(100))
+    with open(truncated / "train_000001.bin", "r+b") as f:
+        f.truncate(1024 + 150)  # a kill mid-copy: the header says 100 tokens, 75 are there
+    bad_magic = folder("magic", np.arange(100))
+    with open(bad_magic / "train_000001.bin", "r+b") as f:
+        f.write(np.int32(12345).tobytes())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert T.main(["--preset=tiny", f"--system.work_dir={tmp_path / 'char'}", "--trainer.device=cpu",
+                   "--trainer.max_iters=1", "--trainer.warmup_iters=0", "--trainer.sample_tokens=0",
+                   "--trainer.eval_iters=1"]) == 0
+    capsys.readouterr()
+    cases = [
+        ([f"--data.shards={empty}"], "no .bin shards there"),
+        ([f"--data.shards={truncated}"], "its header says 100 tokens (1224 bytes with the header) but the file has "
+                                         "1174 bytes; it is truncated or corrupt"),
+        ([f"--data.shards={bad_magic}"], "is not a token shard this reader knows (magic 12345, version 1"),
+        ([f"--data.shards={folder('llama', np.arange(100), 128_256)}"], "holds uint32 tokens (a vocabulary over "
+                                                                        "65,536 ids)"),
+        ([f"--data.shards={folder('past', np.array([5, 60_000]), 60_001)}"], "past GPT-2's vocabulary"),
+        ([f"--data.shards={shards}", f"--init={tmp_path / 'char'}"], "--data.shards holds GPT-2 tokens; the model "
+                                                                       "was trained with the char tokenizer"),
+    ]
+    for i, (flags, message) in enumerate(cases):
+        argv = ["train", "--preset=tiny", "--trainer.device=cpu", f"--system.work_dir={tmp_path / f'run{i}'}", *flags]
+        assert main(argv) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("gptlab: error: ") and err.count("\n") == 1 and message in err, (flags, err)
+        assert not (tmp_path / f"run{i}").exists()  # refused before the run directory was made
