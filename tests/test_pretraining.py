@@ -249,7 +249,9 @@ def test_bad_shards_and_another_tokenizers_model_are_one_line_errors(shards: Pat
         f.write(np.int32(12345).tobytes())
     empty = tmp_path / "empty"
     empty.mkdir()
+    (tmp_path / "small.txt").write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
     assert T.main(["--preset=tiny", f"--system.work_dir={tmp_path / 'char'}", "--trainer.device=cpu",
+                   f"--data.path={tmp_path / 'small.txt'}", f"--data.cache_dir={tmp_path / 'cache'}",
                    "--trainer.max_iters=1", "--trainer.warmup_iters=0", "--trainer.sample_tokens=0",
                    "--trainer.eval_iters=1"]) == 0
     capsys.readouterr()
