@@ -161,14 +161,21 @@ def render_report(spec: str) -> str:
 
     windows = meta.get("eval_batches") or PRESETS.get(meta["preset"], {}).get("eval_batches")
     est = f" ({windows}-batch estimate)" if windows else ""
-    for s in summary.values():  # results of an older gptlab do not carry these; the meta says them
+    from gptlab.report import kv_cache_bytes, paired
+
+    for n, s in summary.items():  # results of an older gptlab do not carry these; the meta and runs say them
         s.setdefault("val_loss_batches", t["eval_iters"])
         s.setdefault("window_batches", windows)
+        s.setdefault("kv_cache_bytes", kv_cache_bytes(s["config"]))
+        if n != "baseline":
+            s.setdefault("paired_delta", paired(data["runs"][n], data["runs"]["baseline"]))
+    ctx = meta["model"]["block_size"]
     rows = [
         (f"final val loss ({t['eval_iters']}-batch estimate, mean ± std)",
          lambda s: f"{s['val_loss'][0]:.3f} ± {s['val_loss'][1]:.3f}"),
         ("parameters", lambda s: f"{s['params']:,}"),
-        ("KV cache bytes / token (fp32)", lambda s: f"{s['kv_bytes_per_token']:,}"),
+        (f"KV cache at {ctx} / {4 * ctx} tokens (fp32)",
+         lambda s: f"{s['kv_cache_bytes']['1x'] / 1024:,.0f} / {s['kv_cache_bytes']['4x'] / 1024:,.0f} KiB"),
         ("train tokens/s", lambda s: f"{s['train_tokens_per_s']:,.0f}"),
         ("decode tokens/s", lambda s: f"{s['decode_tokens_per_s']:,.0f}"),
         (f"val loss at 2× the context{est}", lambda s: _loss(s["extrapolation"].get("2x"))),

@@ -30,6 +30,7 @@ CONFIGS = {
     "tiny-swiglu-bias-layernorm": GPTConfig.from_preset("tiny", mlp="swiglu", n_kv_head=2),
     "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
     "tiny-head_dim-apart": GPTConfig.from_preset("tiny", head_dim=24, n_kv_head=2, pos_emb="rope"),  # Qwen3's layout
+    "tiny-local-global-5to1": GPTConfig.from_preset("tiny", n_layer=7, window=8, layer_pattern="LLLLLG"),
     # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
     **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
@@ -106,9 +107,9 @@ def test_kv_cache_bytes_match_allocated_caches(name, dtype, batch, context):
     allocated = sum(cache.k.nbytes + cache.v.nbytes for cache in caches)  # keys and values (not the slot positions)
     s = model_stats(cfg, context=context, batch=batch, dtype=dtype)
     assert s.kv_cache_bytes == allocated
-    positions = caches[0].k.shape[2]
+    positions = sum(cache.k.shape[2] for cache in caches) / len(caches)  # local/global: per layer, mean
     assert s.kv_cache_positions == positions
-    assert s.kv_bytes_per_token == allocated // (batch * positions)
+    assert s.kv_bytes_per_token == allocated / (batch * positions)
     if cfg.window is None:
         assert s.kv_bytes_per_token == allocated / (batch * context)
 

@@ -169,9 +169,12 @@ def test_max_tokens_or_max_iters_and_micro_batch_or_grad_accum_the_later_wins() 
                                                                                                   700)
     assert (t.min_lr, t.weight_decay, t.beta2, t.compile, preset.data.order) == (6e-5, 0.1, 0.95, True, "sequential")
     assert grad_accum_for(t, 1) == 8 and grad_accum_for(t, 8) == 1  # 524,288 tokens a step on 1 GPU or 8
-    assert describe_step(512, 1024, 8, 1) == ("tokens per step: 524,288 = 64 rows x 1024 tokens x 8 accumulation x 1 "
-                                              "process")
-    assert describe_step(512, 1024, 1, 8).endswith("= 64 rows x 1024 tokens x 1 accumulation x 8 processes")
+    t.grad_accum, t.max_iters = 8, 19_073
+    assert describe_step(t, 1024, 1, "sequential") == (
+        "tokens per step: 524,288 = 64 rows x 1024 tokens x 8 accumulation x 1 process, 19,073 steps for "
+        "--trainer.max_tokens=10,000,000,000; batches in order, each process its own block")
+    t.grad_accum = 1
+    assert "= 64 rows x 1024 tokens x 1 accumulation x 8 processes, " in describe_step(t, 1024, 8, "sequential")
     with pytest.raises(UsageError, match=r"batch_size=512 must be a multiple of --trainer.micro_batch_size=64 x "
                                          r"processes \(3\) = 192"):
         grad_accum_for(t, 3)

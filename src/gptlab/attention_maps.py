@@ -82,10 +82,10 @@ def _token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
 
 def plot_attention(
     maps: list[torch.Tensor], labels: list[str], out: str | Path, title: str = "", layers: list[int] | None = None,
-    window: int | None = None,
+    window: int | None | list[int | None] = None,
 ) -> Path:
     """A PNG with one panel per (layer, head) of the first sequence's maps; entries the mask hides (causal, and
-    outside `window`) are blank."""
+    outside `window`, or outside each layer's window given a list of them) are blank."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import PowerNorm
@@ -97,7 +97,7 @@ def plot_attention(
     fig = Figure(figsize=(min(panel * n_head, 48) + 1.2, min(panel * len(layers), 48) + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(layers), n_head, squeeze=False)
-    masked = ~window_mask(T, T, window).numpy()
+    windows = window if isinstance(window, list) else [window] * len(maps)
     # gamma 0.5 makes small weights visible; one scale (0..1) for every panel so heads compare honestly
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
     image = None
@@ -106,7 +106,7 @@ def plot_attention(
     for row, layer in enumerate(layers):
         for h in range(n_head):
             ax = axes[row, h]
-            data = np.ma.masked_where(masked, maps[layer][0, h].cpu().numpy())
+            data = np.ma.masked_where(~window_mask(T, T, windows[layer]).numpy(), maps[layer][0, h].cpu().numpy())
             image = ax.imshow(data, norm=norm, cmap="viridis", interpolation="nearest")
             ax.set_title(f"layer {layer} head {h}", fontsize=8)
             ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=90, fontsize=6)
@@ -188,10 +188,13 @@ def main(argv: list[str]) -> int:
     idx = torch.tensor([ids], device=next(model.parameters()).device)
     maps = attention_maps(model, idx)
     kind = f"{c.pos_emb} positions" + (f", window {c.window}" if c.window else ", causal")
+    if c.layer_pattern is not None:
+        kind += f" on the L layers of {c.layer_pattern}"
     if c.n_kv_head != c.n_head:
         kind += f", {c.n_kv_head} K/V heads for {c.n_head} query heads"
     title = f"{directory or source}: {kind}; {len(ids)} tokens"
-    plot_attention(maps, _token_labels(tokenizer, ids), out, title, layers, c.window)
+    windows = [c.layer_window(i) for i in range(c.n_layer)]
+    plot_attention(maps, _token_labels(tokenizer, ids), out, title, layers, windows)
     print(f"wrote {out}: {len(layers or maps)} layers x {c.n_head} heads, {len(ids)} tokens ({kind})")
     return 0
 

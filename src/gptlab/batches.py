@@ -10,12 +10,13 @@ process or N compute it; with N, rank r takes the r-th share of the rows. Sequen
 stride: rank r reads the r-th block of B*T+1 tokens of the step (B rows per rank), the next step starts where the
 last rank stopped, so no two ranks ever read the same window.
 
-Also the batch arithmetic a run starts with: gradient accumulation from --trainer.micro_batch_size, steps from
---trainer.max_tokens.
+`estimate_loss` averages the loss over fixed random batches of each split. Also the batch arithmetic a run starts
+with: gradient accumulation from --trainer.micro_batch_size, steps from --trainer.max_tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,28 @@ class Batches:
         return shard, position - int(starts[shard]), paths[shard].name
 
 
+@torch.no_grad()
+def estimate_loss(
+    model: torch.nn.Module, batches: Batches, eval_iters: int, seed: int, autocast: Callable, grad_accum: int = 1
+) -> dict[str, float]:
+    """Mean loss over eval_iters full batches of each split, each in grad_accum micro-batches as in training.
+    The same rows every time (a fixed seed) whatever grad_accum and the number of processes, so eval losses
+    are comparable across evals and runs; evaluating never disturbs the training RNGs."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        generator = torch.Generator().manual_seed(seed)
+        total = torch.zeros((), device=batches.info.device)
+        for _ in range(eval_iters * grad_accum):
+            x, y = batches.get(split, generator)
+            with autocast():
+                _, loss = model(x, y)
+            total += loss.float()
+        out[split] = distributed.all_reduce_mean(total / (eval_iters * grad_accum)).item()
+    model.train()
+    return out
+
+
 # ------------------------------------------------------------------------------------ the batch arithmetic
 
 
@@ -134,8 +157,11 @@ def steps_for_tokens(max_tokens: int, tokens_per_step: int) -> int:
     return steps
 
 
-def describe_step(batch_size: int, block_size: int, grad_accum: int, world_size: int) -> str:
-    """'tokens per step: 524,288 = 64 rows x 1024 tokens x 8 accumulation x 1 process'."""
-    rows = batch_size // (grad_accum * world_size)
-    return (f"tokens per step: {batch_size * block_size:,} = {rows} rows x {block_size} tokens x {grad_accum} "
-            f"accumulation x {world_size} process{'es' if world_size > 1 else ''}")
+def describe_step(t: Any, block_size: int, world_size: int, order: str) -> str:
+    """The start-up line of a run's step: 'tokens per step: 524,288 = 64 rows x 1024 tokens x 8 accumulation x 1
+    process, 19,073 steps for --trainer.max_tokens=10,000,000,000; batches in order, each process its own block'."""
+    rows = t.batch_size // (t.grad_accum * world_size)
+    budget = f", {t.max_iters:,} steps for --trainer.max_tokens={t.max_tokens:,}" if t.max_tokens else ""
+    how = "in order, each process its own block" if order == "sequential" else "at random"
+    return (f"tokens per step: {t.batch_size * block_size:,} = {rows} rows x {block_size} tokens x {t.grad_accum} "
+            f"accumulation x {world_size} process{'es' if world_size > 1 else ''}{budget}; batches {how}")

@@ -29,11 +29,13 @@ from typing import Any
 import torch
 import yaml
 
+from . import api
 from . import checkpoint as ckpt
 from .config import SWITCHES, GPTConfig, modern_changes, switch_variants
 from .convert import convert_main, convert_to_gqa
 from .data import default_data_path, prepare_dataset
 from .distributed import resolve_device
+from .matching import MATCHES, match_grid
 from .measure import device_name, eval_loss, measure, measure_speeds
 from .options import (
     UsageError,
@@ -48,7 +50,7 @@ from .report import LABELS, commentary, summary_lines, write_report
 from .tokenizer import save_tokenizer
 from .train import load_pretrained
 from .train import main as train_main
-from .train_config import default_cache_dir, parse_train_args
+from .train_config import data_vocab_size, default_cache_dir, parse_train_args
 
 # Names that lived here before compare.py was split (report.py, convert.py): `from gptlab.compare import ...`
 # keeps working.
@@ -165,6 +167,11 @@ def _run_key_flags(flags: list[str]) -> list[str]:
     return [f for f in flags if not f.startswith(bookkeeping)]
 
 
+def _match_flag(preset: dict[str, Any]) -> list[str]:
+    """--match=... among a grid run's recorded settings: a run matched one way is not reused for another."""
+    return [f"--match={preset['match']}"] if preset.get("match") else []
+
+
 def record_run_flags(out: Path, run: str, flags: list[str]) -> None:
     """Remember the settings a run was started with, so a later command cannot reuse it under others."""
     settings = read_settings(out)
@@ -230,7 +237,7 @@ def run_variant(out: Path, name: str, changes: dict[str, Any], seed: int, preset
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     flags = _train_flags(preset, changes, seed, work_dir, extra)
-    record_run_flags(out, work_dir.name, flags)
+    record_run_flags(out, work_dir.name, [*flags, *_match_flag(preset)])
     start = time.perf_counter()
     resumed_at = run_train(flags, work_dir, int(preset["trainer"]["max_iters"]))
     minutes = (time.perf_counter() - start) / 60
@@ -306,7 +313,8 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
 # ========================================================================================================
 
 COMPARE_USAGE = f"""usage: gptlab compare [--preset=cpu|gpu|micro] [--grid=NAMES|FILE.yaml] [--seeds=N] [--out=DIR]
-                      [--note=TEXT] [--no-uptrain] [--report-only] [train flags, e.g. --trainer.max_iters=100 ...]
+                      [--match=params|flops] [--note=TEXT] [--no-uptrain] [--report-only]
+                      [train flags, e.g. --trainer.max_iters=100 ...]
 
 Train a grid of architecture variants (same data, tokens, batch, schedule and seeds) through gptlab train
 and write OUT/report.md with figures. Default grid: baseline (GPT-2), the switches one at a time
@@ -314,6 +322,8 @@ and write OUT/report.md with figures. Default grid: baseline (GPT-2), the switch
 A YAML grid maps names to model field changes against the baseline, e.g.
   rope: {{pos_emb: rope}}
   wide_kv: {{n_kv_head: 2}}
+--match=params (or flops) resizes each variant's MLP (mlp_hidden) so its parameters (or forward FLOPs per
+token) equal the baseline's within 0.5%; the report shows the sizes chosen.
 Complete runs are skipped and interrupted ones resumed, so rerunning the command continues a comparison.
 --report-only writes the report from the runs complete so far (marked incomplete), training nothing; while
 the comparison runs, it does not time the variants either (tokens/s: each run's own log)."""
@@ -330,6 +340,8 @@ class CompareSettings:
     note: str = ""  # a line for the report
     uptrain: bool = True  # the MHA -> GQA uptraining experiment (--no-uptrain: skip it)
     report_only: bool = False  # the report of the runs complete so far, training nothing
+    # params or flops: each variant's MLP resized to the baseline's parameters / FLOPs per token (matching.py)
+    match: str | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -353,6 +365,8 @@ def parse_compare_args(argv: list[str]) -> tuple[CompareSettings, list[str]]:
     settings = build_dataclass(CompareSettings, {k: coerce(k, v, COMPARE_OPTIONS[k].type) for k, v in pairs})
     if settings.seeds < 1:
         raise UsageError(f"--seeds expects an integer >= 1, got {settings.seeds}")
+    if settings.match is not None and settings.match not in MATCHES:
+        raise UsageError(f"--match: choose from {', '.join(MATCHES)}, got {settings.match!r}")
     return settings, run_flags
 
 
@@ -427,14 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(e)) from None
     out = s.out_dir
     base_config = model_config_from_dict(preset["model"], vocab_size=65)
-    # A report reads the grid its runs were trained with (the YAML file may have changed since).
-    grid = saved["grid"] if s.report_only and "grid" in saved else parse_grid(s.grid, base_config)
     check = parse_train_args(_train_flags(preset, {}, 0, out / "runs" / "check", data_flags))  # bad flags fail now
+    grid, match = _grid(s, saved, preset, base_config.replace(vocab_size=data_vocab_size(check)))
     if s.report_only and not (out / "runs").is_dir():
         raise UsageError(f"--report-only: no complete runs in {out / 'runs'}")
     if not s.report_only:
-        planned = {f"{n}-s{seed}": _train_flags(preset, c, seed, Path(), data_flags) for seed in range(s.seeds)
-                   for n, c in grid.items()}
+        planned = {f"{n}-s{seed}": [*_train_flags(preset, c, seed, Path(), data_flags), *_match_flag(preset)]
+                   for seed in range(s.seeds) for n, c in grid.items()}
         if s.uptrain and "baseline" in grid:
             planned["uptrain"] = _train_flags(preset, {}, 0, Path(), data_flags)
         check_run_flags(out, planned)
@@ -445,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = None if s.report_only else _compare_lock(out)
     try:
         if not s.report_only:
-            _write_settings(out, {**read_settings(out), "argv": argv, "grid": grid})
+            _write_settings(out, {**read_settings(out), "argv": argv, "grid": grid, "match": match})
         # Measured on the data the runs train on: the same --data.* settings the trainer gets.
         cache = Path(check.data.cache_dir) if check.data.cache_dir else default_cache_dir()
         tok_name = check.data.tokenizer or "char"
@@ -463,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "preset": s.preset, "seeds": s.seeds, "grid": grid, "model": preset["model"],
             "trainer": preset["trainer"], "data": f"{check.data.path or 'Shakespeare'} ({tok_name})",
-            "eval_batches": preset["eval_batches"],
+            "eval_batches": preset["eval_batches"], "match": match,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device),
             "note": s.note or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
@@ -478,6 +491,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _grid(s: CompareSettings, saved: dict[str, Any], preset: dict[str, Any], base: GPTConfig
+          ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """The grid to train (its variants matched to `base` under --match) and the record of the match; a report
+    reads the grid its runs were trained with (the YAML file may have changed since)."""
+    if s.report_only and "grid" in saved:
+        return saved["grid"], saved.get("match")
+    grid = parse_grid(s.grid, base)
+    if s.match is None:
+        return grid, None
+    preset["match"] = s.match  # recorded with every grid run's settings
+    grid, match = match_grid(base, grid, s.match)
+    say(f"[compare] --match={s.match}: mlp_hidden " + ", ".join(
+        f"{n} {r['mlp_hidden']} ({r['mismatch']:+.2%})" for n, r in match["variants"].items()))
+    return grid, match
 
 
 def _completed_runs(out: Path, grid: dict[str, dict[str, Any]], s: CompareSettings
@@ -549,3 +578,7 @@ def _side_by_side_speeds(out: Path, grid: dict[str, dict[str, Any]], results: di
     if not report_only and speeds:
         speeds_path.write_text(json.dumps(speeds, indent=1) + "\n")
     return speeds
+
+
+# `from gptlab import compare; compare(preset="micro")`: this module is also the Python API's compare (api.py).
+api.callable_module(__name__, api.compare)

@@ -50,6 +50,9 @@ class GPTConfig:
     pos_emb: str = "learned"  # "learned" (GPT-2) or "rope"
     rope_theta: float = 10000.0
     window: int | None = None  # sliding window: query i sees keys j with i - window < j <= i
+    # Local/global layers: one letter per layer, repeated over the layers; L slides by `window`, G attends to every
+    # earlier position. None: every layer as `window` says. "LG" alternates (Gemma 2), "LLLLLG" is Gemma 3's 5:1.
+    layer_pattern: str | None = None
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     norm_eps: float = 1e-5
     mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu"
@@ -108,12 +111,32 @@ class GPTConfig:
             isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1
         ):
             raise ValueError(f"window must be None (full causal attention) or an integer >= 1, got {self.window!r}")
+        self._validate_layer_pattern()
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         if self.mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+
+    def _validate_layer_pattern(self) -> None:
+        p = self.layer_pattern
+        if p is None:
+            return
+        if not isinstance(p, str) or not p or set(p) - {"L", "G"}:
+            raise ValueError(f"layer_pattern must be None or letters L (local) and G (global), one per layer and "
+                             f"repeated over the layers, e.g. 'LLLLLG'; got {p!r}")
+        if set(p) != {"L", "G"}:
+            raise ValueError(f"layer_pattern {p!r} must mix L and G: all local is `window` alone, all global is "
+                             "window=None")
+        if self.window is None:
+            raise ValueError(f"layer_pattern {p!r} needs window, the sliding window of its local (L) layers")
+
+    def layer_window(self, layer: int) -> int | None:
+        """The window layer `layer` (0-based) slides by: `window`, or None (full attention) on a global layer."""
+        if self.layer_pattern is not None and self.layer_pattern[layer % len(self.layer_pattern)] == "G":
+            return None
+        return self.window
 
     def replace(self, **changes: Any) -> GPTConfig:
         """A copy with some fields changed (and validated). Derived defaults are recomputed."""
@@ -213,6 +236,7 @@ class Switch:
     hf_gpt2: tuple[str, ...] = ()
     hf_modern: tuple[str, ...] = ()
     in_modern: bool = True  # part of compare's "modern (all)" variant
+    builds_on: tuple[str, ...] = ()  # fields of other switches that its variants set too (its own needs them)
 
     def is_on(self, config: GPTConfig) -> bool:
         """Whether config's value differs from GPT-2's at the same sizes (n_kv_head < n_head is on)."""
@@ -281,6 +305,16 @@ SWITCHES: tuple[Switch, ...] = (
         describe=lambda c: "QK-norm" if c.qk_norm else None,
         hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("qwen3",),  # Qwen3 always has it
         in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
+    ),
+    Switch(
+        field="layer_pattern", gpt2="`None`", modern='`"LG"`, `"LLLLLG"`, ... (+ `window`)',
+        summary="local layers slide by `window`, global ones see everything: rolling caches on the local layers only",
+        doc="local_global.md", title="Local/global layers",
+        variants=(Variant("local_global", "+local/global",
+                          lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
+        describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
+        in_modern=False, builds_on=("window",),
     ),
 )
 

@@ -1,7 +1,8 @@
 """KV cache, sampling and the decoding loop.
 
 The cache holds n_kv_head heads per layer (GQA/MQA shrink it), preallocated once. With a sliding window it is
-a rolling buffer of `window` slots: position p lives in slot p % window, so memory stays flat however long
+a rolling buffer of `window` slots (on every layer, or on the local layers of a local/global pattern): position p
+lives in slot p % window, so memory stays flat however long
 the generation. The cache records each slot's position and attention masks by positions (attention.visible),
 so slot order never matters; RoPE is applied before keys are cached, so each cached key carries its own
 position.
@@ -74,12 +75,13 @@ class KVCache(nn.Module):
 
 
 def make_caches(model: GPT, batch: int, max_len: int) -> list[KVCache]:
-    """One preallocated cache per layer, in the model's dtype and device."""
+    """One preallocated cache per layer, in the model's dtype and device: rolling on a layer that slides, full on
+    one that attends globally."""
     c = model.config
     p = next(model.parameters())
     return [
-        KVCache(batch, c.n_kv_head, c.head_dim, max_len, c.window, dtype=p.dtype, device=p.device)
-        for _ in range(c.n_layer)
+        KVCache(batch, c.n_kv_head, c.head_dim, max_len, c.layer_window(i), dtype=p.dtype, device=p.device)
+        for i in range(c.n_layer)
     ]
 
 

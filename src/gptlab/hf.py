@@ -10,7 +10,7 @@ designed not to run code). config.json's model_type picks the key mapping:
                   the "rotate half" layout we use (its converter permuted q/k rows from Meta's adjacent-pairs
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
   qwen3           Llama's layout plus QK-norm (self_attn.q_norm / k_norm: one weight per head channel) and a
-                  head_dim of its own; a window only if every layer slides (layer_types).
+                  head_dim of its own; a window on every layer or, with layer_types, on some (local/global).
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
 Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
@@ -142,9 +142,9 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
     # transformers' Mistral slides whenever sliding_window is not null (it has no use_sliding_window switch),
     # by 4096 when the key is absent.
-    window = hf.get("sliding_window", 4096) if model_type == "mistral" else None
+    window, pattern = (hf.get("sliding_window", 4096) if model_type == "mistral" else None), None
     if model_type == "qwen3":
-        window = _qwen3_window(hf)
+        window, pattern = _qwen3_windows(hf)
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
@@ -158,6 +158,7 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         pos_emb="rope",
         rope_theta=_rope_theta(hf),
         window=window,
+        layer_pattern=pattern,
         norm="rmsnorm",
         norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
         mlp="swiglu",
@@ -166,8 +167,9 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
     )
 
 
-def _qwen3_window(hf: dict[str, Any]) -> int | None:
-    """The window every layer of a Qwen3 config slides by (None: full attention), as transformers reads it."""
+def _qwen3_windows(hf: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(window, layer_pattern) of a Qwen3 config, as transformers reads it: the sliding layers' window (None: none
+    slides) and, where layer_types mix sliding and full attention, its shortest repeating pattern of L and G."""
     # Qwen3Config: sliding_window counts only with use_sliding_window; without layer_types, layers from
     # max_window_layers on slide.
     window = hf.get("sliding_window", 4096) if _get(hf, "use_sliding_window", False) else None
@@ -175,13 +177,14 @@ def _qwen3_window(hf: dict[str, Any]) -> int | None:
     types = hf.get("layer_types") or [
         "sliding_attention" if window is not None and i >= first_sliding else "full_attention" for i in range(n_layer)
     ]
-    windows = {window if t == "sliding_attention" else None for t in types}
-    if len(windows) > 1:
-        raise CheckpointError(
-            f"layer_types mix sliding ({window}) and full attention layers: gptlab has one window for every layer "
-            "(local/global layers are not supported yet)"
-        )
-    return windows.pop()
+    if len(types) != n_layer or set(types) - {"sliding_attention", "full_attention"}:
+        raise CheckpointError(f"layer_types must name 'sliding_attention' or 'full_attention' for each of the "
+                              f"{n_layer} layers, got {types!r}")
+    pattern = "".join("L" if t == "sliding_attention" and window is not None else "G" for t in types)
+    if "L" not in pattern or "G" not in pattern:
+        return (window if "L" in pattern else None), None
+    period = next(n for n in range(1, n_layer + 1) if all(c == pattern[i % n] for i, c in enumerate(pattern)))
+    return window, pattern[:period]
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
@@ -304,10 +307,11 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
         hf.update(attention_bias=False, mlp_bias=False)
     elif kind == "mistral":
         hf["sliding_window"] = config.window
-    else:  # Qwen3 slides only with use_sliding_window, in the layers layer_types names: all of them or none
-        layer = "full_attention" if config.window is None else "sliding_attention"
+    else:  # Qwen3 slides only with use_sliding_window, in the layers layer_types names (local/global layers)
+        types = ["full_attention" if config.layer_window(i) is None else "sliding_attention"
+                 for i in range(config.n_layer)]
         hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window,
-                  max_window_layers=0 if config.window else config.n_layer, layer_types=[layer] * config.n_layer)
+                  max_window_layers=0 if config.window else config.n_layer, layer_types=types)
     return hf
 
 

@@ -19,7 +19,8 @@ Conventions
   (n_head x head_dim in place of n_embd when head_dim is set apart from n_embd / n_head, as Qwen3 does.)
 
   T_eff is the number of keys a query sees, averaged over the positions of the sequence: (T + 1) / 2 for
-  causal attention over T tokens, less with a sliding window (query i sees min(i + 1, window) keys). A
+  causal attention over T tokens, less with a sliding window (query i sees min(i + 1, window) keys), averaged
+  over the layers too (local/global layers: the local ones slide, the global ones do not). A
   training step (forward + backward) is 3 x forward: the backward pass does two products per forward product.
 * Bytes: the dtype of weights, gradients, AdamW moments, KV cache and activations (`model.to(dtype)` then
   `torch.optim.AdamW`, which keeps its moments in the dtype of the weights). Mixed precision is not modelled.
@@ -44,10 +45,10 @@ from typing import Any
 
 from .checkpoint import read_json
 from .config import PRESETS, SWITCHES, GPTConfig
+from .info_attention import FP32, attention_activations, layer_windows, positions_held
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
-FP32 = 4  # bytes of the statistics kept in fp32 whatever the dtype (log-sum-exp, log-probabilities, RMSNorm)
 INT64 = 8
 
 # The parameter table: key in ModelStats.params, group, row label.
@@ -96,7 +97,7 @@ class ModelStats:
     flops_train_per_step: float  # batch * context tokens
     flops_decode_per_token: float  # generating the last token of the context, with a KV cache
     kv_bytes_per_token: int  # K and V of one position, all layers, one sequence
-    kv_cache_positions: int  # positions a cache for `context` tokens holds (window for a rolling buffer)
+    kv_cache_positions: float  # positions a layer's cache holds for `context` tokens (rolling: the window), mean
     kv_cache_bytes: int  # batch sequences
     weights_bytes: int
     grads_bytes: int
@@ -153,40 +154,17 @@ def keys_per_query(context: int, window: int | None) -> float:
 
 def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dict[str, int]:
     """Bytes autograd saves for one training forward of batch x context tokens, by where they are saved."""
-    d, q, kv, hd, L = c.n_embd, c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.head_dim, c.n_layer
+    d, hd, L = c.n_embd, c.head_dim, c.n_layer
     tokens = batch * context
     # LayerNorm saves its input and (mean, rstd); nn.RMSNorm saves its input and the normalized x in fp32, and rstd.
     norm = (d + 2) * nbytes if c.norm == "layernorm" else (2 * d + 1) * FP32
-    attn_in = tokens * d * nbytes  # input of the fused q/k/v projection (the norm's output)
-    per_head = c.n_head * FP32  # the log-sum-exp of every query head, kept for the backward pass
-    windowed = c.window is not None and c.window < context
-    if windowed:
-        # The sliding-window kernel saves its own copies of q, k, v and the output, padded to whole blocks.
-        rows = batch * -(-context // c.window) * c.window
-        attn = attn_in + rows * ((2 * q + 2 * kv) * nbytes + per_head)
-        if rows != tokens:  # the output cut back to the sequence is a new tensor, c_proj's input
-            attn += tokens * q * nbytes
-    else:
-        attn = attn_in + tokens * (q + 2 * kv) * nbytes  # q, k, v: views of the projection's output
-        if c.pos_emb == "rope":
-            attn += tokens * (q + kv) * nbytes  # the rotated q and k
-        attn += tokens * (q * nbytes + per_head)  # attention output (= c_proj input) and its log-sum-exp
-    if c.qk_norm:
-        # RMSNorm over each head of q and k saves its input in fp32, the normalized heads in fp32 and an rstd per head.
-        attn += tokens * (q + kv + c.n_head + c.n_kv_head) * FP32
-        if nbytes != FP32:
-            attn += tokens * (q + kv) * FP32  # the fp32 copy of its input
-        elif windowed:  # its input is a view of the projection's output, which nothing else keeps in this path
-            attn += tokens * (q + 2 * kv) * nbytes
-        if not windowed and c.pos_emb == "learned":  # attention's q, k: the normalized heads, not projection views
-            attn += tokens * (q + kv) * nbytes
     hidden = c.mlp_hidden * nbytes
     # GELU: the c_fc output and GELU's output (c_proj input). SwiGLU: [gate|up], silu(gate), silu(gate) * up.
     mlp = d * nbytes + (4 if c.mlp == "swiglu" else 2) * hidden
     per_sequence = INT64 * context if c.pos_emb == "learned" else 2 * context * hd * FP32  # positions / cos, sin
     return {
         "norms": tokens * (2 * L + 1) * norm,
-        "attention": L * attn,
+        "attention": sum(attention_activations(c, batch, context, nbytes, w) for w in layer_windows(c)),
         "mlp": tokens * L * mlp,
         "head": tokens * (d * nbytes + c.vocab_size * FP32),  # lm_head input, fp32 log-probabilities
         "token ids, positions": tokens * 2 * INT64 + per_sequence + FP32,  # inputs, targets, loss
@@ -209,16 +187,16 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     non_embedding = total - params["wte"] - params["wpe"]
 
     n_matmul = matmul_params(c)
-    t_eff = keys_per_query(context, c.window)
+    t_eff = sum(keys_per_query(context, w) for w in layer_windows(c)) / c.n_layer  # averaged over layers too
     flops_matmul = 2 * n_matmul
     q_width = c.n_head * c.head_dim  # n_embd unless head_dim is set apart
     flops_attn = 2 * 2 * c.n_layer * t_eff * q_width
     forward = flops_matmul + flops_attn
-    decode_keys = min(context, c.window or context)  # the last token of the context sees T_eff = min(T, window)
-    decode = flops_matmul + 2 * 2 * c.n_layer * decode_keys * q_width
+    held = positions_held(c, context)  # per layer: what the last token of the context sees, and what is cached
+    decode = flops_matmul + 2 * 2 * sum(held) * q_width
 
     kv_per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * nbytes
-    positions = context if c.window is None else min(c.window, context)
+    positions = sum(held) // c.n_layer if len(set(held)) == 1 else sum(held) / c.n_layer  # mean over layers
 
     parts = activation_parts(c, batch, context, nbytes)
     return ModelStats(
@@ -229,7 +207,7 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
         flops_forward_per_token=forward, flops_train_per_token=3 * forward,
         flops_train_per_step=3 * forward * batch * context, flops_decode_per_token=decode,
         kv_bytes_per_token=kv_per_token, kv_cache_positions=positions,
-        kv_cache_bytes=batch * positions * kv_per_token,
+        kv_cache_bytes=batch * sum(held) * kv_per_token // c.n_layer,
         weights_bytes=total * nbytes, grads_bytes=total * nbytes, adamw_bytes=2 * total * nbytes,
         activation_bytes=sum(parts.values()), activation_parts=parts,
     )
@@ -320,7 +298,7 @@ def report_rows(s: ModelStats) -> list[_Row]:
     rows += [
         _Row(kv, f"per token: 2 x n_layer x n_kv_head x head_dim x {s.bytes_per_value} B", s.kv_bytes_per_token,
              "bytes"),
-        _Row(kv, "positions held: min(context, window)", s.kv_cache_positions, "number"),
+        _Row(kv, "positions held per layer: min(context, window), mean", s.kv_cache_positions, "number"),
         _Row(kv, f"batch {s.batch} x positions held", s.kv_cache_bytes, "bytes"),
     ]
     mem = f"Training memory estimate, AdamW, {s.dtype}"

@@ -7,13 +7,14 @@ run's own log); the paragraphs about each change are generated from the numbers,
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import SWITCHES
+from .config import SWITCHES, GPTConfig
+from .info import model_stats
+from .stats import paired_differences, t_interval
 
 # How the report names the variants of the default grid (compare.default_grid).
 LABELS = {
@@ -79,10 +80,31 @@ def _mb(n: float | None) -> str:
     return "–" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _kib(n: float) -> str:
+    return f"{n / 2**10:,.0f} KiB"
+
+
+def kv_cache_bytes(config: dict[str, Any]) -> dict[str, int]:
+    """The KV cache of one sequence (fp32) at 1x and 4x the training context: a window caps it at the window
+    (a rolling buffer), so its saving grows with the context. Learned positions cannot decode past block_size:
+    their 4x figure is what the cache would hold."""
+    c = GPTConfig.from_dict(config)
+    return {f"{m}x": model_stats(c, context=m * c.block_size).kv_cache_bytes for m in (1, 4)}
+
+
+def paired(runs: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final val loss minus the baseline's, seed by seed (same seed: same batches), and the 95% Student t
+    interval of their mean over those seeds (None with one seed)."""
+    diffs = paired_differences(runs, baseline)
+    ci = t_interval(list(diffs.values()))
+    mean = ci[0] if ci else (next(iter(diffs.values())) if diffs else None)
+    return {"per_seed": diffs, "seeds": len(diffs), "mean": mean, "ci95_half_width": ci[1] if ci else None}
+
+
 def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] | None = None
               ) -> dict[str, dict[str, Any]]:
-    """Per variant: the sizes of seed 0, mean/std of the measured numbers over seeds, and the side-by-side
-    speeds where measured (else the mean of what each run logged)."""
+    """Per variant: the sizes of seed 0, mean/std of the measured numbers over seeds, the paired differences to
+    the baseline, and the side-by-side speeds where measured (else the mean of what each run logged)."""
     out = {}
     side = (speeds or {}).get("variants", {})
     for name, runs in results.items():
@@ -95,7 +117,8 @@ def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] |
         peaks = [r["peak_memory_bytes"] for r in runs if r["peak_memory_bytes"] is not None]
         out[name] = {
             "seeds": len(runs), "params": r0["params"], "non_embedding_params": r0["non_embedding_params"],
-            "kv_bytes_per_token": r0["kv_bytes_per_token"], "flops_per_token": r0["flops_per_token"],
+            "kv_bytes_per_token": r0["kv_bytes_per_token"], "kv_cache_bytes": kv_cache_bytes(r0["config"]),
+            "flops_per_token": r0["flops_per_token"], "mlp_hidden": r0["config"]["mlp_hidden"],
             "train_tokens_per_s": side[name]["train_tokens_per_s"] if name in side
             else statistics.fmean(r["train_tokens_per_s"] for r in runs),
             "decode_tokens_per_s": side[name]["decode_tokens_per_s"] if name in side
@@ -106,6 +129,8 @@ def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] |
             "val_loss": (loss_m, loss_s), "extrapolation": extrap, "config": r0["config"],
             "val_loss_batches": r0.get("eval_iters"), "window_batches": r0.get("eval_batches"),
         }
+        if "baseline" in results and name != "baseline":
+            out[name]["paired_delta"] = paired(runs, results["baseline"])
     return out
 
 
@@ -113,24 +138,15 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     """One paragraph about a variant, from the measured numbers (vs the baseline)."""
     if base is None or name == "baseline":
         return ""
-    m, sd = s["val_loss"]
-    bm, bsd = base["val_loss"]
-    d = m - bm
-    noise = max(2 * math.hypot(sd, bsd), 0.005)
-    n = s.get("val_loss_batches")  # results of an older gptlab do not say
-    what = f"final val loss ({n}-batch estimate)" if n else "final val loss"
-    if s["seeds"] < 2 or base["seeds"] < 2:
-        verdict = f"{what} {m:.3f} vs {bm:.3f} (Δ {d:+.3f}; one seed, so no noise estimate)"
-    elif abs(d) <= noise:
-        verdict = f"{what} {m:.3f} vs {bm:.3f} (Δ {d:+.3f}): within the seed noise (±{noise:.3f})"
-    else:
-        verdict = f"{what} {m:.3f} vs {bm:.3f} (Δ {d:+.3f}, {'better' if d < 0 else 'worse'} beyond ±{noise:.3f})"
     dp = s["params"] / base["params"] - 1
-    kv = s["kv_bytes_per_token"] / base["kv_bytes_per_token"]
+    t = s["config"]["block_size"]
+    kv1, kv4 = (s["kv_cache_bytes"][k] / base["kv_cache_bytes"][k] for k in ("1x", "4x"))
     tr = s["train_tokens_per_s"] / base["train_tokens_per_s"]
     dec = s["decode_tokens_per_s"] / base["decode_tokens_per_s"]
-    parts = [f"**{LABELS.get(name, name)}**: {verdict}.",
-             f"Size: {s['params']:,} params ({dp:+.1%}), KV cache {kv:.2f}× the baseline's per token.",
+    parts = [f"**{LABELS.get(name, name)}**: {_verdict(s, base)}.",
+             f"Size: {s['params']:,} params ({dp:+.1%}), MLP hidden {s['config']['mlp_hidden']} (the baseline's "
+             f"{base['config']['mlp_hidden']}); KV cache {kv1:.2f}× the baseline's at {t} tokens, {kv4:.2f}× at "
+             f"{4 * t}.",
              f"Speed: training {tr:.2f}×, decoding {dec:.2f}× the baseline's tokens/s."]
     ex = s["extrapolation"]
     if ex.get("2x") is None:
@@ -141,11 +157,14 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         parts.append(f"Longer contexts{f' ({wb}-batch estimates)' if wb else ''}: val loss {e1:.3f} at 1×, "
                      f"{e2:.3f} at 2×, {e4:.3f} at 4× the training context "
                      f"({'degrades' if e4 > e1 + 0.05 else 'holds up'}).")
-    if kv < 1:
-        parts.append(f"The KV cache holds {1 / kv:.1f}× fewer bytes per token: that is the memory a long-context "
-                     "decode saves; whether it is faster depends on the cache dominating the step (here: "
-                     f"{dec:.2f}× decode speed).")
-    if s["config"].get("window"):
+    if kv4 < 1:
+        parts.append(f"The KV cache holds {1 / kv4:.1f}× fewer bytes at {4 * t} tokens: that is the memory a "
+                     "long-context decode saves; whether it is faster depends on the cache dominating the step "
+                     f"(here: {dec:.2f}× decode speed).")
+    if s["config"].get("layer_pattern"):
+        parts.append(f"Local layers ({s['config']['layer_pattern']}: L) see at most {s['config']['window']} keys and "
+                     "cache only those; the global layers (G) see, and cache, the whole context.")
+    elif s["config"].get("window"):
         parts.append(f"Each query sees at most {s['config']['window']} keys, so the attention cost stops growing "
                      "with the context; information from further back must travel through the layers.")
     if s["config"].get("mlp") == "swiglu" and base["config"].get("mlp") != "swiglu":
@@ -155,8 +174,23 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
         parts.append(f"SwiGLU's hidden size {h} (vs GELU's {m}) gives its three matrices {more} "
                      "GPT-2's two" + (", so the loss difference is the gating, not the size."
                                                     if abs(d_mlp) < 0.01 else
-                                                    "; set mlp_hidden in a YAML grid to match them."))
+                                                    "; --match=params (or mlp_hidden in a YAML grid) matches them."))
     return " ".join(parts)
+
+
+def _verdict(s: dict[str, Any], base: dict[str, Any]) -> str:
+    """The final val loss against the baseline's, judged by the paired 95% t interval over seeds."""
+    m, bm = s["val_loss"][0], base["val_loss"][0]
+    n = s.get("val_loss_batches")  # results of an older gptlab do not say
+    what = f"final val loss ({n}-batch estimate) {m:.3f} vs {bm:.3f}"
+    p = s.get("paired_delta") or {}
+    if p.get("ci95_half_width") is None:
+        return f"{what} (Δ {m - bm:+.3f}; one seed, so no interval)"
+    d, hw = p["mean"], p["ci95_half_width"]
+    ci = f"paired Δ {d:+.3f}, 95% CI {d - hw:+.3f} to {d + hw:+.3f} over {p['seeds']} seeds"
+    if abs(d) <= hw:
+        return f"{what} ({ci}): the interval includes 0, so no difference is shown"
+    return f"{what} ({ci}): {'better' if d < 0 else 'worse'}"
 
 
 def speed_note(speeds: dict[str, Any] | None) -> str:
@@ -178,7 +212,8 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
     """report.md, val_loss.png, tokens_per_s.png, results.json in `out`."""
     summary = summarize(results, speeds)
     plot_curves(results, out)
-    lines = [*_variants_section(summary, results, meta, speeds), *_extrapolation_section(summary, meta)]
+    lines = [*_variants_section(summary, results, meta, speeds), *_match_section(summary, meta),
+             *_paired_section(summary, meta), *_extrapolation_section(summary, meta)]
     lines += ["", "## What each change did (generated from the numbers above)", ""]
     for name, s in summary.items():
         text = commentary(name, s, summary.get("baseline"))
@@ -208,6 +243,7 @@ def _variants_section(summary: dict[str, dict[str, Any]], results: dict[str, lis
     t = meta["trainer"]
     final = f"final val loss ({t['eval_iters']}-batch estimate)"
     base = summary.get("baseline")
+    ctx = meta["model"]["block_size"]
     lines = [
         f"# gptlab compare: {meta['preset']} preset",
         "",
@@ -226,8 +262,8 @@ def _variants_section(summary: dict[str, dict[str, Any]], results: dict[str, lis
             f"{LABELS.get(n, n)}: " + (", ".join(f"{k}={v}" for k, v in c.items()) or "none")
             for n, c in meta["grid"].items() if n in results) + ".",
         "",
-        "| variant | params | non-emb params | KV bytes/token | FLOPs/token | train tok/s | decode tok/s "
-        f"| peak memory | {final} | Δ vs baseline |",
+        f"| variant | params | non-emb params | KV cache at {ctx} / {4 * ctx} tokens | FLOPs/token | train tok/s "
+        f"| decode tok/s | peak memory | {final} | Δ vs baseline |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
@@ -236,12 +272,15 @@ def _variants_section(summary: dict[str, dict[str, Any]], results: dict[str, lis
         peak = _mb(s["peak_memory_bytes"]) if s["peak_memory_bytes"] else f"{_mb(s['est_train_memory_bytes'])} (est.)"
         lines.append(
             f"| {LABELS.get(name, name)} | {s['params']:,} | {s['non_embedding_params']:,} | "
-            f"{s['kv_bytes_per_token']:,} | {s['flops_per_token'] / 1e6:.2f}M | {s['train_tokens_per_s']:,.0f} | "
+            f"{_kib(s['kv_cache_bytes']['1x'])} / {_kib(s['kv_cache_bytes']['4x'])} | "
+            f"{s['flops_per_token'] / 1e6:.2f}M | {s['train_tokens_per_s']:,.0f} | "
             f"{s['decode_tokens_per_s']:,.0f} | {peak} | {_pm((m, sd), s['seeds'], meta)} | {delta} |"
         )
     lines += [
         "",
-        "KV bytes and FLOPs per token (forward, at block_size) are computed by `gptlab info` (fp32). Peak memory "
+        "The KV cache (one sequence, fp32) and FLOPs per token (forward, at block_size) are computed by `gptlab "
+        f"info`; a window caps the cache at the window. At {4 * ctx} tokens, a model with learned positions cannot "
+        "decode (they end at block_size): its figure is what the cache would hold. Peak memory "
         "is measured on CUDA (`max_memory_allocated`); on CPU it is the estimate of `gptlab info` "
         "(weights + grads + AdamW + activations). Final val loss: the trainer's last eval, the mean loss of "
         f"{t['eval_iters']} batches of {t['batch_size']} x {meta['model']['block_size']} tokens (the same batches for "
@@ -251,6 +290,50 @@ def _variants_section(summary: dict[str, dict[str, Any]], results: dict[str, lis
         "",
     ]
     return lines
+
+
+def _match_section(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """--match: the MLP hidden size each variant got, and how far its size stays from the baseline's (from the
+    trained models' parameter counts / FLOPs, not the plan)."""
+    match = meta.get("match")
+    base = summary.get("baseline")
+    if not match or base is None:
+        return []
+    by = match["by"]
+    key, what = ("params", "parameters") if by == "params" else ("flops_per_token", "forward FLOPs per token")
+    lines = [f"## Matched {what} (--match={by})", "",
+             f"Each variant's MLP (mlp_hidden) widened or narrowed so its {what} equal the baseline's "
+             f"({base[key]:,.0f}) within 0.5%:", "",
+             f"| variant | mlp_hidden | unmatched | {what} | vs baseline |", "|---|---:|---:|---:|---:|"]
+    for name, s in summary.items():
+        r = match["variants"].get(name)
+        if r is not None:
+            lines.append(f"| {LABELS.get(name, name)} | {s['mlp_hidden']} | {r['unmatched_mlp_hidden']} | "
+                         f"{s[key]:,.0f} | {s[key] / base[key] - 1:+.2%} |")
+    return [*lines, ""]
+
+
+def _paired_section(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Final val loss minus the baseline's, seed by seed, with a 95% Student t interval over the seeds."""
+    rows = {n: s["paired_delta"] for n, s in summary.items() if "paired_delta" in s}
+    if not rows:
+        return []
+    seeds = sorted({int(k) for p in rows.values() for k in p["per_seed"]})
+    lines = ["## Paired differences vs the baseline", "",
+             f"Final val loss ({meta['trainer']['eval_iters']}-batch estimate) of the variant minus the baseline's "
+             "of the same seed (same batches, same eval batches), and the 95% Student t interval of their mean: "
+             "mean ± t(0.975, n − 1) × sd / √n over the n seeds (n/a with one seed). An interval that excludes "
+             "0 is a difference the seeds show.", "",
+             "| variant | " + " | ".join(f"seed {k}" for k in seeds) + " | mean Δ | 95% CI |",
+             "|---|" + "---:|" * (len(seeds) + 2)]
+    for name, p in rows.items():
+        per_seed = {int(k): v for k, v in p["per_seed"].items()}
+        cells = [f"{per_seed[k]:+.4f}" if k in per_seed else "–" for k in seeds]
+        hw = p["ci95_half_width"]
+        ci = "n/a (1 seed)" if hw is None else f"{p['mean'] - hw:+.4f} to {p['mean'] + hw:+.4f}"
+        mean = "–" if p["mean"] is None else f"{p['mean']:+.4f}"
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {mean} | {ci} |")
+    return [*lines, ""]
 
 
 def _extrapolation_section(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[str]:

@@ -7,16 +7,17 @@
 
 Read this file top to bottom:
 
-1. The pieces: learning-rate schedule, optimizer, pretrained weights, batches, loss estimates, samples.
+1. The pieces: learning-rate schedule, optimizer, pretrained weights, samples.
 2. Training, in phases: prepare the run directory (`rundir.claim`), build the data, model and optimizer
    (`_build`), resume (`_resume`), the loop (`_loop`, one screen), finish (`_finish`).
 3. `main`: the `gptlab train` command.
 
 The settings (`TrainConfig`, run presets, flags) are in train_config.py; the run directory (lock, metrics, loss
-plot, RNG states) in rundir.py. The training loop is nanoGPT's (AdamW with decay on matrices only, warmup +
+plot, RNG states) in rundir.py; the batches (random, or in order through the shards) and loss estimates in
+batches.py. The training loop is nanoGPT's (AdamW with decay on matrices only, warmup +
 cosine, gradient accumulation, clipping, bf16 autocast on CUDA), made resumable to the bit: the batch sampler
-and dropout draw from RNGs whose states are checkpointed, so 20 iterations straight and 10 + resume + 10 give
-identical losses on CPU.
+and dropout draw from RNGs whose states are checkpointed (a sequential read, its position), so 20 iterations
+straight and 10 + resume + 10 give identical losses on CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import autotune, distributed, hardware, hellaswag, rundir, tracking
+from . import api, autotune, distributed, hardware, hellaswag, rundir, tracking
 from . import checkpoint as ckpt
-from .batches import Batches, describe_step, grad_accum_for, steps_for_tokens
+from .batches import Batches, describe_step, estimate_loss, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
 from .info import model_stats
@@ -58,6 +59,7 @@ from .train_config import (
     check_config,
     data_vocab_size,
     default_cache_dir,
+    format_config,
     parse_train_args,
     resume_config,
     train_help,
@@ -125,28 +127,6 @@ def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
         raise UsageError(f"{e}; fine-tune a GPT-2-vocabulary model or a gptlab run") from None
 
 
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module, batches: Batches, eval_iters: int, seed: int, autocast: Callable, grad_accum: int = 1
-) -> dict[str, float]:
-    """Mean loss over eval_iters full batches of each split, each in grad_accum micro-batches as in training.
-    The same rows every time (a fixed seed) whatever grad_accum and the number of processes, so eval losses
-    are comparable across evals and runs; evaluating never disturbs the training RNGs."""
-    model.eval()
-    out = {}
-    for split in ("train", "val"):
-        generator = torch.Generator().manual_seed(seed)
-        total = torch.zeros((), device=batches.info.device)
-        for _ in range(eval_iters * grad_accum):
-            x, y = batches.get(split, generator)
-            with autocast():
-                _, loss = model(x, y)
-            total += loss.float()
-        out[split] = distributed.all_reduce_mean(total / (eval_iters * grad_accum)).item()
-    model.train()
-    return out
-
-
 def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.device, seed: int) -> str:
     """A sample from a newline (or token 0), temperature 0.8, top_k 200, no longer than the model was trained
     on (block_size) unless a sliding window makes longer contexts look like the training ones."""
@@ -155,7 +135,7 @@ def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.d
     except ValueError:  # a char vocabulary without "\n"
         prompt = [0]
     c, n = model.config, max_new_tokens
-    slides = c.pos_emb == "rope" and c.window is not None and c.window <= c.block_size
+    slides = c.pos_emb == "rope" and c.window is not None and c.window <= c.block_size and c.layer_pattern is None
     if not slides:
         n = min(n, c.block_size - len(prompt))
     idx = torch.tensor([prompt], device=device)
@@ -293,6 +273,11 @@ class Run:
         # (`gptlab eval` measures that), so they differ from it by the sampling noise.
         return f"{self.cfg.trainer.eval_iters}-batch estimate"
 
+    def summary(self, losses: dict[str, float]) -> str:
+        """What an eval measured: 'train loss 2.0811, val loss 2.1034 (20-batch estimates), HellaSwag ...'."""
+        hella = f", HellaSwag acc_norm {losses['hellaswag']:.4f}" if "hellaswag" in losses else ""
+        return f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({self.estimate}s){hella}"
+
     def say(self, msg: str) -> None:
         """Print on rank 0, unless --trainer.quiet (through tqdm, so the progress bar stays at the bottom)."""
         if self.info.is_main and not self.cfg.trainer.quiet:
@@ -380,9 +365,7 @@ class Run:
         self.save()
         if improved and self.info.is_main:
             ckpt.copy_checkpoint(self.work_dir / "last", self.work_dir / "best")
-        hella = f", HellaSwag acc_norm {losses['hellaswag']:.4f}" if "hellaswag" in losses else ""
-        self.say(f"iter {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                 f"({self.estimate}s){hella}" + (" (best)" if improved else ""))
+        self.say(f"iter {self.step}: {self.summary(losses)}" + (" (best)" if improved else ""))
         if self.step < self.cfg.trainer.max_iters:
             self.sample(self.cfg.trainer.sample_tokens, f"sample at iter {self.step}")
 
@@ -534,10 +517,7 @@ def _start(run: Run) -> bool:
             + (f", resuming at iter {run.step}" if run.step else "")
             + f"; writing to {run.work_dir}"
         )
-        order = "in order, each process its own block" if run.cfg.data.order == "sequential" else "at random"
-        run.say(describe_step(t.batch_size, run.config.block_size, t.grad_accum, info.world_size)
-                + (f", {t.max_iters:,} steps for --trainer.max_tokens={t.max_tokens:,}" if t.max_tokens else "")
-                + f"; batches {order}")
+        run.say(describe_step(t, run.config.block_size, info.world_size, run.cfg.data.order))
     if run.step >= t.max_iters:
         run.say(f"the run is already at iter {run.step} = --trainer.max_iters; pass a larger one to train longer")
         return False
@@ -552,8 +532,7 @@ def _start(run: Run) -> bool:
         )
     if run.step == 0:
         losses = run.evaluate()
-        hella = f", HellaSwag acc_norm {losses['hellaswag']:.4f}" if "hellaswag" in losses else ""
-        run.say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({run.estimate}s){hella}")
+        run.say(f"iter 0: {run.summary(losses)}")
     return True
 
 
@@ -682,7 +661,16 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(train_help())
         return 0
+    print_config = [a for a in argv if a.replace("_", "-") == "--print-config"]
+    argv = [a for a in argv if a not in print_config]
     cfg = parse_train_args(argv)
     if cfg.trainer.resume:
         cfg = resume_config(argv, Path(cfg.system.work_dir))
+    if print_config:  # the settings, resolved; nothing is created
+        print(format_config(cfg), end="")
+        return 0
     return train(cfg)
+
+
+# `from gptlab import train; train(preset="tiny")`: this module is also the Python API's train (api.py says why).
+api.callable_module(__name__, api.train)

@@ -278,9 +278,11 @@ def train_help() -> str:
         for name, p in RUN_PRESETS.items()
     )
     return (
-        "usage: gptlab train [--preset=NAME] [--config=FILE.yaml|json] [--section.field=VALUE ...]\n\n"
+        "usage: gptlab train [--preset=NAME] [--config=FILE.yaml|json] [--section.field=VALUE ...] "
+        "[--print-config]\n\n"
         "Train a GPT (default: char-level Shakespeare, ~5 min on 2 CPU cores). Settings are applied in order:\n"
-        "defaults, --preset, the --config file, then flags. Under torchrun it trains with DDP or FSDP.\n\n"
+        "defaults, --preset, the --config file, then flags. Under torchrun it trains with DDP or FSDP.\n"
+        "--print-config prints the resolved settings as YAML (a --config file) and exits, training nothing.\n\n"
         f"run presets (--preset=NAME):\n{presets}\n"
         + format_options(TRAIN_OPTIONS, defaults)
         + "\n\nexamples:\n"
@@ -288,6 +290,25 @@ def train_help() -> str:
         "  gptlab train --system.work_dir=out/demo --trainer.resume=True --trainer.max_iters=4000\n"
         "  torchrun --nproc_per_node=2 -m gptlab train --trainer.strategy=fsdp --trainer.device=cpu\n"
     )
+
+
+def format_config(cfg: TrainConfig) -> str:
+    """`gptlab train --print-config`: the resolved settings (every section, presets applied) as YAML that
+    `--config=FILE` reads back to the same settings; a comment shows the model they build."""
+    import yaml  # here: only --print-config needs it
+
+    settings = dataclasses.asdict(cfg)
+    settings["config"] = None  # its settings are in this text already
+    if cfg.init is None:
+        model = model_config_from_dict(cfg.model).to_dict()
+        model.pop("vocab_size")
+        built = ", ".join(f"{k}={v}" for k, v in model.items())
+        note = textwrap.fill(f"the model: {built}; vocab_size from the tokenizer", width=116, initial_indent="# ",
+                             subsequent_indent="#   ") + "\n"
+    else:
+        note = f"# the model: --init={cfg.init}'s, with the model settings below\n"
+    return ("# gptlab train settings: defaults <- --preset <- --config <- flags; `gptlab train --config=FILE` reads "
+            "this back\n" + note + yaml.safe_dump(settings, sort_keys=False))
 
 
 def data_vocab_size(cfg: TrainConfig) -> int:
