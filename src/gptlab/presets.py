@@ -58,6 +58,17 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
         "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
         "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
     },
+    # llm.c's and build-nanogpt's GPT-2 (124M) on 10B tokens of FineWeb (README "Reproducing GPT-2 124M"): 512 x 1024
+    # = 524,288 tokens a step, 64 rows a forward on each GPU (accumulation fills the rest: 8 micro-steps on 1 GPU,
+    # 1 on 8), AdamW 6e-4 (betas 0.9, 0.95), 700 warmup steps, cosine to 10%, decay 0.1, clip 1.0, bf16, compiled.
+    "gpt2-124m": {
+        "model.preset": "gpt2", "model.dropout": 0.0, "data.tokenizer": "gpt2", "data.order": "sequential",
+        "trainer.batch_size": 512, "trainer.micro_batch_size": 64, "trainer.max_tokens": 10_000_000_000,
+        "trainer.learning_rate": 6e-4, "trainer.min_lr": 6e-5, "trainer.warmup_iters": 700,
+        "trainer.weight_decay": 0.1, "trainer.beta1": 0.9, "trainer.beta2": 0.95, "trainer.grad_clip": 1.0,
+        "trainer.dtype": "auto", "trainer.compile": True, "trainer.eval_interval": 250, "trainer.eval_iters": 20,
+        "trainer.log_interval": 10,
+    },
     # Seconds on a CPU: smoke tests.
     "tiny": {
         "model.preset": "tiny", "model.block_size": 32, "trainer.batch_size": 8, "trainer.max_iters": 50,

@@ -47,13 +47,22 @@ class DataConfig:
     tokenizer: Literal["char", "gpt2"] | None = None  # None: the pretrained model's (--init), else char
     cache_dir: str | None = None  # data cache; None: $GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab or ~/.cache/gptlab
     shards: str | None = None  # GPT-2 token shards instead of path: a gptlab prepare OUT folder, or a quoted glob
+    # random: windows at random offsets (nanoGPT); sequential: the train tokens in order, each rank its own block,
+    # wrapping at the end (build-nanogpt, llm.c)
+    order: Literal["random", "sequential"] = "random"
 
 
 @dataclass
 class TrainerConfig:
     max_iters: int = 1000  # optimizer steps
+    # a budget in tokens instead: max_iters = max_tokens // (batch_size x block_size); whichever of the two is given
+    # last (flags over --config over --preset) wins
+    max_tokens: int | None = None
     batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
     grad_accum: int = 1  # split each step's batch into this many micro-batches (less memory, same result)
+    # rows per process per forward pass instead: grad_accum = batch_size / (micro_batch_size x processes), so a step
+    # is the same on 1 GPU or 8; whichever of the two is given last wins
+    micro_batch_size: int | None = None
     learning_rate: float = 1e-3  # peak learning rate, reached after warmup
     min_lr: float | None = None  # learning rate at the end of the cosine decay; None: learning_rate / 10
     warmup_iters: int = 100  # linear warmup steps
@@ -74,6 +83,7 @@ class TrainerConfig:
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
     quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
     log_to: str | None = None  # live tracking besides metrics.jsonl: tensorboard, wandb, or both (comma-separated)
+    hellaswag: str | None = None  # a HellaSwag .jsonl (hellaswag_val.jsonl): acc and acc_norm at every eval
 
 
 @dataclass
@@ -117,6 +127,13 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         base = {k: v for k, v in base.items() if not k.startswith("model.")}
         if "init" not in layer:
             base.pop("init", None)
+    # Two ways to say one thing: the layer that says it one way overrides the other way below it.
+    pairs = (("trainer.max_iters", "trainer.max_tokens"), ("trainer.grad_accum", "trainer.micro_batch_size"))
+    for given, other in pairs:
+        if given in layer and other in layer and layer[other] is not None:
+            raise UsageError(f"--{given} and --{other} both set it; give one of them")
+        if given in layer:
+            base = {**base, other: None}
     return {**base, **layer}
 
 
@@ -165,7 +182,7 @@ def parse_train_args(argv: list[str], base: dict[str, Any] | None = None) -> Tra
         cfg.system.work_dir = str(Path("out") / (cfg.preset or "run"))
     # `--system.work_dir=~/runs/x`: the shell does not expand a ~ after "=" in a flag.
     for section, name in ((cfg.system, "work_dir"), (cfg.data, "path"), (cfg.data, "cache_dir"), (cfg.data, "shards"),
-                          (cfg, "init")):
+                          (cfg, "init"), (cfg.trainer, "hellaswag")):
         value = getattr(section, name)
         if value is not None and value.startswith("~"):
             setattr(section, name, str(Path(value).expanduser()))
@@ -187,8 +204,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--trainer.learning_rate must be > 0, got {t.learning_rate}")
     if t.min_lr is not None and not 0 <= t.min_lr <= t.learning_rate:
         raise UsageError(f"--trainer.min_lr must be in [0, learning_rate={t.learning_rate}], got {t.min_lr}")
-    if t.lr_decay_iters is not None and t.lr_decay_iters < 1:
-        raise UsageError(f"--trainer.lr_decay_iters must be >= 1 or None, got {t.lr_decay_iters}")
+    for name in ("max_tokens", "micro_batch_size", "lr_decay_iters"):
+        if getattr(t, name) is not None and getattr(t, name) < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1 or None, got {getattr(t, name)}")
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(t, name) < 1:
             raise UsageError(f"--trainer.{name} must be in [0, 1), got {getattr(t, name)}")
@@ -279,10 +297,11 @@ def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     if not state_path.is_file():
         raise nothing_to_resume(work_dir)
     saved = json.loads(state_path.read_text(encoding="utf-8"))["train_config"]
+    saved.setdefault("data.order", "random")  # runs from before the setting drew at random
     cfg = parse_train_args(argv, base=saved)
     now = flatten(dataclasses.asdict(cfg))
     for key in sorted(set(saved) | set(now)):
-        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards")
+        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards", "data.order")
         if fixed and saved.get(key) != now.get(key):
             was = saved.get(key)
             if was is None and key.startswith("model."):  # the field came from a preset: show its real value
