@@ -110,7 +110,7 @@ def render_code(spec: str) -> str:
 
 def info_output(args: list[str]) -> str:
     """What `gptlab info ARGS` prints."""
-    from gptlab.info import main
+    from gptlab.info_cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

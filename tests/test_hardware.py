@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptlab import autotune, hardware
-from gptlab import info as I
+from gptlab import info_cli as I
 from gptlab import train as T
 from gptlab.data import shakespeare_text
 

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("gptlab.cli", "sample_main", "generate text from a run, a checkpoint or a Hugging Face model"),
     "eval": ("gptlab.cli", "eval_main", "loss, perplexity and bits per char/token of a model on a text"),
     "plot": ("gptlab.cli", "plot_main", "loss curves of one or several run directories in one PNG"),
-    "info": ("gptlab.info", "main", "parameters, FLOPs and memory of a model configuration"),
+    "info": ("gptlab.info_cli", "main", "parameters, FLOPs and memory of a model configuration"),
     "compare": ("gptlab.compare", "main", "train a grid of architecture variants alike and write a measured report"),
     "convert": ("gptlab.convert", "convert_main", "turn a multi-head checkpoint into GQA (--to-gqa N SRC DST)"),
     "prepare": ("gptlab.prepare", "main", "tokenize a corpus into llm.c-format token shards, in parallel, resumable"),
