@@ -9,7 +9,7 @@ Rows: train (training step vs transformers), flops (that step vs this machine's 
 GEMM shapes), decode (124M greedy decode vs transformers, and vs the memory-bandwidth limit), swa (sliding-window
 attention vs full causal attention, time and peak memory), sweep (SWA over T), kv (KV cache for MHA/GQA/MQA at a
 2048-token context), gpu (124M training step on CUDA, bf16 + torch.compile: MFU and tokens/s vs transformers,
-when there is a GPU).
+when there is a GPU), moe (the MoE training step vs transformers' Mixtral: moe_train.py).
 
 Every row times ours and the peer alternately in the same process, `repeats` times after a warm-up, and reports
 medians and their ratio: the ratio is what carries over between machines, and a shared machine slows both sides.
@@ -42,7 +42,7 @@ from gptlab import GPT, GPTConfig, autotune, hardware
 from gptlab.attention import sliding_window_attention, window_mask
 from gptlab.generate import _gemv_linears, make_caches
 
-ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "gpu", "nanogpt")
+ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "gpu", "nanogpt", "moe")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -692,6 +692,7 @@ def main(argv: list[str] | None = None) -> None:
         "kv": lambda: row_kv(repeats, device, context=512 if args.quick else 2048),
         "gpu": lambda: row_gpu(repeats),
         "nanogpt": lambda: row_nanogpt(args.nanogpt, args.text, 200 if args.quick else 2000),
+        "moe": lambda: importlib.import_module("moe_train").row_moe(repeats, device),  # benchmarks/moe_train.py
     }
     out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
     # Rows not run now keep their earlier results: on a shared machine, rerun a row when it is quiet.

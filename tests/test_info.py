@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 from conftest import single_switches, switch_changes, with_switches
+from gptlab.info_cli import main
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab import GPT, GPTConfig, autotune
 from gptlab.attention import window_mask
 from gptlab.generate import make_caches
-from gptlab.info import format_compare, format_report, keys_per_query, main, model_stats
+from gptlab.info import format_compare, format_report, keys_per_query, model_stats
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,6 +32,8 @@ CONFIGS = {
     "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
     "tiny-head_dim-apart": GPTConfig.from_preset("tiny", head_dim=24, n_kv_head=2, pos_emb="rope"),  # Qwen3's layout
     "tiny-local-global-5to1": GPTConfig.from_preset("tiny", n_layer=7, window=8, layer_pattern="LLLLLG"),
+    "tiny-moe-swiglu-shared-dense": GPTConfig.from_preset("tiny", n_expert=4, expert_top_k=1, n_shared_expert=2,
+                                                          moe_dense_layers=(0,), mlp="swiglu", expert_hidden=40),
     # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
     **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
@@ -45,8 +48,8 @@ def real_param_table(model: GPT) -> dict[str, int]:
     """Parameters per component, summed over named_parameters() (which lists a tied weight once)."""
     c = model.config
     hd = c.head_dim
-    out = dict.fromkeys(("wte", "wpe", "q", "k", "v", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "norms",
-                         "lm_head"), 0)
+    out = dict.fromkeys(("wte", "wpe", "q", "k", "v", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "router",
+                         "norms", "lm_head"), 0)
     for name, p in model.named_parameters():
         if name == "transformer.wte.weight":
             out["wte"] += p.numel()
@@ -62,14 +65,16 @@ def real_param_table(model: GPT) -> dict[str, int]:
             out["v"] += kv_rows * per_row
         elif ".attn.c_proj." in name:
             out["attn_out"] += p.numel()
-        elif ".mlp.c_fc." in name:  # SwiGLU: rows [gate | up]
+        elif ".mlp.c_fc." in name or ".mlp.shared.c_fc." in name:  # SwiGLU: rows [gate | up] (of each expert)
             if c.mlp == "swiglu":
                 out["mlp_gate"] += p.numel() // 2
                 out["mlp_up"] += p.numel() // 2
             else:
                 out["mlp_up"] += p.numel()
-        elif ".mlp.c_proj." in name:
+        elif ".mlp.c_proj." in name or ".mlp.shared.c_proj." in name:
             out["mlp_down"] += p.numel()
+        elif ".mlp.router." in name:
+            out["router"] += p.numel()
         elif ".ln_" in name or ".attn.q_norm." in name or ".attn.k_norm." in name:  # QK-norm's count as norms
             out["norms"] += p.numel()
         elif name == "lm_head.weight":
@@ -89,6 +94,26 @@ def test_parameter_table_matches_instantiated_model(name):
     assert s.non_embedding_params == model.num_params(non_embedding=True)
     if cfg.tie_embeddings:
         assert s.params["lm_head"] == 0
+
+
+@pytest.mark.parametrize("kw", [dict(n_expert=4, expert_top_k=2), dict(n_expert=8, expert_top_k=3, n_shared_expert=1,
+                                                                       moe_dense_layers=(0,), mlp="swiglu")])
+def test_active_params_are_those_one_token_moves(kw):
+    # One token's gradient reaches its top-k experts and no other (an unused expert's gradient is exactly zero):
+    # the active count is the total less the experts whose gradient stays zero.
+    cfg = small(**kw)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    model(torch.tensor([[5]]), torch.tensor([[7]]))[1].backward()
+    unused = 0
+    for block in model.transformer.h:
+        if hasattr(block.mlp, "router"):
+            tensors = [t for m in (block.mlp.c_fc, block.mlp.c_proj) for t in (m.weight, m.bias) if t is not None]
+            for e in range(cfg.n_expert):
+                if all(not t.grad[e].any() for t in tensors):
+                    unused += sum(t[e].numel() for t in tensors)
+    s = model_stats(cfg)
+    assert s.active_params == s.total_params - unused < s.total_params
 
 
 def test_gpt2_numbers():
@@ -150,6 +175,7 @@ def counted_flops(model: GPT, idx: torch.Tensor, backward: bool) -> tuple[int, i
     small(pos_emb="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
     small(n_kv_head=1, mlp_hidden=100),
     small(head_dim=24, n_kv_head=2, pos_emb="rope"),  # q is 96 wide in a 64-dim model
+    small(n_expert=4, expert_top_k=3, n_shared_expert=1, moe_dense_layers=(1,), mlp="swiglu", bias=False),
 ])
 def test_flops_match_torch_flop_counter(cfg):
     torch.manual_seed(0)
@@ -223,6 +249,8 @@ ACTIVATION_CASES = [
     (dict(window=7, n_kv_head=2), "fp32"),  # 32 tokens in blocks of 7: padded to 35
     (dict(head_dim=24, n_kv_head=2, pos_emb="rope"), "fp32"),  # q and the attention output are 96 wide
     (dict(head_dim=24, window=8, pos_emb="rope"), "fp32"),
+    (dict(n_expert=4, expert_top_k=2, n_shared_expert=2, moe_dense_layers=(0,)), "fp32"),  # experts: moe.py
+    (dict(n_expert=4, expert_top_k=1, moe_renorm=False, mlp="swiglu", bias=False), "bf16"),
 ]
 
 

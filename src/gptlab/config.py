@@ -21,6 +21,10 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
     """Hidden size that gives SwiGLU (3 matrices) the parameters of a 4x GELU MLP (2 matrices), rounded up to a
     multiple of 64 (exact at n_embd = 768; +12.5% at 128)."""
@@ -60,6 +64,13 @@ class GPTConfig:
     mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu"
     mlp_hidden: int | None = None  # None -> 4*n_embd for gelu, ~8/3*n_embd (multiple of 64) for swiglu
     qk_norm: bool = False  # RMSNorm over each head's q and k, before RoPE (Qwen3, OLMo 2)
+    # Mixture of experts (docs/moe.md): the fields after n_expert apply only when it is > 0.
+    n_expert: int = 0  # 0: one dense MLP per layer (GPT-2); else MLPs per MoE layer, expert_top_k of them per token
+    expert_top_k: int = 2  # experts each token runs through (Mixtral: 2)
+    expert_hidden: int | None = None  # an expert's hidden size; None -> mlp_hidden
+    n_shared_expert: int = 0  # experts every token runs through as well, unweighted (DeepSeek)
+    moe_dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP of mlp_hidden (Qwen3-MoE's mlp_only_layers)
+    moe_renorm: bool = True  # rescale the top-k router weights to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -69,7 +80,19 @@ class GPTConfig:
                 self.head_dim = self.n_embd // self.n_head
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else _swiglu_hidden(self.n_embd)
+        if isinstance(self.moe_dense_layers, list):  # from JSON
+            self.moe_dense_layers = tuple(self.moe_dense_layers)
         self.validate()
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """The layers whose MLP is a mixture of experts (none when n_expert is 0)."""
+        return tuple(i for i in range(self.n_layer) if self.n_expert and i not in self.moe_dense_layers)
+
+    @property
+    def expert_width(self) -> int:
+        """An expert's hidden size: expert_hidden, or mlp_hidden when it is None."""
+        return self.expert_hidden or self.mlp_hidden
 
     def validate(self) -> None:
         """Raise ValueError naming the field and what it may be."""
@@ -120,6 +143,30 @@ class GPTConfig:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         if self.mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+        self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        if not _count(self.n_expert):
+            raise ValueError(f"n_expert must be 0 (a dense MLP per layer) or a positive integer, got {self.n_expert!r}")
+        if not self.n_expert:  # a dense model: expert settings must not silently do nothing
+            moe_only = ("expert_top_k", "expert_hidden", "n_shared_expert", "moe_dense_layers", "moe_renorm")
+            changed = [f.name for f in dataclasses.fields(self)
+                       if f.name in moe_only and getattr(self, f.name) != f.default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} apply to experts only: set n_expert > 0, or drop them")
+            return
+        if not _positive_int(self.expert_top_k) or self.expert_top_k > self.n_expert:
+            raise ValueError(f"expert_top_k must be in 1..n_expert ({self.n_expert}), got {self.expert_top_k!r}")
+        if not (self.expert_hidden is None or _positive_int(self.expert_hidden)):
+            raise ValueError(f"expert_hidden must be None (mlp_hidden) or an integer >= 1, got {self.expert_hidden!r}")
+        if not _count(self.n_shared_expert):
+            raise ValueError(f"n_shared_expert must be an integer >= 0, got {self.n_shared_expert!r}")
+        dense = self.moe_dense_layers
+        if not (isinstance(dense, tuple) and len(set(dense)) == len(dense)
+                and all(_count(i) and i < self.n_layer for i in dense)):
+            raise ValueError(f"moe_dense_layers must list distinct layers in 0..{self.n_layer - 1}, got {dense!r}")
+        if not isinstance(self.moe_renorm, bool):
+            raise ValueError(f"moe_renorm must be True or False, got {self.moe_renorm!r}")
 
     def _validate_layer_pattern(self) -> None:
         p = self.layer_pattern
@@ -156,7 +203,8 @@ class GPTConfig:
         return GPTConfig.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON holds them (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
@@ -238,6 +286,17 @@ def _describe_heads(c: GPTConfig) -> str:
     return f"{heads} of dim {c.head_dim}"
 
 
+def _describe_moe(c: GPTConfig) -> str | None:
+    if not c.n_expert:
+        return None  # the dense MLP: every older description stays as it was
+    shared = f" + {c.n_shared_expert} shared" if c.n_shared_expert else ""
+    dense = f", dense layers {list(c.moe_dense_layers)}" if c.moe_dense_layers else ""
+    rule = "renormalised" if c.moe_renorm else "softmax"
+    return f"MoE: top-{c.expert_top_k} of {c.n_expert} experts{shared} (hidden {c.expert_width}, {rule} weights){dense}"
+
+
+MOE_FORMATS = ("mixtral", "qwen3_moe")  # the Hugging Face formats with experts (hf_moe.py)
+
 SWITCHES: tuple[Switch, ...] = (
     Switch(
         field="pos_emb", gpt2='`"learned"`', modern='`"rope"` (+ `rope_theta`)',
@@ -245,7 +304,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rope.md", title="Rotary position embeddings",
         variants=(Variant("rope", "+RoPE", lambda c: {"pos_emb": "rope"}),),
         describe=lambda c: f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
     ),
     Switch(
         field="n_kv_head", gpt2="`= n_head`", modern="`< n_head` (`1` = MQA)",
@@ -254,7 +313,8 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("gqa", "+GQA", lambda c: {"n_kv_head": max(1, c.n_head // 2)}),
                   Variant("mqa", "+MQA", lambda c: {"n_kv_head": 1})),
         describe=_describe_heads,
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
     ),
     Switch(
         field="window", gpt2="`None`", modern="an int",
@@ -262,7 +322,8 @@ SWITCHES: tuple[Switch, ...] = (
         doc="sliding_window.md", title="Sliding-window attention",
         variants=(Variant("swa", "+SWA", lambda c: {"window": max(1, c.block_size // 4)}),),
         describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("mistral", "qwen3"),  # Mistral: Llama with a window
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_modern=("mistral", "qwen3", *MOE_FORMATS),  # Mistral: Llama with a window
     ),
     Switch(
         field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
@@ -270,7 +331,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rmsnorm.md", title="RMSNorm",
         variants=(Variant("rmsnorm", "+RMSNorm", lambda c: {"norm": "rmsnorm"}),),
         describe=lambda c: "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
     ),
     Switch(
         field="mlp", gpt2='`"gelu"`', modern='`"swiglu"` (+ `mlp_hidden`)',
@@ -280,7 +341,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("swiglu", "+SwiGLU",
                           lambda c: {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(c)}),),
         describe=lambda c: f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
     ),
     Switch(
         field="qk_norm", gpt2="`False`", modern="`True`",
@@ -288,7 +349,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="qk_norm.md", title="QK-norm",
         variants=(Variant("qk_norm", "+QK-norm", lambda c: {"qk_norm": True}),),
         describe=lambda c: "QK-norm" if c.qk_norm else None,
-        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("qwen3",),  # Qwen3 always has it
+        hf_gpt2=("gpt2", "llama", "mistral", "mixtral"), hf_modern=("qwen3", "qwen3_moe"),  # Qwen3 always has it
         in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
     ),
     Switch(
@@ -298,8 +359,20 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("local_global", "+local/global",
                           lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
         describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
         in_modern=False, builds_on=("window",),
+    ),
+    Switch(
+        field="n_expert", gpt2="`0`", modern="experts per layer (+ `expert_top_k`, `expert_hidden`)",
+        summary="a router sends each token to its top-k of n_expert MLPs: more parameters, the same compute per token",
+        doc="moe.md", title="Mixture of experts",
+        # 8 experts of half the width, top-2: a token uses as many MLP weights as in the baseline (plus the router).
+        variants=(Variant("moe", "+MoE", lambda c: {"n_expert": 8, "expert_top_k": 2,
+                                                    "expert_hidden": max(1, c.mlp_hidden // 2)}),),
+        describe=_describe_moe,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=MOE_FORMATS,
+        in_modern=False,
     ),
 )
 

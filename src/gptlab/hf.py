@@ -11,6 +11,8 @@ designed not to run code). config.json's model_type picks the key mapping:
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
   qwen3           Llama's layout plus QK-norm (self_attn.q_norm / k_norm: one weight per head channel) and a
                   head_dim of its own; a window on every layer or, with layer_types, on some (local/global).
+  mixtral,        Mistral's and Qwen3's layouts with a mixture of experts in place of the MLP: their config keys
+  qwen3_moe       and expert tensors are in hf_moe.py.
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
 Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
@@ -38,6 +40,7 @@ import torch
 from .checkpoint import CheckpointError  # raised here too; importable from gptlab.hf as before
 from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
 from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
+from .hf_moe import MOE_ARCHITECTURES, MOE_FORMATS, MOE_HOLDS, expert_sources, hf_moe_fields, moe_config
 from .model import GPT
 
 __all__ = [
@@ -55,7 +58,7 @@ __all__ = [
     "why_gptlab_format",
 ]
 
-HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3")  # the Hugging Face formats gptlab loads and exports (in this order)
+HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS)  # the formats gptlab loads and exports, in this order
 SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
 # HF GPT-2 stores these as Conv1D, weight shape (in, out): the transpose of nn.Linear's (out, in).
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
@@ -65,6 +68,7 @@ _IGNORABLE = {
     "llama": re.compile(r".*rotary_emb\.inv_freq"),
     "mistral": re.compile(r".*rotary_emb\.inv_freq"),
     "qwen3": re.compile(r".*rotary_emb\.inv_freq"),
+    **{fmt: re.compile(r".*rotary_emb\.inv_freq") for fmt in MOE_FORMATS},
     "gptlab": re.compile(r"(?!)"),
 }
 
@@ -145,6 +149,8 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
     window, pattern = (hf.get("sliding_window", 4096) if model_type == "mistral" else None), None
     if model_type == "qwen3":
         window, pattern = _qwen3_windows(hf)
+    elif model_type in MOE_FORMATS:  # Mixtral: a window if sliding_window is set; Qwen3-MoE: on every layer
+        window = hf.get("sliding_window") if _get(hf, "use_sliding_window", model_type == "mixtral") else None
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
@@ -163,7 +169,7 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
         mlp="swiglu",
         mlp_hidden=hf["intermediate_size"],
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
     )
 
 
@@ -200,6 +206,8 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
             return _config_gpt2(hf_config)
         if model_type in ("llama", "mistral", "qwen3"):
             return _config_llama(hf_config, model_type)
+        if model_type in MOE_FORMATS:
+            return moe_config(hf_config, model_type, _config_llama(hf_config, model_type))
         if model_type == "gptlab":
             fields = hf_config.get("gptlab")
             if not isinstance(fields, dict):
@@ -231,6 +239,7 @@ _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
               "rope_theta": _any, "head_dim": _any},
 }
 _HOLDS["mistral"] = _HOLDS["qwen3"] = _HOLDS["llama"]
+_HOLDS.update({fmt: {**_HOLDS["llama"], **holds} for fmt, holds in MOE_HOLDS.items()})
 _HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
 
 
@@ -274,14 +283,16 @@ def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
     return not export_blockers(config, "gpt2")
 
 
-def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
-    """The HF Llama config.json for a Llama-shaped GPTConfig; Mistral's with a window, Qwen3's with QK-norm."""
-    kind = "qwen3" if config.qk_norm else "llama" if config.window is None else "mistral"
+def hf_llama_config(config: GPTConfig, kind: str | None = None) -> dict[str, Any]:
+    """The HF Llama config.json for a Llama-shaped GPTConfig; Mistral's with a window, Qwen3's with QK-norm; with
+    experts, kind is mixtral or qwen3_moe."""
+    kind = kind or ("qwen3" if config.qk_norm else "llama" if config.window is None else "mistral")
     bad = export_blockers(config, kind)
     if bad:
         raise ValueError(f"not a Llama config, HF {kind} format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none (not Llama's 1, 2)
-    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                    **MOE_ARCHITECTURES}
     hf = {
         "architectures": [architecture[kind]],
         "model_type": kind,
@@ -305,14 +316,16 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     }
     if kind == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
-    elif kind == "mistral":
+    elif kind in ("mistral", "mixtral"):
         hf["sliding_window"] = config.window
+    elif kind == "qwen3_moe":  # a window on every layer, with use_sliding_window
+        hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window)
     else:  # Qwen3 slides only with use_sliding_window, in the layers layer_types names (local/global layers)
         types = ["full_attention" if config.layer_window(i) is None else "sliding_attention"
                  for i in range(config.n_layer)]
         hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window,
                   max_window_layers=0 if config.window else config.n_layer, layer_types=types)
-    return hf
+    return {**hf, **hf_moe_fields(kind, config)} if kind in MOE_FORMATS else hf
 
 
 def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
@@ -411,8 +424,18 @@ def _plan_gptlab(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfi
     return [(key, shape)], _single
 
 
+def _plan_moe(kind: str) -> Callable[..., _Plan]:
+    """Mixtral's or Qwen3-MoE's plan: the experts' tensors from hf_moe.py, concatenated; the rest as Llama's."""
+    def plan(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfig) -> _Plan:
+        sources = expert_sources(kind, key, config)
+        if sources is None:
+            return _plan_llama(key, shape, prefix, config)
+        return sources, _single if len(sources) == 1 else _concat
+    return plan
+
+
 _PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "qwen3": _plan_llama,
-          "gptlab": _plan_gptlab}
+          **{fmt: _plan_moe(fmt) for fmt in MOE_FORMATS}, "gptlab": _plan_gptlab}
 
 
 def _convert(
@@ -443,7 +466,7 @@ def _convert(
                 )
             parts.append(src[name])
             used.add(name)
-        t = combine(parts)
+        t = combine(parts).reshape(shape)  # experts: concatenated sources, then stacked (n_expert, out, in)
         out[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
     ignorable = _IGNORABLE[model_type]
     leftover = sorted(
@@ -542,8 +565,8 @@ def _export_tensors(model_type: str, config: GPTConfig, state: dict[str, torch.T
         t = t.detach().cpu()
         if combine is _transpose:
             parts = [t.t()]
-        elif combine is _concat:
-            parts = list(t.split([shape[0] for _, shape in sources], dim=0))
+        elif combine is _concat:  # experts' (n_expert, out, in) tensors as their rows first
+            parts = list(t.reshape(-1, t.shape[-1]).split([shape[0] for _, shape in sources], dim=0))
         else:
             parts = [t]
         for (name, _), part in zip(sources, parts, strict=True):
@@ -584,8 +607,8 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
         state = _with_zero_biases(config, state)
     if kind == "gpt2":
         hf_config = hf_gpt2_config(config)
-    elif kind in ("llama", "mistral", "qwen3"):
-        hf_config = hf_llama_config(config)
+    elif kind in ("llama", "mistral", "qwen3", *MOE_FORMATS):
+        hf_config = hf_llama_config(config, kind)
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}
     tensors = _export_tensors(kind, config, state)

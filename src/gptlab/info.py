@@ -10,10 +10,13 @@ Conventions
 -----------
 * Parameters: tied weights are counted once (a tied `lm_head` costs 0). Non-embedding parameters leave out the
   token and position tables, as `GPT.num_params(non_embedding=True)` does.
+  With experts, the total holds every expert; the active parameters are those one token runs through (its top-k
+  experts, the shared ones, the router: moe.py counts them).
 * FLOPs: 2 per multiply-add. Only matrix products are counted; norms, activations, softmax and the embedding
   lookup are a rounding error next to them. Per token of a forward pass of `context` tokens:
 
       matmuls   = 2 * N_matmul          (N_matmul: every weight used in a product, lm_head included even when tied)
+                                        (with experts: a token's top-k experts, the shared ones and the router)
       attention = 2 * 2 * n_layer * T_eff * n_embd     (q·k scores, then the weighted sum of v)
 
   (n_head x head_dim in place of n_embd when head_dim is set apart from n_embd / n_head, as Qwen3 does.)
@@ -44,6 +47,7 @@ from typing import Any
 
 from .config import PRESETS, SWITCHES, GPTConfig
 from .info_attention import FP32, attention_activations, layer_windows, positions_held
+from .moe import mlp_params, mlp_units, routing_bytes
 from .options import (
     ALIASES,
     BOOL_ALIASES,
@@ -74,6 +78,7 @@ COMPONENTS = (
     ("mlp_gate", "mlp", "gate"),
     ("mlp_up", "mlp", "up"),
     ("mlp_down", "mlp", "down"),
+    ("router", "mlp", "router"),  # experts only (shown for them)
     ("norms", "norms", "2 x n_layer + 1"),
     ("lm_head", "head", "lm_head (0 if tied to wte)"),
 )
@@ -100,6 +105,7 @@ class ModelStats:
     params: dict[str, int]  # component -> count, keys as in COMPONENTS
     total_params: int
     non_embedding_params: int
+    active_params: int  # what one token runs through: the experts it is not routed to left out
     matmul_params: int  # weights that take part in a matrix product per token (lm_head included)
     attn_keys_per_query: float  # T_eff
     flops_matmul_per_token: int
@@ -133,6 +139,7 @@ def param_table(c: GPTConfig) -> dict[str, int]:
     d, hd, L, b = c.n_embd, c.head_dim, c.n_layer, int(c.bias)
     q, kv = c.n_head * hd, c.n_kv_head * hd
     swiglu = c.mlp == "swiglu"
+    hidden, mlps = mlp_units(c)  # L * mlp_hidden and L without experts
     norm = d * (2 if c.norm == "layernorm" and c.bias else 1)  # weight (+ bias); RMSNorm has no bias
     return {
         "wte": c.vocab_size * d,
@@ -141,20 +148,22 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "k": L * (d * kv + b * kv),
         "v": L * (d * kv + b * kv),
         "attn_out": L * (q * d + b * d),
-        "mlp_gate": L * (d * c.mlp_hidden + b * c.mlp_hidden) if swiglu else 0,
-        "mlp_up": L * (d * c.mlp_hidden + b * c.mlp_hidden),
-        "mlp_down": L * (c.mlp_hidden * d + b * d),
+        "mlp_gate": d * hidden + b * hidden if swiglu else 0,
+        "mlp_up": d * hidden + b * hidden,
+        "mlp_down": hidden * d + b * d * mlps,
+        "router": len(c.moe_layers) * d * c.n_expert,
         "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0),  # QK-norm: a weight per head channel
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
     }
 
 
 def matmul_params(c: GPTConfig) -> int:
-    """Weights used in a matrix product for every token: attention and MLP matrices, and the lm_head."""
+    """Weights used in a matrix product for every token: attention and MLP matrices (a token's top-k experts and the
+    router), and the lm_head."""
     d, hd = c.n_embd, c.head_dim
     attn = d * (c.n_head + 2 * c.n_kv_head) * hd + c.n_head * hd * d
-    mlp = (3 if c.mlp == "swiglu" else 2) * d * c.mlp_hidden
-    return c.n_layer * (attn + mlp) + c.vocab_size * d
+    mlp = (3 if c.mlp == "swiglu" else 2) * d * mlp_units(c, active=True)[0] + d * c.n_expert * len(c.moe_layers)
+    return c.n_layer * attn + mlp + c.vocab_size * d
 
 
 def keys_per_query(context: int, window: int | None) -> float:
@@ -170,14 +179,14 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
     tokens = batch * context
     # LayerNorm saves its input and (mean, rstd); nn.RMSNorm saves its input and the normalized x in fp32, and rstd.
     norm = (d + 2) * nbytes if c.norm == "layernorm" else (2 * d + 1) * FP32
-    hidden = c.mlp_hidden * nbytes
-    # GELU: the c_fc output and GELU's output (c_proj input). SwiGLU: [gate|up], silu(gate), silu(gate) * up.
-    mlp = d * nbytes + (4 if c.mlp == "swiglu" else 2) * hidden
+    # Per hidden unit a token runs through, GELU: the c_fc output and GELU's output (c_proj input); SwiGLU: [gate|up],
+    # silu(gate), silu(gate) * up. Plus each MLP input (experts: see moe.routing_bytes).
+    mlp = L * d * nbytes + (4 if c.mlp == "swiglu" else 2) * nbytes * mlp_units(c, active=True)[0]
     per_sequence = INT64 * context if c.pos_emb == "learned" else 2 * context * hd * FP32  # positions / cos, sin
     return {
         "norms": tokens * (2 * L + 1) * norm,
         "attention": sum(attention_activations(c, batch, context, nbytes, w) for w in layer_windows(c)),
-        "mlp": tokens * L * mlp,
+        "mlp": tokens * mlp + routing_bytes(c, tokens, nbytes),
         "head": tokens * (d * nbytes + c.vocab_size * FP32),  # lm_head input, fp32 log-probabilities
         "token ids, positions": tokens * 2 * INT64 + per_sequence + FP32,  # inputs, targets, loss
     }
@@ -197,6 +206,7 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     params = param_table(c)
     total = sum(params.values())
     non_embedding = total - params["wte"] - params["wpe"]
+    active = total - mlp_params(c, *mlp_units(c)) + mlp_params(c, *mlp_units(c, active=True))
 
     n_matmul = matmul_params(c)
     t_eff = sum(keys_per_query(context, w) for w in layer_windows(c)) / c.n_layer  # averaged over layers too
@@ -213,7 +223,8 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     parts = activation_parts(c, batch, context, nbytes)
     return ModelStats(
         config=c, context=context, batch=batch, dtype=dtype, bytes_per_value=nbytes,
-        params=params, total_params=total, non_embedding_params=non_embedding, matmul_params=n_matmul,
+        params=params, total_params=total, non_embedding_params=non_embedding, active_params=active,
+        matmul_params=n_matmul,
         attn_keys_per_query=t_eff,
         flops_matmul_per_token=flops_matmul, flops_attention_per_token=flops_attn,
         flops_forward_per_token=forward, flops_train_per_token=3 * forward,
@@ -280,12 +291,14 @@ class _Row:
     kind: str  # "count", "flops", "bytes", "number"
 
 
-def report_rows(s: ModelStats) -> list[_Row]:
-    """The report as (section, label, value, kind) rows; single and side-by-side reports print the same rows."""
+def report_rows(s: ModelStats, moe: bool | None = None) -> list[_Row]:
+    """The report as (section, label, value, kind) rows; single and side-by-side reports print the same rows
+    (moe: the rows of experts, by default when s has them)."""
+    moe = bool(s.config.n_expert) if moe is None else moe
     params = "Parameters (tied weights counted once)"
     rows = []
     last = None
-    for key, group, name in COMPONENTS:
+    for key, group, name in COMPONENTS if moe else [row for row in COMPONENTS if row[0] != "router"]:
         if key == "norms" and s.config.qk_norm:  # QK-norm's gains are norm weights too
             name += " (+ QK-norm)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
@@ -293,7 +306,7 @@ def report_rows(s: ModelStats) -> list[_Row]:
     rows += [
         _Row(params, "total", s.total_params, "count"),
         _Row(params, "non-embedding", s.non_embedding_params, "count"),
-    ]
+    ] + ([_Row(params, "active per token (top-k experts)", s.active_params, "count")] if moe else [])
     flops = f"FLOPs per token (2 per multiply-add; context {s.context})"
     c = s.config
     width = "n_embd" if c.n_head * c.head_dim == c.n_embd else "n_head x hd"
@@ -370,7 +383,8 @@ def format_compare(a: ModelStats, b: ModelStats, name_a: str = "A", name_b: str 
     """Two configurations side by side, with B/A ratios ('÷3.00' means B needs a third of A)."""
     lines = _header(f"A = {name_a}", a.config) + _header(f"B = {name_b}", b.config)
     section = None
-    for ra, rb in zip(report_rows(a), report_rows(b), strict=True):
+    moe = bool(a.config.n_expert or b.config.n_expert)
+    for ra, rb in zip(report_rows(a, moe), report_rows(b, moe), strict=True):
         if ra.section != section:
             section = ra.section
             lines += ["", f"{section:<52} {'A':>16} {'B':>16}  B/A"]

@@ -1,6 +1,6 @@
-"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm, SwiGLU and QK-norm as config switches.
+"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm, SwiGLU, QK-norm and experts as config switches.
 
-Read top to bottom: norms, rotary embeddings, attention, MLP, block, GPT.
+Read top to bottom: norms, rotary embeddings, attention, MLP, mixture of experts, block, GPT.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import GPTConfig
+from .moe import router_stats
 
 if TYPE_CHECKING:
     from .generate import KVCache
@@ -99,37 +100,119 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def activate(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
+    """GPT-2's tanh GELU, or SwiGLU's silu(gate) * up for h = [gate | up]."""
+    if swiglu:
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h, approximate="tanh")
+
+
 class MLP(nn.Module):
     """GPT-2's GELU MLP, or SwiGLU: silu(x W_gate) * (x W_up), projected back."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, hidden: int | None = None) -> None:
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        hidden = hidden or config.mlp_hidden
         # For SwiGLU, c_fc holds [W_gate | W_up] fused into one matmul.
-        fc_out = 2 * config.mlp_hidden if self.swiglu else config.mlp_hidden
-        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h, approximate="tanh")
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(activate(self.c_fc(x), self.swiglu)))
+
+
+class ExpertLinear(nn.Module):
+    """n Linear layers of one shape in one tensor: weight (n, out, in), bias (n, out)."""
+
+    def __init__(self, n: int, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(n, out_features)) if bias else None
+
+    def forward(self, xs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Linear i applied to xs[i]. Unbound once: the backward stacks n gradients, where indexing the weight per
+        expert would build n zero-padded copies of all of it."""
+        biases = self.bias.unbind(0) if self.bias is not None else [None] * len(xs)
+        return [F.linear(x, w, b) for x, w, b in zip(xs, self.weight.unbind(0), biases, strict=True)]
+
+    def extra_repr(self) -> str:
+        n, out_features, in_features = self.weight.shape
+        return f"{n} x (in_features={in_features}, out_features={out_features}), bias={self.bias is not None}"
+
+
+class _Permute(torch.autograd.Function):
+    """x[order] for a permutation `order` of x's rows. Its backward gathers by the inverse permutation: indexing's own
+    backward scatter-adds, which is many times slower on CPU."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, order: torch.Tensor,
+                inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class MoE(nn.Module):
+    """Mixture of experts (docs/moe.md): n_expert MLPs of the model's kind; each token runs through the top k by the
+    router's softmax, weighted by their probabilities (rescaled to sum to 1 with moe_renorm), plus any shared
+    experts, which every token runs through unweighted."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        n, d, hidden = config.n_expert, config.n_embd, config.expert_width
+        self.n_expert, self.top_k, self.renorm = n, config.expert_top_k, config.moe_renorm
+        self.swiglu = config.mlp == "swiglu"
+        self.router = nn.Linear(d, n, bias=False)
+        self.c_fc = ExpertLinear(n, d, 2 * hidden if self.swiglu else hidden, config.bias)  # [gate | up] per expert
+        self.c_proj = ExpertLinear(n, hidden, d, config.bias)
+        # DeepSeek's shared experts are one MLP as wide as all of them together.
+        self.shared = MLP(config, config.n_shared_expert * hidden) if config.n_shared_expert else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.stats = None  # the RouterStats of the last training forward (moe.py: the aux loss, metrics)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # N tokens, routed independently
+        logits = self.router(x)
+        probs = logits.float().softmax(dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k): the chosen experts and their probabilities
+        if self.renorm:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.training:
+            self.stats = router_stats(logits, probs, experts)
+        # Dispatch: the N * k (token, choice) pairs, sorted by expert, so that each expert's tokens are one slice and
+        # each expert one matmul over it (a loop over experts, never over tokens). Empty slices still run: every
+        # expert gets a gradient, as DDP wants.
+        n, k = experts.shape
+        order = experts.flatten().argsort(stable=True)  # pair p is token p // k's choice p % k
+        inverse = order.argsort()
+        counts = experts.flatten().bincount(minlength=self.n_expert).tolist()
+        pairs = _Permute.apply(x.unsqueeze(1).expand(n, k, x.shape[-1]).reshape(n * k, -1), order, inverse)
+        hidden = [activate(h, self.swiglu) for h in self.c_fc(pairs.split(counts))]
+        out = _Permute.apply(torch.cat(self.c_proj(hidden)), inverse, order).view(n, k, -1)  # back to pair order
+        # Combine: each token's k outputs, weighted by the router.
+        y = (out * weights.to(out.dtype).unsqueeze(-1)).sum(dim=1).to(x.dtype)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return self.dropout(y.view(shape))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) (the MLP: dense, or experts)."""
 
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if layer in config.moe_layers else MLP(config)
 
     def forward(self, x: torch.Tensor, rope=None, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, cache, input_pos)
@@ -166,9 +249,9 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding, ExpertLinear)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
+        if isinstance(module, (nn.Linear, ExpertLinear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:

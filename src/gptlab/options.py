@@ -136,6 +136,8 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         return "|".join(names) + ("|None" if type(None) in args else "")
+    if typing.get_origin(hint) is tuple:
+        return f"{_type_name(args[0])},..."
     return getattr(hint, "__name__", str(hint)).upper() if hint in (int, float, str, bool) else str(hint)
 
 
@@ -155,6 +157,9 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         if text not in args:
             raise UsageError(f"{flag} must be one of {', '.join(map(str, args))}; got {value!r}")
         return text
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]: "0,3" on the command line, a list in a config file
+        items = value if isinstance(value, (list, tuple)) else str(value).strip(" ()[]").split(",")
+        return tuple(coerce(key, item, args[0]) for item in items if str(item).strip())
     text = value.strip() if isinstance(value, str) else None
     if hint is bool:
         if isinstance(value, bool):
