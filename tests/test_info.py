@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 from conftest import single_switches, switch_changes, with_switches
-from gptlab.info_cli import main
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab import GPT, GPTConfig, autotune
 from gptlab.attention import window_mask
 from gptlab.generate import make_caches
-from gptlab.info import format_compare, format_report, keys_per_query, model_stats
+from gptlab.info import format_compare, format_report, keys_per_query, main, model_stats
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

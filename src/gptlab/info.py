@@ -407,8 +407,8 @@ SPEC is one configuration:
   --model.preset=NAME [--model.FIELD=VALUE ...]   a preset with fields changed (no preset: GPT-2 124M defaults)
   --model.FIELD=VALUE ...                         any GPTConfig field, e.g. --model.n_kv_head=4 --model.window=256
   DIR [--model.FIELD=VALUE ...]                   a run, checkpoint or Hugging Face directory's config.json
-                                                  (gptlab, gpt2, llama, mistral, qwen3; no weights are read), or
-                                                  a hub id (gpt2), with fields changed
+                                                  (gptlab, gpt2, llama, mistral, qwen3, mixtral, qwen3_moe; no
+                                                  weights are read), or a hub id (gpt2), with fields changed
   --preset=NAME, --config=FILE, --init=DIR, --data.*, --trainer.*, --system.* (with any --model.* flags)
                                                   the model that `gptlab train` with these flags builds: its run
                                                   preset, and the vocabulary of its data's tokenizer
