@@ -371,9 +371,10 @@ def model_config(
 ) -> tuple[GPTConfig, Path | None]:
     """(GPTConfig, the checkpoint directory it came from) for any model a user may name, without reading weights:
     a run directory (its first checkpoint of `prefer`), a checkpoint or gptlab export directory, a Hugging Face
-    directory, a config.json file, or, when `hub`, a Hugging Face hub id (GPT-2's sizes known offline, others
-    downloaded; directory None for those). Every command that takes a model finds its config here.
-    CheckpointError, one line, for a path that is none of these."""
+    directory, a config.json file, or, when `hub`, a Hugging Face hub id (GPT-2's sizes known offline, with directory
+    None; others downloaded, with the download's folder). `gptlab info`, `train --init` and `runs` find a model's
+    config here; GPT.from_pretrained, which every command that loads weights uses, reads the same config.json with
+    the same config_from_json. CheckpointError, one line, for a path that is none of these."""
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".json":
         return config_from_json(read_json(path), path), path.parent

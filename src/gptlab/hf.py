@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError  # raised here too; importable from gptlab.hf as before
+from .checkpoint import CheckpointError, config_from_json  # CheckpointError: importable from gptlab.hf as before
 from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
 from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
 from .hf_moe import MOE_ARCHITECTURES, MOE_FORMATS, MOE_HOLDS, expert_sources, hf_moe_fields, moe_config
@@ -511,13 +511,9 @@ def load_pretrained(
     put the model (default: CPU).
     """
     directory = resolve(path_or_name)
-    cfg_path = directory / CONFIG_NAME
     hf = read_config(directory)
-    try:
-        config = config_from_hf(hf)
-    except CheckpointError as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
-    model_type = hf["model_type"]
+    config = config_from_json(hf, directory / CONFIG_NAME)  # the one reading of a config.json (checkpoint.py)
+    model_type = hf.get("model_type", "gptlab")  # GPTConfig.save's bare fields: gptlab's own tensor names
     src, file = load_weights(directory)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}

@@ -397,7 +397,7 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
     positional checkpoint or run directory, whose config.json is read (model flags then change it).
     Other train flags are accepted and ignored. Raises UsageError (a ValueError) for anything invalid.
     """
-    # Here, not at the top: train and train_config import this module.
+    # Here, not at the top: checkpoint and train_config import this module.
     from .checkpoint import model_config
     from .train_config import parse_train_args
 
