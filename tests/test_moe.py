@@ -168,7 +168,7 @@ def test_expert_biases_are_not_decayed():
 
 
 @pytest.mark.parametrize("changes,message", [
-    (dict(n_expert=0, expert_top_k=1), "expert_top_k apply to experts only"),
+    (dict(n_expert=0, expert_top_k=1), r"expert_top_k: settings of experts, which need n_expert > 0"),
     (dict(expert_top_k=5), "expert_top_k must be in 1..n_expert"),
     (dict(moe_dense_layers=(2,)), "moe_dense_layers must list distinct layers in 0..1"),
     (dict(n_expert=-1), "n_expert must be 0"),

@@ -153,7 +153,7 @@ class GPTConfig:
             changed = [f.name for f in dataclasses.fields(self)
                        if f.name in moe_only and getattr(self, f.name) != f.default]
             if changed:
-                raise ValueError(f"{', '.join(changed)} apply to experts only: set n_expert > 0, or drop them")
+                raise ValueError(f"{', '.join(changed)}: settings of experts, which need n_expert > 0 (or drop them)")
             return
         if not _positive_int(self.expert_top_k) or self.expert_top_k > self.n_expert:
             raise ValueError(f"expert_top_k must be in 1..n_expert ({self.n_expert}), got {self.expert_top_k!r}")

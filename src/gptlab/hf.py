@@ -467,7 +467,10 @@ def _convert(
             parts.append(src[name])
             used.add(name)
         t = combine(parts).reshape(shape)  # experts: concatenated sources, then stacked (n_expert, out, in)
-        out[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        t = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        # A view into the file's buffer can sit off the 64-byte alignment of torch's own memory, where matmul kernels
+        # round differently (experts' small matmuls show it): a copy computes bit for bit what the saved model did.
+        out[key] = t.clone() if t.data_ptr() % 64 else t
     ignorable = _IGNORABLE[model_type]
     leftover = sorted(
         n for n in src
