@@ -45,7 +45,17 @@ from typing import Any
 
 from .checkpoint import read_json
 from .config import PRESETS, SWITCHES, GPTConfig
-from .info_attention import FP32, attention_activations, layer_windows, positions_held
+from .info_attention import (
+    FP32,
+    attention_activations,
+    attention_widths,
+    kv_numbers_per_token,
+    layer_windows,
+    mla_activations,
+    mla_decode_flops,
+    mla_params,
+    positions_held,
+)
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
@@ -122,6 +132,7 @@ def param_table(c: GPTConfig) -> dict[str, int]:
     q, kv = c.n_head * hd, c.n_kv_head * hd
     swiglu = c.mlp == "swiglu"
     norm = d * (2 if c.norm == "layernorm" and c.bias else 1)  # weight (+ bias); RMSNorm has no bias
+    mla = {k: L * n for k, n in mla_params(c).items()} if c.kv_lora_rank is not None else {"norms": 0}
     return {
         "wte": c.vocab_size * d,
         "wpe": c.block_size * d if c.pos_emb == "learned" else 0,
@@ -132,8 +143,9 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "mlp_gate": L * (d * c.mlp_hidden + b * c.mlp_hidden) if swiglu else 0,
         "mlp_up": L * (d * c.mlp_hidden + b * c.mlp_hidden),
         "mlp_down": L * (c.mlp_hidden * d + b * d),
-        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0),  # QK-norm: a weight per head channel
+        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0) + mla["norms"],  # QK-norm, MLA's latents
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
+        **{k: n for k, n in mla.items() if k != "norms"},  # MLA's projections in place of q, k, v, out
     }
 
 
@@ -141,6 +153,8 @@ def matmul_params(c: GPTConfig) -> int:
     """Weights used in a matrix product for every token: attention and MLP matrices, and the lm_head."""
     d, hd = c.n_embd, c.head_dim
     attn = d * (c.n_head + 2 * c.n_kv_head) * hd + c.n_head * hd * d
+    if c.kv_lora_rank is not None:  # MLA: its matrices (biases and norm gains are not multiplied)
+        attn = sum(mla_params(c.replace(bias=False)).values()) - c.kv_lora_rank - (c.q_lora_rank or 0)
     mlp = (3 if c.mlp == "swiglu" else 2) * d * c.mlp_hidden
     return c.n_layer * (attn + mlp) + c.vocab_size * d
 
@@ -164,7 +178,8 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
     per_sequence = INT64 * context if c.pos_emb == "learned" else 2 * context * hd * FP32  # positions / cos, sin
     return {
         "norms": tokens * (2 * L + 1) * norm,
-        "attention": sum(attention_activations(c, batch, context, nbytes, w) for w in layer_windows(c)),
+        "attention": sum((attention_activations if c.kv_lora_rank is None else mla_activations)(
+            c, batch, context, nbytes, w) for w in layer_windows(c)),
         "mlp": tokens * L * mlp,
         "head": tokens * (d * nbytes + c.vocab_size * FP32),  # lm_head input, fp32 log-probabilities
         "token ids, positions": tokens * 2 * INT64 + per_sequence + FP32,  # inputs, targets, loss
@@ -189,13 +204,15 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     n_matmul = matmul_params(c)
     t_eff = sum(keys_per_query(context, w) for w in layer_windows(c)) / c.n_layer  # averaged over layers too
     flops_matmul = 2 * n_matmul
-    q_width = c.n_head * c.head_dim  # n_embd unless head_dim is set apart
-    flops_attn = 2 * 2 * c.n_layer * t_eff * q_width
+    qk_width, v_width = attention_widths(c)  # n_head x head_dim each, n_embd unless head_dim is set apart
+    flops_attn = 2 * c.n_layer * t_eff * (qk_width + v_width)
     forward = flops_matmul + flops_attn
     held = positions_held(c, context)  # per layer: what the last token of the context sees, and what is cached
-    decode = flops_matmul + 2 * 2 * sum(held) * q_width
+    decode = flops_matmul + 2 * sum(held) * (qk_width + v_width)
+    if c.kv_lora_rank is not None:  # MLA decodes from the latents, with the up-projections absorbed
+        decode = flops_matmul + mla_decode_flops(c, held)
 
-    kv_per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * nbytes
+    kv_per_token = c.n_layer * kv_numbers_per_token(c) * nbytes
     positions = sum(held) // c.n_layer if len(set(held)) == 1 else sum(held) / c.n_layer  # mean over layers
 
     parts = activation_parts(c, batch, context, nbytes)
@@ -274,8 +291,8 @@ def report_rows(s: ModelStats) -> list[_Row]:
     rows = []
     last = None
     for key, group, name in COMPONENTS:
-        if key == "norms" and s.config.qk_norm:  # QK-norm's gains are norm weights too
-            name += " (+ QK-norm)"
+        if key == "norms" and (s.config.qk_norm or s.config.kv_lora_rank):  # their gains are norm weights too
+            name += " (+ QK-norm)" if s.config.qk_norm else " (+ MLA latents)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [
@@ -285,6 +302,7 @@ def report_rows(s: ModelStats) -> list[_Row]:
     flops = f"FLOPs per token (2 per multiply-add; context {s.context})"
     c = s.config
     width = "n_embd" if c.n_head * c.head_dim == c.n_embd else "n_head x hd"
+    width = "n_head x (qk + v) / 2" if c.kv_lora_rank else width  # MLA: its q·k and value widths differ
     rows += [
         _Row(flops, "forward: matmuls = 2 x N_matmul", s.flops_matmul_per_token, "flops"),
         _Row(flops, f"forward: attention = 4 x n_layer x T_eff x {width}", s.flops_attention_per_token, "flops"),
@@ -294,10 +312,10 @@ def report_rows(s: ModelStats) -> list[_Row]:
         _Row(flops, f"training step, all {s.batch} x {s.context} tokens", s.flops_train_per_step, "flops"),
         _Row(flops, f"generating token {s.context} with a KV cache", s.flops_decode_per_token, "flops"),
     ]
-    kv = f"KV cache, {s.dtype}"
+    kv, kv_formula = f"KV cache, {s.dtype}", "2 x n_layer x n_kv_head x head_dim"
     rows += [
-        _Row(kv, f"per token: 2 x n_layer x n_kv_head x head_dim x {s.bytes_per_value} B", s.kv_bytes_per_token,
-             "bytes"),
+        _Row(kv, f"per token: {'n_layer x (latent + RoPE key)' if c.kv_lora_rank else kv_formula} x "
+             f"{s.bytes_per_value} B", s.kv_bytes_per_token, "bytes"),
         _Row(kv, "positions held per layer: min(context, window), mean", s.kv_cache_positions, "number"),
         _Row(kv, f"batch {s.batch} x positions held", s.kv_cache_bytes, "bytes"),
     ]
