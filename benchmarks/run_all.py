@@ -528,15 +528,19 @@ def row_mla(repeats: int, device: str, context: int = 4096, steps: int = 8) -> s
     for name, s in stats.items():
         read = s.weights_bytes + s.kv_cache_bytes  # every weight (tied lm_head once) and the cache, per token
         rows.append([name, f"{s.kv_bytes_per_token / 1024:.0f} KiB", f"{s.kv_cache_bytes / 2**20:.0f} MiB",
-                     f"{read / 2**20:.0f} MiB", f"{s.non_embedding_params / 1e6:.1f} M", f"{steps / times[name]:.1f}",
+                     f"{read / 2**20:.0f} MiB", f"{s.flops_decode_per_token / 1e9:.2f} G",
+                     f"{s.non_embedding_params / 1e6:.1f} M", f"{steps / times[name]:.1f}",
                      f"{times[list(stats)[0]] / times[name]:.2f}x"])
     return "\n".join([
         f"## 8. MLA decode at a {context}-token context: GPT-2 124M width, RoPE, fp32, batch 1",
         "",
         f"Decode tokens/s with the cache already holding {context} tokens, the three models timed in turn. MLA "
-        "reads only its latent cache (up-projections absorbed into the query and output).",
+        "reads only its latent cache (up-projections absorbed into the query and output), but every head scores "
+        "kv_lora_rank + rope channels and sums kv_lora_rank per cached token: fewer bytes, more FLOPs (gptlab "
+        "info's decode FLOPs).",
         "",
-        table(["attention", "cache / token", f"cache at {context}", "bytes read / token", "non-emb. params",
+        table(["attention", "cache / token", f"cache at {context}", "bytes read / token", "FLOPs / token",
+               "non-emb. params",
                "decode tokens/s", "vs MHA"], rows),
     ])
 

@@ -166,9 +166,11 @@ class LatentAttention(nn.Module):
         q_latent = (q_nope.view(B, Hkv, G, T, self.nope) @ W_uk[:, None]).view(B, H, T, self.rank)
         keys, _, k_pos = cache.update(entry, entry[..., :0], input_pos)  # keys (B, 1, N, rank + rope)
         scale = (self.nope + self.rope) ** -0.5  # the plain forward's: its q·k has nope + rope channels
-        y = attention(torch.cat([q_latent, q_rope], dim=-1), keys, keys[..., : self.rank], self.window, dropout,
-                      input_pos, k_pos, scale=scale)  # the values are the latents themselves
-        return (y.view(B, Hkv, G, T, self.rank) @ W_uv.transpose(1, 2)[:, None]).view(B, H, T, self.v_dim)
+        # The values are the latents themselves: the cached entries whole (contiguous, as wide as the keys, which
+        # SDPA's flash kernel wants; a strided slice of them took its slower path) with the RoPE channels dropped.
+        y = attention(torch.cat([q_latent, q_rope], dim=-1), keys, keys, self.window, dropout, input_pos, k_pos,
+                      scale=scale)[..., : self.rank]
+        return (y.reshape(B, Hkv, G, T, self.rank) @ W_uv.transpose(1, 2)[:, None]).view(B, H, T, self.v_dim)
 
 
 class MLP(nn.Module):
