@@ -138,12 +138,7 @@ class LatentAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv, nope = self.n_head, self.n_kv_head, self.nope
-        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if self.low_rank_q else self.q_proj(x)
-        q_nope, q_rope = q.view(B, T, H, nope + self.rope).transpose(1, 2).split([nope, self.rope], dim=-1)
-        latent, k_rope = self.kv_a_proj(x).split([self.rank, self.rope], dim=-1)
-        latent, k_rope = self.kv_a_norm(latent).unsqueeze(1), k_rope.unsqueeze(1)  # (B, 1, T, .): one "head"
-        if rope:  # (cos, sin) with RoPE; with learned positions the shared key part is simply not rotated
-            q_rope, k_rope = apply_rotary(q_rope, *rope), apply_rotary(k_rope, *rope)
+        q_nope, q_rope, latent, k_rope = self.project(x, rope)
         dropout = self.dropout if self.training else 0.0
         if cache is None:  # a whole sequence: up-project every head's keys and values
             k_nope, v = self.kv_b_proj(latent).view(B, T, Hkv, nope + self.v_dim).transpose(1, 2).split(
@@ -153,6 +148,21 @@ class LatentAttention(nn.Module):
         else:
             y = self._absorbed(q_nope, q_rope, torch.cat([latent, k_rope], dim=-1), cache, input_pos, dropout)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, H * self.v_dim)))
+
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, ...]:
+        """q_nope (B, H, T, nope), q_rope (B, H, T, rope), the normalized latent (B, 1, T, rank) and the RoPE key
+        (B, 1, T, rope) of x (B, T, C): what a token contributes before any up-projection of the latent."""
+        B, T, _ = x.shape
+        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if self.low_rank_q else self.q_proj(x)
+        q_nope, q_rope = q.view(B, T, self.n_head, self.nope + self.rope).transpose(1, 2).split(
+            [self.nope, self.rope], dim=-1)
+        latent, k_rope = self.kv_a_proj(x).split([self.rank, self.rope], dim=-1)
+        latent, k_rope = self.kv_a_norm(latent).unsqueeze(1), k_rope.unsqueeze(1)  # (B, 1, T, .): one "head"
+        if rope:  # (cos, sin) with RoPE; with learned positions the shared key part is simply not rotated
+            q_rope, k_rope = apply_rotary(q_rope, *rope), apply_rotary(k_rope, *rope)
+        return q_nope, q_rope, latent, k_rope
 
     def _absorbed(
         self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: KVCache, input_pos: int,
