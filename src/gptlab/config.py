@@ -322,15 +322,6 @@ SWITCHES: tuple[Switch, ...] = (
         hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"), hf_modern=("llama", "mistral", "qwen3"),
     ),
     Switch(
-        field="kv_lora_rank", gpt2="`None`", modern="an int (+ `qk_rope_head_dim`, ...)",
-        summary="keys and values come from one small cached latent per token: decoding reads only the latent",
-        doc="mla.md", title="Multi-head latent attention (MLA)",
-        variants=(Variant("mla", "+MLA", _mla_changes),),
-        describe=_describe_mla,
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("deepseek_v3",),  # DeepSeek is always MLA
-        in_modern=False,
-    ),
-    Switch(
         field="window", gpt2="`None`", modern="an int",
         summary="each query sees the last `window` keys: O(T·w) work and a rolling KV cache",
         doc="sliding_window.md", title="Sliding-window attention",
@@ -338,17 +329,6 @@ SWITCHES: tuple[Switch, ...] = (
         describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
         hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"),
         hf_modern=("mistral", "qwen3"),  # Mistral: Llama with a window
-    ),
-    Switch(
-        field="layer_pattern", gpt2="`None`", modern='`"LG"`, `"LLLLLG"`, ... (+ `window`)',
-        summary="local layers slide by `window`, global ones see everything: rolling caches on the local layers only",
-        doc="local_global.md", title="Local/global layers",
-        variants=(Variant("local_global", "+local/global",
-                          lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
-        describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"),
-        hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
-        in_modern=False, builds_on=("window",),
     ),
     Switch(
         field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
@@ -376,6 +356,26 @@ SWITCHES: tuple[Switch, ...] = (
         describe=lambda c: "QK-norm" if c.qk_norm else None,
         hf_gpt2=("gpt2", "llama", "mistral", "deepseek_v3"), hf_modern=("qwen3",),  # Qwen3 always has it
         in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
+    ),
+    Switch(
+        field="layer_pattern", gpt2="`None`", modern='`"LG"`, `"LLLLLG"`, ... (+ `window`)',
+        summary="local layers slide by `window`, global ones see everything: rolling caches on the local layers only",
+        doc="local_global.md", title="Local/global layers",
+        variants=(Variant("local_global", "+local/global",
+                          lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
+        describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"),
+        hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
+        in_modern=False, builds_on=("window",),
+    ),
+    Switch(
+        field="kv_lora_rank", gpt2="`None`", modern="an int (+ `qk_rope_head_dim`, ...)",
+        summary="keys and values come from one small cached latent per token: decoding reads only the latent",
+        doc="mla.md", title="Multi-head latent attention (MLA)",
+        variants=(Variant("mla", "+MLA", _mla_changes),),
+        describe=_describe_mla,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("deepseek_v3",),  # DeepSeek is always MLA
+        in_modern=False,
     ),
 )
 
