@@ -10,6 +10,8 @@ import pytest
 import torch
 from test_local_global import saved_with_norms_moved
 from test_qk_norm import assert_refused_in_one_line, greedy_uncached, logits
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab import GPT, GPTConfig
 from gptlab.config import SWITCHES
@@ -102,6 +104,20 @@ def test_the_cache_holds_the_latent_and_the_rope_key_whatever_the_heads():
         assert [tuple(c.k.shape) for c in caches] == [(3, 1, 40, 20 + 4)] * 2  # kv_lora_rank + qk_rope_head_dim
         assert all(c.v.numel() == 0 for c in caches)  # the values are the latents: nothing else is kept
         assert model_stats(m.config, context=40).kv_bytes_per_token == 2 * 24 * 4
+
+
+@pytest.mark.parametrize("kw", [{}, dict(pos_emb="rope", q_lora_rank=12, n_kv_head=2), dict(window=8)],
+                         ids=["mha", "qlora-gqa", "window"])
+def test_decode_flops_match_the_flop_counter(kw):
+    # gptlab info's "generating token T with a KV cache" for the absorbed step, against torch's count of it.
+    cfg, T = tiny(**kw), 20
+    m = model_of(cfg)
+    caches = make_caches(m, 1, T)
+    with torch.no_grad():
+        m(torch.randint(0, 97, (1, T - 1)), cache=caches)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # SDPA as counted matmuls
+            m(torch.randint(0, 97, (1, 1)), cache=caches, input_pos=T - 1)
+    assert counter.get_total_flops() == model_stats(cfg, context=T).flops_decode_per_token
 
 
 def test_compare_variant_caches_no_more_than_gqa_with_two_kv_heads():

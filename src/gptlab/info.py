@@ -16,7 +16,7 @@ Conventions
       matmuls   = 2 * N_matmul          (N_matmul: every weight used in a product, lm_head included even when tied)
       attention = 2 * 2 * n_layer * T_eff * n_embd     (q·k scores, then the weighted sum of v)
 
-  (n_head x head_dim in place of n_embd when head_dim is set apart from n_embd / n_head, as Qwen3 does.)
+  (n_head x head_dim when head_dim is set apart from n_embd / n_head, as in Qwen3; MLA: half its q·k + v widths.)
 
   T_eff is the number of keys a query sees, averaged over the positions of the sequence: (T + 1) / 2 for
   causal attention over T tokens, less with a sliding window (query i sees min(i + 1, window) keys), averaged

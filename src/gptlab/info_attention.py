@@ -78,10 +78,11 @@ def mla_params(c: GPTConfig) -> dict[str, int]:
 
 def mla_decode_flops(c: GPTConfig, held: list[int]) -> int:
     """FLOPs of MLA's absorbed decoding step beyond 2 x N_matmul: the up-projections are applied per query head
-    (n_head, not n_kv_head, times), then each head scores rank + rope channels and sums rank channels per key."""
+    (n_head, not n_kv_head, times), then each head scores rank + rope channels per cached key and sums the cached
+    entries (rank + rope channels too: the RoPE ones are dropped after, see LatentAttention._absorbed)."""
     H, R = c.n_head, c.kv_lora_rank
     per_head_up = c.n_layer * (H - c.n_kv_head) * R * (c.qk_nope_head_dim + c.v_head_dim)
-    return 2 * per_head_up + 2 * sum(held) * H * (2 * R + c.qk_rope_head_dim)
+    return 2 * per_head_up + 2 * sum(held) * H * 2 * (R + c.qk_rope_head_dim)
 
 
 def mla_activations(c: GPTConfig, batch: int, context: int, nbytes: int, window: int | None) -> int:
