@@ -62,6 +62,14 @@ def real_param_table(model: GPT) -> dict[str, int]:
             out["q"] += q_rows * per_row
             out["k"] += kv_rows * per_row
             out["v"] += kv_rows * per_row
+        elif ".attn.q_proj." in name or ".attn.q_a_proj." in name or ".attn.q_b_proj." in name:  # MLA's query
+            out["q"] += p.numel()
+        elif ".attn.kv_a_proj." in name:  # MLA's down-projection into [latent | RoPE key]: counted with K
+            out["k"] += p.numel()
+        elif ".attn.kv_b_proj." in name:  # rows per K/V head: [key (no RoPE) | value]
+            per_head = p.view(c.n_kv_head, c.qk_nope_head_dim + c.v_head_dim, -1)
+            out["k"] += per_head[:, : c.qk_nope_head_dim].numel()
+            out["v"] += per_head[:, c.qk_nope_head_dim :].numel()
         elif ".attn.c_proj." in name:
             out["attn_out"] += p.numel()
         elif ".mlp.c_fc." in name or ".mlp.shared.c_fc." in name:  # SwiGLU: rows [gate | up] (of each expert)
@@ -74,7 +82,7 @@ def real_param_table(model: GPT) -> dict[str, int]:
             out["mlp_down"] += p.numel()
         elif ".mlp.router." in name:
             out["router"] += p.numel()
-        elif ".ln_" in name or ".attn.q_norm." in name or ".attn.k_norm." in name:  # QK-norm's count as norms
+        elif ".ln_" in name or any(f".attn.{n}." in name for n in ("q_norm", "k_norm", "q_a_norm", "kv_a_norm")):
             out["norms"] += p.numel()
         elif name == "lm_head.weight":
             out["lm_head"] += p.numel()
@@ -185,9 +193,11 @@ def test_flops_match_torch_flop_counter(cfg):
     matmul, attention = counted_flops(model, idx, backward=False)
     assert matmul == B * T * s.flops_matmul_per_token
     # The math kernel computes the full T x T score matrix and masks it: T keys per query, not T_eff.
-    q_width = cfg.n_head * cfg.head_dim
-    assert attention == B * T * 4 * cfg.n_layer * T * q_width
-    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * q_width * (T + 1) / 2)
+    qk_width = v_width = cfg.n_head * cfg.head_dim  # scores over q·k channels, then a sum of value channels
+    if cfg.kv_lora_rank is not None:  # MLA
+        qk_width, v_width = cfg.n_head * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim), cfg.n_head * cfg.v_head_dim
+    assert attention == B * T * 2 * cfg.n_layer * T * (qk_width + v_width)
+    assert s.flops_attention_per_token == pytest.approx(2 * cfg.n_layer * (qk_width + v_width) * (T + 1) / 2)
     # A training step is 3 x forward: the backward pass does two products for every forward product.
     train_matmul, train_attention = counted_flops(model, idx, backward=True)
     assert train_matmul == 3 * matmul

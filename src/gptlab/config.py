@@ -71,6 +71,14 @@ class GPTConfig:
     n_shared_expert: int = 0  # experts every token runs through as well, unweighted (DeepSeek)
     moe_dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP of mlp_hidden (Qwen3-MoE's mlp_only_layers)
     moe_renorm: bool = True  # rescale the top-k router weights to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob)
+    # Multi-head latent attention (DeepSeek-V2/V3): keys and values are up-projected from one latent of
+    # kv_lora_rank numbers per token, which is all the KV cache keeps, with a RoPE key of qk_rope_head_dim shared
+    # by all heads. None: ordinary attention. The other four only apply with it (DeepSeek's names).
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None  # a low-rank query too (through its own RMSNorm); None: one q projection
+    qk_nope_head_dim: int | None = None  # per head: key/query channels without RoPE, up-projected from the latent
+    qk_rope_head_dim: int | None = None  # per head: query channels with RoPE, against the shared RoPE key
+    v_head_dim: int | None = None  # per head: value channels, up-projected from the latent
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -125,7 +133,7 @@ class GPTConfig:
         if self.pos_emb not in POS_EMBS:
             raise ValueError(f"pos_emb must be one of {POS_EMBS}, got {self.pos_emb!r}")
         if self.pos_emb == "rope":
-            if self.head_dim % 2:
+            if self.head_dim % 2 and self.kv_lora_rank is None:  # MLA rotates qk_rope_head_dim channels instead
                 raise ValueError(
                     f"pos_emb='rope' needs an even head dim (n_embd / n_head), got {self.head_dim}; "
                     "change n_embd or n_head"
@@ -137,6 +145,7 @@ class GPTConfig:
         ):
             raise ValueError(f"window must be None (full causal attention) or an integer >= 1, got {self.window!r}")
         self._validate_layer_pattern()
+        self._validate_mla()
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not self.norm_eps > 0:
@@ -180,6 +189,32 @@ class GPTConfig:
                              "window=None")
         if self.window is None:
             raise ValueError(f"layer_pattern {p!r} needs window, the sliding window of its local (L) layers")
+
+    def _validate_mla(self) -> None:
+        dims = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [n for n in ("q_lora_rank", *dims) if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to multi-head latent attention: set kv_lora_rank "
+                                 "too, or leave them None")
+            return
+        for name in ("kv_lora_rank", *dims):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer with kv_lora_rank (MLA), got "
+                                 f"{getattr(self, name)!r}; set kv_lora_rank, {', '.join(dims)}")
+        if self.q_lora_rank is not None and not _positive_int(self.q_lora_rank):
+            raise ValueError(f"q_lora_rank must be None (one q projection) or a positive integer, got "
+                             f"{self.q_lora_rank!r}")
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
+        if self.qk_norm:
+            raise ValueError("qk_norm cannot go with kv_lora_rank (MLA): decoding folds the key up-projection into "
+                             "the query, which a norm over each key head would break; MLA normalizes its latents")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Channels of each head that RoPE rotates: head_dim, or MLA's qk_rope_head_dim."""
+        return self.head_dim if self.kv_lora_rank is None else self.qk_rope_head_dim
 
     def layer_window(self, layer: int) -> int | None:
         """The window layer `layer` (0-based) slides by: `window`, or None (full attention) on a global layer."""
@@ -283,7 +318,22 @@ def _describe_heads(c: GPTConfig) -> str:
         heads = f"{c.n_head} query heads, 1 KV head (MQA)"
     else:
         heads = f"{c.n_head} query heads, {c.n_kv_head} KV heads (GQA, {c.n_head // c.n_kv_head} per group)"
-    return f"{heads} of dim {c.head_dim}"
+    return heads if c.kv_lora_rank is not None else f"{heads} of dim {c.head_dim}"  # MLA: its own widths
+
+
+def _describe_mla(c: GPTConfig) -> str | None:
+    if c.kv_lora_rank is None:
+        return None
+    q = "" if c.q_lora_rank is None else f", query rank {c.q_lora_rank}"
+    return (f"MLA (cached latent {c.kv_lora_rank} + shared RoPE key {c.qk_rope_head_dim}; per head q·k "
+            f"{c.qk_nope_head_dim}+{c.qk_rope_head_dim}, v {c.v_head_dim}{q})")
+
+
+def _mla_changes(c: GPTConfig) -> dict[str, Any]:
+    """MLA at GQA-2's KV cache: latent + RoPE key = 2 x 2 x head_dim numbers per token and layer."""
+    rope = max(2, c.head_dim // 4 * 2)  # half the head, even
+    return {"kv_lora_rank": 4 * c.head_dim - rope, "qk_rope_head_dim": rope, "qk_nope_head_dim": c.head_dim,
+            "v_head_dim": c.head_dim}
 
 
 def _describe_moe(c: GPTConfig) -> str | None:
@@ -304,7 +354,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rope.md", title="Rotary position embeddings",
         variants=(Variant("rope", "+RoPE", lambda c: {"pos_emb": "rope"}),),
         describe=lambda c: f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
     ),
     Switch(
         field="n_kv_head", gpt2="`= n_head`", modern="`< n_head` (`1` = MQA)",
@@ -313,7 +363,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("gqa", "+GQA", lambda c: {"n_kv_head": max(1, c.n_head // 2)}),
                   Variant("mqa", "+MQA", lambda c: {"n_kv_head": 1})),
         describe=_describe_heads,
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
         hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
     ),
     Switch(
@@ -322,7 +372,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="sliding_window.md", title="Sliding-window attention",
         variants=(Variant("swa", "+SWA", lambda c: {"window": max(1, c.block_size // 4)}),),
         describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
         hf_modern=("mistral", "qwen3", *MOE_FORMATS),  # Mistral: Llama with a window
     ),
     Switch(
@@ -331,7 +381,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rmsnorm.md", title="RMSNorm",
         variants=(Variant("rmsnorm", "+RMSNorm", lambda c: {"norm": "rmsnorm"}),),
         describe=lambda c: "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
     ),
     Switch(
         field="mlp", gpt2='`"gelu"`', modern='`"swiglu"` (+ `mlp_hidden`)',
@@ -341,7 +391,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("swiglu", "+SwiGLU",
                           lambda c: {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(c)}),),
         describe=lambda c: f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
     ),
     Switch(
         field="qk_norm", gpt2="`False`", modern="`True`",
@@ -349,7 +399,8 @@ SWITCHES: tuple[Switch, ...] = (
         doc="qk_norm.md", title="QK-norm",
         variants=(Variant("qk_norm", "+QK-norm", lambda c: {"qk_norm": True}),),
         describe=lambda c: "QK-norm" if c.qk_norm else None,
-        hf_gpt2=("gpt2", "llama", "mistral", "mixtral"), hf_modern=("qwen3", "qwen3_moe"),  # Qwen3 always has it
+        hf_gpt2=("gpt2", "llama", "mistral", "mixtral", "deepseek_v3"),
+        hf_modern=("qwen3", "qwen3_moe"),  # Qwen3 always has it
         in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
     ),
     Switch(
@@ -359,7 +410,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("local_global", "+local/global",
                           lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
         describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
         hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
         in_modern=False, builds_on=("window",),
     ),
@@ -371,7 +422,17 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("moe", "+MoE", lambda c: {"n_expert": 8, "expert_top_k": 2,
                                                     "expert_hidden": max(1, c.mlp_hidden // 2)}),),
         describe=_describe_moe,
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=MOE_FORMATS,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"), hf_modern=MOE_FORMATS,
+        in_modern=False,
+    ),
+    Switch(
+        field="kv_lora_rank", gpt2="`None`", modern="an int (+ `qk_rope_head_dim`, ...)",
+        summary="keys and values come from one small cached latent per token: decoding reads only the latent",
+        doc="mla.md", title="Multi-head latent attention (MLA)",
+        variants=(Variant("mla", "+MLA", _mla_changes),),
+        describe=_describe_mla,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_modern=("deepseek_v3",),  # DeepSeek is always MLA
         in_modern=False,
     ),
 )

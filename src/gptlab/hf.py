@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints: load GPT-2, Llama, Mistral and Qwen3 weights into GPT, and save them in those formats.
+"""Hugging Face checkpoints: load GPT-2, Llama, Mistral, Qwen3 and DeepSeek-V3 weights into GPT, and save them in
+those formats.
 
 Loading reads a directory holding config.json and model.safetensors (or a sharded
 model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which is
@@ -13,6 +14,8 @@ designed not to run code). config.json's model_type picks the key mapping:
                   head_dim of its own; a window on every layer or, with layer_types, on some (local/global).
   mixtral,        Mistral's and Qwen3's layouts with a mixture of experts in place of the MLP: their config keys
   qwen3_moe       and expert tensors are in hf_moe.py.
+  deepseek_v3     all-dense DeepSeek-V3: Llama's layout with multi-head latent attention (hf_deepseek.py: its
+                  config, and interleaved RoPE rows reordered into rotate-half when loading).
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
 Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
@@ -39,6 +42,7 @@ import torch
 
 from .checkpoint import CheckpointError, config_from_json  # CheckpointError: importable from gptlab.hf as before
 from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
+from .hf_deepseek import config_deepseek, deinterleave_rope, hf_deepseek_config
 from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
 from .hf_moe import MOE_ARCHITECTURES, MOE_FORMATS, MOE_HOLDS, expert_sources, hf_moe_fields, moe_config
 from .model import GPT
@@ -58,7 +62,7 @@ __all__ = [
     "why_gptlab_format",
 ]
 
-HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS)  # the formats gptlab loads and exports, in this order
+HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3")  # loaded and exported, in this order
 SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
 # HF GPT-2 stores these as Conv1D, weight shape (in, out): the transpose of nn.Linear's (out, in).
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
@@ -69,6 +73,7 @@ _IGNORABLE = {
     "mistral": re.compile(r".*rotary_emb\.inv_freq"),
     "qwen3": re.compile(r".*rotary_emb\.inv_freq"),
     **{fmt: re.compile(r".*rotary_emb\.inv_freq") for fmt in MOE_FORMATS},
+    "deepseek_v3": re.compile(r".*rotary_emb\.inv_freq"),
     "gptlab": re.compile(r"(?!)"),
 }
 
@@ -208,6 +213,8 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
             return _config_llama(hf_config, model_type)
         if model_type in MOE_FORMATS:
             return moe_config(hf_config, model_type, _config_llama(hf_config, model_type))
+        if model_type == "deepseek_v3":
+            return config_deepseek(hf_config, _rope_theta(hf_config))
         if model_type == "gptlab":
             fields = hf_config.get("gptlab")
             if not isinstance(fields, dict):
@@ -240,6 +247,9 @@ _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
 }
 _HOLDS["mistral"] = _HOLDS["qwen3"] = _HOLDS["llama"]
 _HOLDS.update({fmt: {**_HOLDS["llama"], **holds} for fmt, holds in MOE_HOLDS.items()})
+# DeepSeek-V3: MLA's sizes; head_dim (which MLA does not use) only as derived, as loading derives it.
+_HOLDS["deepseek_v3"] = {**{k: v for k, v in _HOLDS["llama"].items() if k != "head_dim"}, **dict.fromkeys(
+    ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"), _any)}
 _HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
 
 
@@ -397,6 +407,9 @@ _LLAMA_LAYER = {
     "attn.q_norm.weight": "self_attn.q_norm.weight",  # Qwen3's QK-norm
     "attn.k_norm.weight": "self_attn.k_norm.weight",
     "mlp.c_proj.weight": "mlp.down_proj.weight",
+    **{f"attn.{ours}.weight": f"self_attn.{theirs}.weight" for ours, theirs in (  # DeepSeek's MLA
+        ("q_proj", "q_proj"), ("q_a_proj", "q_a_proj"), ("q_a_norm", "q_a_layernorm"), ("q_b_proj", "q_b_proj"),
+        ("kv_a_proj", "kv_a_proj_with_mqa"), ("kv_a_norm", "kv_a_layernorm"), ("kv_b_proj", "kv_b_proj"))},
 }
 
 
@@ -435,7 +448,7 @@ def _plan_moe(kind: str) -> Callable[..., _Plan]:
 
 
 _PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "qwen3": _plan_llama,
-          **{fmt: _plan_moe(fmt) for fmt in MOE_FORMATS}, "gptlab": _plan_gptlab}
+          **{fmt: _plan_moe(fmt) for fmt in MOE_FORMATS}, "deepseek_v3": _plan_llama, "gptlab": _plan_gptlab}
 
 
 def _convert(
@@ -495,7 +508,7 @@ def _build(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
     if config.pos_emb == "rope" and hasattr(model, "rotary"):
-        model.rotary = type(model.rotary)(config.head_dim, config.rope_theta)
+        model.rotary = type(model.rotary)(config.rotary_dim, config.rope_theta)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         # Some non-persistent buffer we do not know how to rebuild: take the slow path.
         model = GPT(config)
@@ -518,6 +531,8 @@ def load_pretrained(
     config = config_from_json(hf, directory / CONFIG_NAME)  # the one reading of a config.json (checkpoint.py)
     model_type = hf.get("model_type", "gptlab")  # GPTConfig.save's bare fields: gptlab's own tensor names
     src, file = load_weights(directory)
+    if model_type == "deepseek_v3":
+        src = deinterleave_rope(hf, config, src)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
     if config.tie_embeddings:
@@ -608,6 +623,8 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
         hf_config = hf_gpt2_config(config)
     elif kind in ("llama", "mistral", "qwen3", *MOE_FORMATS):
         hf_config = hf_llama_config(config, kind)
+    elif kind == "deepseek_v3":
+        hf_config = hf_deepseek_config(config)
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}
     tensors = _export_tensors(kind, config, state)

@@ -19,7 +19,7 @@ Conventions
                                         (with experts: a token's top-k experts, the shared ones and the router)
       attention = 2 * 2 * n_layer * T_eff * n_embd     (q·k scores, then the weighted sum of v)
 
-  (n_head x head_dim in place of n_embd when head_dim is set apart from n_embd / n_head, as Qwen3 does.)
+  (n_head x head_dim when head_dim is set apart from n_embd / n_head, as in Qwen3; MLA: half its q·k + v widths.)
 
   T_eff is the number of keys a query sees, averaged over the positions of the sequence: (T + 1) / 2 for
   causal attention over T tokens, less with a sliding window (query i sees min(i + 1, window) keys), averaged
@@ -46,7 +46,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import PRESETS, SWITCHES, GPTConfig
-from .info_attention import FP32, attention_activations, layer_windows, positions_held
+from .info_attention import (
+    FP32,
+    attention_activations,
+    attention_widths,
+    kv_numbers_per_token,
+    layer_windows,
+    mla_activations,
+    mla_decode_flops,
+    mla_params,
+    positions_held,
+)
 from .moe import mlp_params, mlp_units, routing_bytes
 from .options import (
     ALIASES,
@@ -141,6 +151,7 @@ def param_table(c: GPTConfig) -> dict[str, int]:
     swiglu = c.mlp == "swiglu"
     hidden, mlps = mlp_units(c)  # L * mlp_hidden and L without experts
     norm = d * (2 if c.norm == "layernorm" and c.bias else 1)  # weight (+ bias); RMSNorm has no bias
+    mla = {k: L * n for k, n in mla_params(c).items()} if c.kv_lora_rank is not None else {"norms": 0}
     return {
         "wte": c.vocab_size * d,
         "wpe": c.block_size * d if c.pos_emb == "learned" else 0,
@@ -152,8 +163,9 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "mlp_up": d * hidden + b * hidden,
         "mlp_down": hidden * d + b * d * mlps,
         "router": len(c.moe_layers) * d * c.n_expert,
-        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0),  # QK-norm: a weight per head channel
+        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0) + mla["norms"],  # QK-norm, MLA's latents
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
+        **{k: n for k, n in mla.items() if k != "norms"},  # MLA's projections in place of q, k, v, out
     }
 
 
@@ -162,6 +174,8 @@ def matmul_params(c: GPTConfig) -> int:
     router), and the lm_head."""
     d, hd = c.n_embd, c.head_dim
     attn = d * (c.n_head + 2 * c.n_kv_head) * hd + c.n_head * hd * d
+    if c.kv_lora_rank is not None:  # MLA: its matrices (biases and norm gains are not multiplied)
+        attn = sum(mla_params(c.replace(bias=False)).values()) - c.kv_lora_rank - (c.q_lora_rank or 0)
     mlp = (3 if c.mlp == "swiglu" else 2) * d * mlp_units(c, active=True)[0] + d * c.n_expert * len(c.moe_layers)
     return c.n_layer * attn + mlp + c.vocab_size * d
 
@@ -185,7 +199,8 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
     per_sequence = INT64 * context if c.pos_emb == "learned" else 2 * context * hd * FP32  # positions / cos, sin
     return {
         "norms": tokens * (2 * L + 1) * norm,
-        "attention": sum(attention_activations(c, batch, context, nbytes, w) for w in layer_windows(c)),
+        "attention": sum((attention_activations if c.kv_lora_rank is None else mla_activations)(
+            c, batch, context, nbytes, w) for w in layer_windows(c)),
         "mlp": tokens * mlp + routing_bytes(c, tokens, nbytes),
         "head": tokens * (d * nbytes + c.vocab_size * FP32),  # lm_head input, fp32 log-probabilities
         "token ids, positions": tokens * 2 * INT64 + per_sequence + FP32,  # inputs, targets, loss
@@ -211,13 +226,15 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     n_matmul = matmul_params(c)
     t_eff = sum(keys_per_query(context, w) for w in layer_windows(c)) / c.n_layer  # averaged over layers too
     flops_matmul = 2 * n_matmul
-    q_width = c.n_head * c.head_dim  # n_embd unless head_dim is set apart
-    flops_attn = 2 * 2 * c.n_layer * t_eff * q_width
+    qk_width, v_width = attention_widths(c)  # n_head x head_dim each, n_embd unless head_dim is set apart
+    flops_attn = 2 * c.n_layer * t_eff * (qk_width + v_width)
     forward = flops_matmul + flops_attn
     held = positions_held(c, context)  # per layer: what the last token of the context sees, and what is cached
-    decode = flops_matmul + 2 * 2 * sum(held) * q_width
+    decode = flops_matmul + 2 * sum(held) * (qk_width + v_width)
+    if c.kv_lora_rank is not None:  # MLA decodes from the latents, with the up-projections absorbed
+        decode = flops_matmul + mla_decode_flops(c, held)
 
-    kv_per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * nbytes
+    kv_per_token = c.n_layer * kv_numbers_per_token(c) * nbytes
     positions = sum(held) // c.n_layer if len(set(held)) == 1 else sum(held) / c.n_layer  # mean over layers
 
     parts = activation_parts(c, batch, context, nbytes)
@@ -299,8 +316,8 @@ def report_rows(s: ModelStats, moe: bool | None = None) -> list[_Row]:
     rows = []
     last = None
     for key, group, name in COMPONENTS if moe else [row for row in COMPONENTS if row[0] != "router"]:
-        if key == "norms" and s.config.qk_norm:  # QK-norm's gains are norm weights too
-            name += " (+ QK-norm)"
+        if key == "norms" and (s.config.qk_norm or s.config.kv_lora_rank):  # their gains are norm weights too
+            name += " (+ QK-norm)" if s.config.qk_norm else " (+ MLA latents)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [
@@ -310,6 +327,7 @@ def report_rows(s: ModelStats, moe: bool | None = None) -> list[_Row]:
     flops = f"FLOPs per token (2 per multiply-add; context {s.context})"
     c = s.config
     width = "n_embd" if c.n_head * c.head_dim == c.n_embd else "n_head x hd"
+    width = "n_head x (qk + v) / 2" if c.kv_lora_rank else width  # MLA: its q·k and value widths differ
     rows += [
         _Row(flops, "forward: matmuls = 2 x N_matmul", s.flops_matmul_per_token, "flops"),
         _Row(flops, f"forward: attention = 4 x n_layer x T_eff x {width}", s.flops_attention_per_token, "flops"),
@@ -319,10 +337,10 @@ def report_rows(s: ModelStats, moe: bool | None = None) -> list[_Row]:
         _Row(flops, f"training step, all {s.batch} x {s.context} tokens", s.flops_train_per_step, "flops"),
         _Row(flops, f"generating token {s.context} with a KV cache", s.flops_decode_per_token, "flops"),
     ]
-    kv = f"KV cache, {s.dtype}"
+    kv, kv_formula = f"KV cache, {s.dtype}", "2 x n_layer x n_kv_head x head_dim"
     rows += [
-        _Row(kv, f"per token: 2 x n_layer x n_kv_head x head_dim x {s.bytes_per_value} B", s.kv_bytes_per_token,
-             "bytes"),
+        _Row(kv, f"per token: {'n_layer x (latent + RoPE key)' if c.kv_lora_rank else kv_formula} x "
+             f"{s.bytes_per_value} B", s.kv_bytes_per_token, "bytes"),
         _Row(kv, "positions held per layer: min(context, window), mean", s.kv_cache_positions, "number"),
         _Row(kv, f"batch {s.batch} x positions held", s.kv_cache_bytes, "bytes"),
     ]

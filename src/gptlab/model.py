@@ -1,6 +1,7 @@
-"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm, SwiGLU, QK-norm and experts as config switches.
+"""The GPT model: GPT-2, with RoPE, GQA/MQA, MLA, sliding windows (local/global layers), RMSNorm, SwiGLU, QK-norm
+and experts as config switches.
 
-Read top to bottom: norms, rotary embeddings, attention, MLP, mixture of experts, block, GPT.
+Read top to bottom: norms, rotary embeddings, attention, latent attention, MLP, mixture of experts, block, GPT.
 """
 
 from __future__ import annotations
@@ -98,6 +99,89 @@ class CausalSelfAttention(nn.Module):
         y = attention(q, k, v, self.window, self.dropout if self.training else 0.0, input_pos, k_pos)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)
         return self.resid_dropout(self.c_proj(y))
+
+
+LATENT_NORM_EPS = 1e-6  # DeepSeek's latent RMSNorms keep this eps whatever the model's norm_eps (rms_norm_eps)
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3): every head's keys and values are up-projected from one latent
+    c of kv_lora_rank numbers per token; a RoPE key of qk_rope_head_dim channels is shared by all heads.
+
+    A head's score is q_nope·k_nope + q_rope·k_rope over sqrt(qk_nope_head_dim + qk_rope_head_dim). The KV cache
+    keeps only [c | k_rope], and decoding never up-projects it: q_nope·(W_uk c) = (W_uk^T q_nope)·c, and the
+    weighted sum of values W_uv c is W_uv times the weighted sum of c (the DeepSeek-V2 paper's weight absorption).
+    """
+
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
+        super().__init__()
+        c = config
+        self.n_head, self.n_kv_head, self.window, self.dropout = c.n_head, c.n_kv_head, c.layer_window(layer), c.dropout
+        self.rank, self.nope, self.rope = c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim
+        self.v_dim, self.low_rank_q = c.v_head_dim, c.q_lora_rank is not None
+        q_dim = c.n_head * (self.nope + self.rope)
+        if not self.low_rank_q:
+            self.q_proj = nn.Linear(c.n_embd, q_dim, bias=c.bias)
+        else:  # a low-rank query through its own RMSNorm, as DeepSeek's
+            self.q_a_proj = nn.Linear(c.n_embd, c.q_lora_rank, bias=c.bias)
+            self.q_a_norm = nn.RMSNorm(c.q_lora_rank, eps=LATENT_NORM_EPS)
+            self.q_b_proj = nn.Linear(c.q_lora_rank, q_dim, bias=False)
+        self.kv_a_proj = nn.Linear(c.n_embd, self.rank + self.rope, bias=c.bias)  # [latent | RoPE key]
+        self.kv_a_norm = nn.RMSNorm(self.rank, eps=LATENT_NORM_EPS)
+        # No bias, as DeepSeek's: the up-projection of the latent is what decoding folds into q and the output.
+        self.kv_b_proj = nn.Linear(self.rank, c.n_kv_head * (self.nope + self.v_dim), bias=False)
+        self.c_proj = nn.Linear(c.n_head * self.v_dim, c.n_embd, bias=c.bias)
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None,
+        input_pos: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Hkv, nope = self.n_head, self.n_kv_head, self.nope
+        q_nope, q_rope, latent, k_rope = self.project(x, rope)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:  # a whole sequence: up-project every head's keys and values
+            k_nope, v = self.kv_b_proj(latent).view(B, T, Hkv, nope + self.v_dim).transpose(1, 2).split(
+                [nope, self.v_dim], dim=-1)
+            k = torch.cat([k_nope, k_rope.expand(B, Hkv, T, self.rope)], dim=-1)
+            y = attention(torch.cat([q_nope, q_rope], dim=-1), k, v, self.window, dropout)
+        else:
+            y = self._absorbed(q_nope, q_rope, torch.cat([latent, k_rope], dim=-1), cache, input_pos, dropout)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, H * self.v_dim)))
+
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, ...]:
+        """q_nope (B, H, T, nope), q_rope (B, H, T, rope), the normalized latent (B, 1, T, rank) and the RoPE key
+        (B, 1, T, rope) of x (B, T, C): what a token contributes before any up-projection of the latent."""
+        B, T, _ = x.shape
+        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if self.low_rank_q else self.q_proj(x)
+        q_nope, q_rope = q.view(B, T, self.n_head, self.nope + self.rope).transpose(1, 2).split(
+            [self.nope, self.rope], dim=-1)
+        latent, k_rope = self.kv_a_proj(x).split([self.rank, self.rope], dim=-1)
+        latent, k_rope = self.kv_a_norm(latent).unsqueeze(1), k_rope.unsqueeze(1)  # (B, 1, T, .): one "head"
+        if rope:  # (cos, sin) with RoPE; with learned positions the shared key part is simply not rotated
+            q_rope, k_rope = apply_rotary(q_rope, *rope), apply_rotary(k_rope, *rope)
+        return q_nope, q_rope, latent, k_rope
+
+    def _absorbed(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: KVCache, input_pos: int,
+        dropout: float,
+    ) -> torch.Tensor:
+        """Attention over the cached [latent | RoPE key] without up-projecting it: per head (B, H, T, v_dim)."""
+        B, H, T, _ = q_nope.shape
+        Hkv, G = self.n_kv_head, self.n_head // self.n_kv_head  # G query heads per up-projected K/V head
+        W = self.kv_b_proj.weight.view(Hkv, self.nope + self.v_dim, self.rank)
+        W_uk, W_uv = W[:, : self.nope], W[:, self.nope :]  # (Hkv, nope, rank), (Hkv, v_dim, rank)
+        q_latent = (q_nope.view(B, Hkv, G, T, self.nope) @ W_uk[:, None]).view(B, H, T, self.rank)
+        keys, _, k_pos = cache.update(entry, entry[..., :0], input_pos)  # keys (B, 1, N, rank + rope)
+        scale = (self.nope + self.rope) ** -0.5  # the plain forward's: its q·k has nope + rope channels
+        # The values are the latents themselves: the cached entries whole (contiguous, as wide as the keys, which
+        # SDPA's flash kernel wants; a strided slice of them took its slower path) with the RoPE channels dropped.
+        y = attention(torch.cat([q_latent, q_rope], dim=-1), keys, keys, self.window, dropout, input_pos, k_pos,
+                      scale=scale)[..., : self.rank]
+        return (y.reshape(B, Hkv, G, T, self.rank) @ W_uv.transpose(1, 2)[:, None]).view(B, H, T, self.v_dim)
 
 
 def activate(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
@@ -210,7 +294,8 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, layer)
+        attn = CausalSelfAttention if config.kv_lora_rank is None else LatentAttention
+        self.attn = attn(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MoE(config) if layer in config.moe_layers else MLP(config)
 
@@ -237,7 +322,7 @@ class GPT(nn.Module):
         if config.pos_emb == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:
-            self.rotary = Rotary(config.head_dim, config.rope_theta)
+            self.rotary = Rotary(config.rotary_dim, config.rope_theta)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
