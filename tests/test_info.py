@@ -15,6 +15,7 @@ from gptlab.attention import window_mask
 from gptlab.generate import make_caches
 from gptlab.info import format_compare, format_report, keys_per_query, main, model_stats
 
+MLA = dict(kv_lora_rank=56, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12)
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -260,6 +261,9 @@ ACTIVATION_CASES = [
     (dict(head_dim=24, window=8, pos_emb="rope"), "fp32"),
     (dict(n_expert=4, expert_top_k=2, n_shared_expert=2, moe_dense_layers=(0,)), "fp32"),  # experts: moe.py
     (dict(n_expert=4, expert_top_k=1, moe_renorm=False, mlp="swiglu", bias=False), "bf16"),
+] + [  # MLA: flash SDPA, its math path (GQA, or 16 bits, with keys and values of different widths), the band kernel
+    (dict(MLA, **kw), dtype) for kw, dtype in (
+        (dict(n_kv_head=2, q_lora_rank=24), "fp32"), (dict(pos_emb="rope"), "bf16"), (dict(window=8), "fp32"))
 ]
 
 

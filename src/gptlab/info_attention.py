@@ -93,14 +93,18 @@ def mla_activations(c: GPTConfig, batch: int, context: int, nbytes: int, window:
     # The norm's output (input of both down-projections); each RMSNorm of a latent saves its input (for kv_a_norm,
     # the whole [latent | RoPE key] output it is a view of), the normalized values in fp32 and an rstd, and its
     # output feeds the up-projection, which saves it.
-    per_token = c.n_embd * nbytes + (R + c.qk_rope_head_dim) * nbytes + (R + 1) * FP32 + R * nbytes
-    if ql:
-        per_token += ql * nbytes + (ql + 1) * FP32 + ql * nbytes
-    if nbytes != FP32:
-        per_token += (R + ql) * FP32  # the fp32 copies of the norms' inputs
-    per_token += Hkv * (c.qk_nope_head_dim + c.v_head_dim) * nbytes  # kv_b_proj's output: v is a view of it
+    per_token = c.n_embd * nbytes + (R + 1) * FP32 + R * nbytes + ((ql + 1) * FP32 + ql * nbytes if ql else 0)
+    if nbytes == FP32:  # the norms' inputs as they are: kv_a_norm's is a view of [latent | RoPE key]
+        per_token += (R + c.qk_rope_head_dim + ql) * nbytes
+    else:  # in 16 bits, their fp32 copies instead
+        per_token += (R + ql) * FP32
     per_token += v * nbytes  # c_proj's input: the heads' outputs side by side
+    up = Hkv * (c.qk_nope_head_dim + c.v_head_dim) * nbytes  # kv_b_proj's output, when SDPA saves v (a view of it)
     if window is not None and window < context:  # the band kernel's own zero-padded q, k, v, output and lse
         rows, width = batch * -(-context // window) * window, max(qk, v) // c.n_head
         return tokens * per_token + rows * ((2 * c.n_head + 2 * Hkv) * width * nbytes + c.n_head * FP32)
-    return tokens * (per_token + (qk + k + v) * nbytes + c.n_head * FP32)  # q, k (concatenated), output, lse
+    if Hkv != c.n_head or nbytes != FP32:
+        # Keys and values of different widths with GQA, or in 16 bits: SDPA's math path, in fp32, which saves
+        # q, the keys and values expanded to every query head, and the attention weights (T x T per head).
+        return tokens * (per_token + (2 * qk + v) * FP32) + batch * c.n_head * context * context * FP32
+    return tokens * (per_token + up + (qk + k + v) * nbytes + c.n_head * FP32)  # q, k (concatenated), out, lse

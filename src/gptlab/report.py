@@ -167,6 +167,11 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     elif s["config"].get("window"):
         parts.append(f"Each query sees at most {s['config']['window']} keys, so the attention cost stops growing "
                      "with the context; information from further back must travel through the layers.")
+    if s["config"].get("kv_lora_rank"):
+        c = s["config"]
+        parts.append(f"MLA caches one latent of {c['kv_lora_rank']} numbers and a RoPE key of {c['qk_rope_head_dim']} "
+                     "per token and layer, whatever the heads; decoding attends over them with the up-projections "
+                     "absorbed, which costs more FLOPs per cached token than GQA at the same bytes.")
     if s["config"].get("mlp") == "swiglu" and base["config"].get("mlp") != "swiglu":
         h, m = s["config"]["mlp_hidden"], base["config"]["mlp_hidden"]
         d_mlp = 3 * h / (2 * m) - 1  # SwiGLU's three matrices against GELU's two, at the same n_embd
