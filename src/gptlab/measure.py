@@ -86,6 +86,7 @@ def measure(work_dir: Path, data: Any, eval_batches: int, decode_tokens: int, ba
         "decode_tokens_per_s": decode_tokens_per_s(model, decode_tokens),
         "params": stats.total_params,
         "non_embedding_params": stats.non_embedding_params,
+        "active_params": stats.active_params,  # what a token runs through: less than params with experts
         "kv_bytes_per_token": stats.kv_bytes_per_token,
         "flops_per_token": stats.flops_forward_per_token,
         "peak_memory_bytes": peak_mem,
