@@ -340,6 +340,7 @@ class EvalConfig:
     context: int | None = None  # tokens per window; None: block_size (longer: length extrapolation, RoPE only)
     by_position: bool = False  # also the loss at each position 0..context-1 of the windows (--json: the full list)
     plot: str | None = None  # with --by-position: draw loss against position into this PNG
+    hellaswag: str | None = None  # a HellaSwag .jsonl (the official hellaswag_val.jsonl): acc and acc_norm instead
 
 
 def _run_val_tokens(directory: Path, tok_name: str) -> Any:
@@ -445,11 +446,13 @@ def eval_main(argv: list[str]) -> int:
 
     parsed = _parse_model_command(
         EvalConfig, argv, {},
-        "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--context=N] [--by-position] [--json]\n\n"
+        "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--context=N] [--by-position] [--json]\n"
+        "       gptlab eval RUN_OR_MODEL --hellaswag=hellaswag_val.jsonl [--json]\n\n"
         "Evaluate a model on a text (default: the validation split of the run's training data): cross-entropy\n"
         "loss in nats per token, perplexity, bits per token and bits per character. --by-position adds the\n"
         "loss at each position of the windows (how windows and length extrapolation are judged; with\n"
-        "--context longer than training for RoPE models), --plot=FILE.png draws it.\n",
+        "--context longer than training for RoPE models), --plot=FILE.png draws it. --hellaswag=FILE: HellaSwag\n"
+        "acc and acc_norm instead (completion style, as llm.c and build-nanogpt score it).\n",
     )
     if parsed is None:
         return 0
@@ -460,7 +463,13 @@ def eval_main(argv: list[str]) -> int:
     if cfg.plot and not cfg.by_position:
         raise UsageError(f"--plot={cfg.plot} draws the loss by position: add --by-position")
     plot = png_path("--plot", cfg.plot) if cfg.plot else None
+    if cfg.hellaswag is not None:  # the file is checked before the model loads
+        from .hellaswag import read_hellaswag
+
+        items = read_hellaswag(cfg.hellaswag)
     model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
+    if cfg.hellaswag is not None:
+        return _hellaswag(model, tokenizer, items, cfg, str(directory or source))
     c = model.config
     context = c.block_size if cfg.context is None else cfg.context
     if c.pos_emb == "learned" and context > c.block_size:
@@ -526,6 +535,21 @@ def eval_main(argv: list[str]) -> int:
                   "--json for every position):\n    positions  loss\n" + _position_table(by_pos))
     if plot is not None:
         print(f"wrote {plot}", file=sys.stderr if cfg.json else sys.stdout)
+    return 0
+
+
+def _hellaswag(model: Any, tokenizer: Any, items: list[dict[str, Any]], cfg: EvalConfig, name: str) -> int:
+    """`gptlab eval --hellaswag=FILE`: acc and acc_norm, scored as llm.c and build-nanogpt score them."""
+    from . import hellaswag
+
+    scores = hellaswag.evaluate(model, hellaswag.tokenize(items, tokenizer))
+    result = {"model": name, "hellaswag": cfg.hellaswag, **scores}
+    if cfg.json:
+        print(json.dumps(result))
+    else:
+        print(f"model:     {name}\nhellaswag: {cfg.hellaswag}: {result['n']:,} examples\n"
+              f"acc:       {result['acc']:.4f} (the ending of least total loss)\n"
+              f"acc_norm:  {result['acc_norm']:.4f} (least loss per token; OpenAI's GPT-2 124M: 0.2955)")
     return 0
 
 

@@ -57,6 +57,35 @@ def bf16_autocast_pays(device: torch.device) -> bool:
     return device.type == "cpu" and native_bf16_cpu()
 
 
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's datasheets, by the name torch.cuda reports; the
+# first match wins, so the specific names come before the general ones. H100 SXM: 989 (llm.c's mfu.h gets the same
+# from Hopper's 756 at 456 tensor cores and 1620 MHz scaled to the SXM's 528 cores and 1830 MHz).
+GPU_BF16_PEAK: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+)
+
+
+def gpu_bf16_peak(name: str) -> float | None:
+    """The bf16 peak FLOP/s of a GPU by its name ('NVIDIA H100 80GB HBM3': 989e12), None for one not in the table."""
+    return next((peak for key, peak in GPU_BF16_PEAK if key in name), None)
+
+
+def training_peak_flops(device: torch.device, bf16: bool) -> float | None:
+    """The peak FLOP/s that MFU divides by for training on `device`: a known CUDA GPU's bf16 peak under bf16
+    autocast; None elsewhere (CPUs, unknown GPUs, fp32: no honest peak to compare with)."""
+    if device.type != "cuda" or not bf16:
+        return None
+    return gpu_bf16_peak(torch.cuda.get_device_name(device))
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float, processes: int = 1) -> float:
+    """Model FLOPs utilization: the FLOP/s the model's own arithmetic needs at this speed (training: 3 x forward,
+    6N + attention, as `gptlab info` counts it) over what the processes' GPUs can do at peak."""
+    return tokens_per_s * flops_per_token / (peak_flops * processes)
+
+
 def machine_kind(threads: int | None = None) -> str:
     """A file-name-safe name for this kind of machine: CPU model, ISA and threads ('amd-epyc-avx2-2t')."""
     threads = threads or torch.get_num_threads()

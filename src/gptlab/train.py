@@ -7,16 +7,17 @@
 
 Read this file top to bottom:
 
-1. The pieces: learning-rate schedule, optimizer, pretrained weights, batches, loss estimates, samples.
+1. The pieces: learning-rate schedule, optimizer, pretrained weights, samples.
 2. Training, in phases: prepare the run directory (`rundir.claim`), build the data, model and optimizer
    (`_build`), resume (`_resume`), the loop (`_loop`, one screen), finish (`_finish`).
 3. `main`: the `gptlab train` command.
 
 The settings (`TrainConfig`, run presets, flags) are in train_config.py; the run directory (lock, metrics, loss
-plot, RNG states) in rundir.py. The training loop is nanoGPT's (AdamW with decay on matrices only, warmup +
+plot, RNG states) in rundir.py; the batches (random, or in order through the shards) and loss estimates in
+batches.py. The training loop is nanoGPT's (AdamW with decay on matrices only, warmup +
 cosine, gradient accumulation, clipping, bf16 autocast on CUDA), made resumable to the bit: the batch sampler
-and dropout draw from RNGs whose states are checkpointed, so 20 iterations straight and 10 + resume + 10 give
-identical losses on CPU.
+and dropout draw from RNGs whose states are checkpointed (a sequential read, its position), so 20 iterations
+straight and 10 + resume + 10 give identical losses on CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import api, autotune, distributed, hardware, rundir, tracking
+from . import api, autotune, distributed, hardware, hellaswag, moe, rundir, tracking
 from . import checkpoint as ckpt
+from .batches import Batches, describe_step, estimate_loss, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
+from .info import model_stats
 from .model import GPT
 from .options import UsageError, flatten, model_config_from_dict
 from .rundir import plot_losses, read_metrics
 from .shards import shard_dataset
 from .tokenizer import save_tokenizer, tokenizer_for_model
 from .train_config import (
-    GPT2_HUB_IDS,
     RUN_PRESETS,
     TRAIN_OPTIONS,
     DataConfig,
@@ -68,7 +70,7 @@ __all__ = [
     "RUN_PRESETS", "TRAIN_OPTIONS", "Batches", "DataConfig", "GPTConfig", "Run", "SystemConfig", "TrainConfig",
     "TrainerConfig", "check_config", "command", "data_vocab_size", "default_cache_dir", "estimate_loss",
     "learning_rate", "load_pretrained", "main", "make_optimizer", "model_config_from_dict", "parse_train_args",
-    "plot_losses", "pretrained_model_config", "read_metrics", "resume_config", "sample_hint", "sample_text",
+    "plot_losses", "read_metrics", "resume_config", "sample_hint", "sample_text",
     "train", "train_help",
 ]
 
@@ -91,23 +93,13 @@ def learning_rate(step: int, t: TrainerConfig) -> float:
 
 def make_optimizer(model: torch.nn.Module, t: TrainerConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: biases and norm gains are not pulled towards zero."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied weights appear once
+    decay = [p.dim() >= 2 and not n.endswith("bias") for n, p in params]  # experts' biases are (n_expert, out)
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for (_, p), d in zip(params, decay, strict=True) if d], "weight_decay": t.weight_decay},
+        {"params": [p for (_, p), d in zip(params, decay, strict=True) if not d], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused or None)
-
-
-def pretrained_model_config(init: str) -> GPTConfig:
-    """The GPTConfig of --init (a run, checkpoint or HF directory, or a GPT-2 hub id) without loading weights."""
-    path = Path(init).expanduser()
-    if path.exists():
-        return ckpt.read_config(ckpt.find_checkpoint(path))
-    name = init.removeprefix("openai-community/")
-    if name in GPT2_HUB_IDS:
-        return GPTConfig.from_preset(name)  # the hub's GPT-2 configs: vocab 50257, block 1024
-    return GPT.from_pretrained(init).config  # any other hub id: download it
 
 
 def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
@@ -122,51 +114,6 @@ def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
         if not need_tokenizer:
             return model, None
         raise UsageError(f"{e}; fine-tune a GPT-2-vocabulary model or a gptlab run") from None
-
-
-@dataclass
-class Batches:
-    """Random (x, y) windows: the global micro-batch is drawn from one generator, each rank takes its rows."""
-
-    data: Any  # gptlab.data.TokenData
-    micro_batch: int  # rows per micro-step over all ranks
-    block_size: int
-    info: distributed.DistInfo
-
-    def get(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # Every rank draws the same global batch (same generator state), so the run does not depend on the
-        # number of processes: with N processes each computes the loss on 1/N of the same rows.
-        x, y = self.data.get_batch(split, self.micro_batch, self.block_size, generator)
-        per_rank = self.micro_batch // self.info.world_size
-        rows = slice(self.info.rank * per_rank, (self.info.rank + 1) * per_rank)
-        x, y = x[rows], y[rows]
-        if self.info.device.type == "cuda":  # pinned memory: the copy overlaps with compute
-            return x.pin_memory().to(self.info.device, non_blocking=True), y.pin_memory().to(
-                self.info.device, non_blocking=True
-            )
-        return x.to(self.info.device), y.to(self.info.device)
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module, batches: Batches, eval_iters: int, seed: int, autocast: Callable, grad_accum: int = 1
-) -> dict[str, float]:
-    """Mean loss over eval_iters full batches of each split, each in grad_accum micro-batches as in training.
-    The same rows every time (a fixed seed) whatever grad_accum and the number of processes, so eval losses
-    are comparable across evals and runs; evaluating never disturbs the training RNGs."""
-    model.eval()
-    out = {}
-    for split in ("train", "val"):
-        generator = torch.Generator().manual_seed(seed)
-        total = torch.zeros((), device=batches.info.device)
-        for _ in range(eval_iters * grad_accum):
-            x, y = batches.get(split, generator)
-            with autocast():
-                _, loss = model(x, y)
-            total += loss.float()
-        out[split] = distributed.all_reduce_mean(total / (eval_iters * grad_accum)).item()
-    model.train()
-    return out
 
 
 def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.device, seed: int) -> str:
@@ -227,6 +174,7 @@ def train(cfg: TrainConfig) -> int:
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
     """The phases of a run, in order."""
     t = cfg.trainer
+    t.grad_accum = grad_accum_for(t, info.world_size)  # --trainer.micro_batch_size sets it from the processes
     if t.batch_size % (t.grad_accum * info.world_size):
         raise UsageError(
             f"--trainer.batch_size={t.batch_size} must be divisible by grad_accum ({t.grad_accum}) x "
@@ -293,6 +241,8 @@ class Run:
     start: float = 0.0  # time.perf_counter() when this process's loop began
     start_step: int = 0
     trackers: list[tracking.Tracker] = field(default_factory=list)  # --trainer.log_to, on rank 0
+    peak_flops: float | None = None  # the GPU's bf16 peak, for MFU (None: no MFU shown)
+    hellaswag_examples: list[hellaswag.Example] | None = None  # --trainer.hellaswag, tokenized
 
     @property
     def work_dir(self) -> Path:
@@ -311,6 +261,11 @@ class Run:
         # Every loss printed says what it is: these are means over a few batches, not over the whole split
         # (`gptlab eval` measures that), so they differ from it by the sampling noise.
         return f"{self.cfg.trainer.eval_iters}-batch estimate"
+
+    def summary(self, losses: dict[str, float]) -> str:
+        """What an eval measured: 'train loss 2.0811, val loss 2.1034 (20-batch estimates), HellaSwag ...'."""
+        hella = f", HellaSwag acc_norm {losses['hellaswag']:.4f}" if "hellaswag" in losses else ""
+        return f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({self.estimate}s){hella}"
 
     def say(self, msg: str) -> None:
         """Print on rank 0, unless --trainer.quiet (through tqdm, so the progress bar stays at the bottom)."""
@@ -333,23 +288,36 @@ class Run:
             for tracker in self.trackers:
                 tracker.log(row)
 
-    def log_progress(self, losses: list[float], since: float, lr: float, bar: Any) -> None:
+    def log_progress(self, losses: list[float], since: float, lr: float, bar: Any, extra: dict[str, Any]) -> None:
         """The metrics.jsonl row of the steps since `since` (and the progress line, or the bar's numbers)."""
         now = time.perf_counter()
         tok_s = len(losses) * self.tokens_per_step / (now - since)
         mean_loss = sum(losses) / len(losses)
-        self.log({"iter": self.step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
-                  "elapsed_s": round(self.elapsed_before + now - self.start, 2)})
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        row = {"iter": self.step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
+               "elapsed_s": round(self.elapsed_before + now - self.start, 2), **extra}
+        if self.peak_flops is not None:  # on a known GPU: the share of its peak the model's arithmetic uses
+            flops = model_stats(self.config).flops_train_per_token
+            row["mfu"] = round(hardware.mfu(tok_s, flops, self.peak_flops, self.info.world_size), 4)
+        self.log(row)
+        mfu = {"MFU": f"{row['mfu']:.1%}"} if "mfu" in row else {}
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **mfu)
         if self.info.is_main and not self.interactive and not self.cfg.trainer.quiet:
-            print(f"iter {self.step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s", flush=True)
+            print(f"iter {self.step}: loss {mean_loss:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s"
+                  + (f", MFU {mfu['MFU']}" if mfu else ""), flush=True)
 
     def evaluate(self) -> dict[str, float]:
         """Train and val loss estimates, logged, and the loss plot redrawn."""
         t = self.cfg.trainer
         losses = estimate_loss(self.model, self.batches, t.eval_iters, self.cfg.system.seed + 1, self.autocast,
                                t.grad_accum)
-        self.log({"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"]})
+        row = {"iter": self.step, "train_loss": losses["train"], "val_loss": losses["val"]}
+        if self.hellaswag_examples:  # the uncompiled model (any length); under FSDP every rank runs every forward
+            split = (0, 1) if t.strategy == "fsdp" else (self.info.rank, self.info.world_size)
+            with self.autocast():
+                scores = hellaswag.evaluate(self.raw, self.hellaswag_examples, *split)
+            losses["hellaswag"] = row["hellaswag_acc_norm"] = scores["acc_norm"]
+            row["hellaswag_acc"] = scores["acc"]
+        self.log(row)
         if self.info.is_main:
             plot_losses([self.work_dir], self.work_dir / "loss.png")
         return losses
@@ -367,6 +335,7 @@ class Run:
                     "iter": self.step, "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                     "best_iter": self.best_iter, "world_size": self.info.world_size,
                     "tokens_seen": self.step * self.tokens_per_step, "rng": rng, "autotune": kernels,
+                    "data_position": self.batches.state(),  # --data.order=sequential: the next train token
                     "elapsed_s": round(self.elapsed_before + time.perf_counter() - self.start, 2),
                     # quiet is how this command prints, not the run: a resume by hand prints again.
                     "train_config": {k: v for k, v in flatten(dataclasses.asdict(self.cfg)).items()
@@ -385,8 +354,7 @@ class Run:
         self.save()
         if improved and self.info.is_main:
             ckpt.copy_checkpoint(self.work_dir / "last", self.work_dir / "best")
-        self.say(f"iter {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-                 f"({self.estimate}s)" + (" (best)" if improved else ""))
+        self.say(f"iter {self.step}: {self.summary(losses)}" + (" (best)" if improved else ""))
         if self.step < self.cfg.trainer.max_iters:
             self.sample(self.cfg.trainer.sample_tokens, f"sample at iter {self.step}")
 
@@ -421,6 +389,11 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
                 f"{data.tokenizer.vocab_size} ids for this text); drop the flag"
             )
         config = config.replace(vocab_size=data.tokenizer.vocab_size)
+    if t.max_tokens is not None:  # a token budget: the steps it takes (whole steps)
+        t.max_iters = steps_for_tokens(t.max_tokens, t.batch_size * config.block_size)
+    batches = Batches(data, t.batch_size // t.grad_accum, config.block_size, info, order=cfg.data.order)
+    batches.check()
+    examples = hellaswag.load(t.hellaswag, data.tokenizer) if t.hellaswag else None  # a bad file fails now
     if info.is_main and not resumed and cfg.system.overwrite:
         rundir.clear_old_run(work_dir)
     if info.is_main:  # the run directory carries its tokenizer (each checkpoint has a copy too)
@@ -446,7 +419,8 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
     return Run(
         cfg, info, config, data.tokenizer, data, data_path, tok_name, raw=model, wrapped=wrapped,
         model=torch.compile(wrapped) if t.compile else wrapped, optimizer=optimizer, use_bf16=use_bf16,
-        batch_gen=batch_gen, batches=Batches(data, t.batch_size // t.grad_accum, config.block_size, info),
+        batch_gen=batch_gen, batches=batches, peak_flops=hardware.training_peak_flops(device, use_bf16),
+        hellaswag_examples=examples,
     )
 
 
@@ -492,6 +466,7 @@ def _resume(run: Run, resumed: ckpt.Checkpoint) -> None:
     for group, decay in zip(run.optimizer.param_groups, (t.weight_decay, 0.0), strict=True):
         group["weight_decay"], group["betas"] = decay, (t.beta1, t.beta2)
     rundir.restore_rng(state["rng"], run.batch_gen, info, run.cfg.system.seed, run.step)
+    run.batches.load_state(state.get("data_position"))
     rows = [r for r in read_metrics(run.work_dir) if r.get("iter", 0) <= run.step]
     # Checkpoints since this field exists carry it; an older one: the last elapsed_s logged before it.
     run.elapsed_before = state.get("elapsed_s", max((r["elapsed_s"] for r in rows if "elapsed_s" in r), default=0.0))
@@ -531,6 +506,7 @@ def _start(run: Run) -> bool:
             + (f", resuming at iter {run.step}" if run.step else "")
             + f"; writing to {run.work_dir}"
         )
+        run.say(describe_step(t, run.config.block_size, info.world_size, run.cfg.data.order))
     if run.step >= t.max_iters:
         run.say(f"the run is already at iter {run.step} = --trainer.max_iters; pass a larger one to train longer")
         return False
@@ -545,7 +521,7 @@ def _start(run: Run) -> bool:
         )
     if run.step == 0:
         losses = run.evaluate()
-        run.say(f"iter 0: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({run.estimate}s)")
+        run.say(f"iter 0: {run.summary(losses)}")
     return True
 
 
@@ -557,6 +533,7 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
     bar = tqdm(total=t.max_iters, initial=run.step, disable=not run.interactive, unit="it", dynamic_ncols=True,
                leave=not t.quiet)
     window_losses: list[float] = []
+    router_log = moe.RouterLog()  # experts: the aux loss and load per expert, logged with the loss
     run.start = window_start = time.perf_counter()
     run.start_step = run.step
     model.train()
@@ -567,12 +544,14 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=run.info.device)
             for micro in range(t.grad_accum):
-                x, y = run.batches.get("train", run.batch_gen)
+                x, y = run.batches.next_train(run.batch_gen)
                 with run.no_sync(last_micro_step=micro == t.grad_accum - 1):
                     with run.autocast():
                         _, loss = model(x, y)
-                    (loss / t.grad_accum).backward()
-                loss_sum += loss.detach().float()
+                    penalty = moe.router_penalty(run.raw, t.moe_aux_coef, t.moe_z_coef)  # experts: 0.0 without
+                    ((loss + penalty) / t.grad_accum).backward()
+                loss_sum += loss.detach().float()  # the cross-entropy alone is logged
+                router_log.add(run.raw)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(run.raw.parameters(), t.grad_clip)
             optimizer.step()
@@ -587,7 +566,7 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
             window_losses.append(step_loss)
             bar.update(1)
             if run.step % t.log_interval == 0 or run.step == t.max_iters:
-                run.log_progress(window_losses, window_start, lr, bar)
+                run.log_progress(window_losses, window_start, lr, bar, router_log.row())
                 window_losses, window_start = [], time.perf_counter()
             if run.step % t.eval_interval == 0 or run.step == t.max_iters:
                 run.eval_and_checkpoint()

@@ -33,6 +33,7 @@ from .options import (
     parse_flags,
     read_config_file,
 )
+from .presets import RUN_PRESETS
 from .rundir import nothing_to_resume
 from .tokenizer import CharTokenizer, get_tokenizer
 
@@ -46,13 +47,22 @@ class DataConfig:
     tokenizer: Literal["char", "gpt2"] | None = None  # None: the pretrained model's (--init), else char
     cache_dir: str | None = None  # data cache; None: $GPTLAB_CACHE, else $XDG_CACHE_HOME/gptlab or ~/.cache/gptlab
     shards: str | None = None  # GPT-2 token shards instead of path: a gptlab prepare OUT folder, or a quoted glob
+    # random: windows at random offsets (nanoGPT); sequential: the train tokens in order, each rank its own block,
+    # wrapping at the end (build-nanogpt, llm.c)
+    order: Literal["random", "sequential"] = "random"
 
 
 @dataclass
 class TrainerConfig:
     max_iters: int = 1000  # optimizer steps
+    # a budget in tokens instead: max_iters = max_tokens // (batch_size x block_size); whichever of the two is given
+    # last (flags over --config over --preset) wins
+    max_tokens: int | None = None
     batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
     grad_accum: int = 1  # split each step's batch into this many micro-batches (less memory, same result)
+    # rows per process per forward pass instead: grad_accum = batch_size / (micro_batch_size x processes), so a step
+    # is the same on 1 GPU or 8; whichever of the two is given last wins
+    micro_batch_size: int | None = None
     learning_rate: float = 1e-3  # peak learning rate, reached after warmup
     min_lr: float | None = None  # learning rate at the end of the cosine decay; None: learning_rate / 10
     warmup_iters: int = 100  # linear warmup steps
@@ -61,6 +71,8 @@ class TrainerConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2 (0.99: small batches, as nanoGPT's shakespeare_char)
     grad_clip: float = 1.0  # clip the gradient norm to this; 0: no clipping
+    moe_aux_coef: float = 0.01  # experts: load-balancing loss weight, added for backprop only (docs/moe.md)
+    moe_z_coef: float = 0.0  # experts: router z-loss weight (ST-MoE uses 0.001); 0: off
     eval_interval: int = 250  # every N steps: estimate train/val loss, checkpoint, plot, print a sample
     eval_iters: int = 20  # batches (of batch_size rows, as in training) per split in each loss estimate
     log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
@@ -73,6 +85,7 @@ class TrainerConfig:
     resume: bool = False  # continue the run in system.work_dir from its last checkpoint
     quiet: bool = False  # print only warnings and errors (gptlab compare's runs: one line each); not saved
     log_to: str | None = None  # live tracking besides metrics.jsonl: tensorboard, wandb, or both (comma-separated)
+    hellaswag: str | None = None  # a HellaSwag .jsonl (hellaswag_val.jsonl): acc and acc_norm at every eval
 
 
 @dataclass
@@ -90,44 +103,14 @@ def _demo_model() -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    preset: str | None = None  # a run preset: demo (the defaults), baby, shakespeare-char, tiny
+    preset: str | None = None  # a run preset (presets.RUN_PRESETS, listed above): its settings under the flags
     config: str | None = None  # a YAML or JSON file of settings (sections or dotted keys); flags override it
     init: str | None = None  # start from pretrained weights: a run or model directory, or gpt2[-medium|...]
     data: DataConfig = field(default_factory=DataConfig)
-    # GPTConfig fields plus "preset" (see config.PRESETS); vocab_size comes from the tokenizer.
+    # GPTConfig fields plus "preset" (see presets.MODEL_PRESETS); vocab_size comes from the tokenizer.
     model: dict[str, Any] = field(default_factory=_demo_model)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
-
-
-# Run presets: flags applied on top of the defaults (and under a config file and the command line).
-RUN_PRESETS: dict[str, dict[str, Any]] = {
-    # The defaults: `make demo`.
-    "demo": {},
-    # nanoGPT's CPU "baby" Shakespeare config, its exact GPT-2 model (bias-free, as nanoGPT's default).
-    # nanoGPT's README: val loss ~1.88 after 2000 iterations; gptlab: 1.90 (see benchmarks/baby_shakespeare.py).
-    # nanoGPT's lr_decay_iters=2000 is its max_iters, so it is left unset: the decay then follows
-    # --trainer.max_iters (a 400-step run decays over 400 steps, not over the first 400 of 2000).
-    "baby": {
-        "model.preset": "baby", "model.block_size": 64, "model.dropout": 0.0, "model.bias": False,
-        "trainer.batch_size": 12, "trainer.max_iters": 2000,
-        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.warmup_iters": 100,
-        "trainer.eval_iters": 20, "trainer.log_interval": 10,
-    },
-    # nanoGPT's train_shakespeare_char.py: 6 layers x 384, block 256, dropout 0.2 (a GPU run, ~val 1.47).
-    "shakespeare-char": {
-        "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
-        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
-    },
-    # Seconds on a CPU: smoke tests.
-    "tiny": {
-        "model.preset": "tiny", "model.block_size": 32, "trainer.batch_size": 8, "trainer.max_iters": 50,
-        "trainer.warmup_iters": 5, "trainer.eval_interval": 25, "trainer.eval_iters": 2, "trainer.log_interval": 5,
-        "trainer.sample_tokens": 20,
-    },
-}
-
-GPT2_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # --init names whose config we know offline
 
 
 # ========================================================================================================
@@ -144,6 +127,13 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         base = {k: v for k, v in base.items() if not k.startswith("model.")}
         if "init" not in layer:
             base.pop("init", None)
+    # Two ways to say one thing: the layer that says it one way overrides the other way below it.
+    pairs = (("trainer.max_iters", "trainer.max_tokens"), ("trainer.grad_accum", "trainer.micro_batch_size"))
+    for given, other in pairs:
+        if given in layer and other in layer and layer[other] is not None:
+            raise UsageError(f"--{given} and --{other} both set it; give one of them")
+        if given in layer:
+            base = {**base, other: None}
     return {**base, **layer}
 
 
@@ -192,7 +182,7 @@ def parse_train_args(argv: list[str], base: dict[str, Any] | None = None) -> Tra
         cfg.system.work_dir = str(Path("out") / (cfg.preset or "run"))
     # `--system.work_dir=~/runs/x`: the shell does not expand a ~ after "=" in a flag.
     for section, name in ((cfg.system, "work_dir"), (cfg.data, "path"), (cfg.data, "cache_dir"), (cfg.data, "shards"),
-                          (cfg, "init")):
+                          (cfg, "init"), (cfg.trainer, "hellaswag")):
         value = getattr(section, name)
         if value is not None and value.startswith("~"):
             setattr(section, name, str(Path(value).expanduser()))
@@ -214,12 +204,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--trainer.learning_rate must be > 0, got {t.learning_rate}")
     if t.min_lr is not None and not 0 <= t.min_lr <= t.learning_rate:
         raise UsageError(f"--trainer.min_lr must be in [0, learning_rate={t.learning_rate}], got {t.min_lr}")
-    if t.lr_decay_iters is not None and t.lr_decay_iters < 1:
-        raise UsageError(f"--trainer.lr_decay_iters must be >= 1 or None, got {t.lr_decay_iters}")
+    for name in ("max_tokens", "micro_batch_size", "lr_decay_iters"):
+        if getattr(t, name) is not None and getattr(t, name) < 1:
+            raise UsageError(f"--trainer.{name} must be >= 1 or None, got {getattr(t, name)}")
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(t, name) < 1:
             raise UsageError(f"--trainer.{name} must be in [0, 1), got {getattr(t, name)}")
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "moe_aux_coef", "moe_z_coef"):
         if getattr(t, name) < 0:
             raise UsageError(f"--trainer.{name} must be >= 0, got {getattr(t, name)}")
     if t.batch_size % t.grad_accum:
@@ -306,10 +297,11 @@ def resume_config(argv: list[str], work_dir: Path) -> TrainConfig:
     if not state_path.is_file():
         raise nothing_to_resume(work_dir)
     saved = json.loads(state_path.read_text(encoding="utf-8"))["train_config"]
+    saved.setdefault("data.order", "random")  # runs from before the setting drew at random
     cfg = parse_train_args(argv, base=saved)
     now = flatten(dataclasses.asdict(cfg))
     for key in sorted(set(saved) | set(now)):
-        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards")
+        fixed = key.startswith("model.") or key in ("init", "data.path", "data.tokenizer", "data.shards", "data.order")
         if fixed and saved.get(key) != now.get(key):
             was = saved.get(key)
             if was is None and key.startswith("model."):  # the field came from a preset: show its real value
