@@ -30,10 +30,19 @@ def test_every_default_variant_matches_the_baselines_parameters(preset: str, bia
     target = _real_params(base)
     assert set(match["variants"]) == set(grid) - {"baseline"} and match["by"] == "params"
     for name, changes in grid.items():
-        n = _real_params(base.replace(**changes))  # the model that trains, not info's formula
-        assert abs(n / target - 1) <= 0.005, (name, n, target)
-        if name != "baseline":
-            assert math.isclose(match["variants"][name]["mismatch"], n / target - 1, abs_tol=1e-12)
+        config = base.replace(**changes)
+        n = _real_params(config)  # the model that trains, not info's formula
+        if name == "baseline":
+            continue
+        record = match["variants"][name]
+        assert math.isclose(record["mismatch"], n / target - 1, abs_tol=1e-12)
+        if record["within_tolerance"]:
+            assert abs(n / target - 1) <= 0.005, (name, n, target)
+        else:  # one hidden unit of 8 experts is ~1% of these small models: the nearest width, said so
+            assert name == "moe", name
+            field = record["field"]
+            unit = _real_params(config.replace(**{field: getattr(config, field) + 1})) - n
+            assert abs(n - target) <= unit / 2, (name, n, target, unit)
     # Fewer K/V heads: a wider MLP takes their parameters; MQA's is wider than GQA's.
     assert base.mlp_hidden < grid["gqa"]["mlp_hidden"] < grid["mqa"]["mlp_hidden"]
 

@@ -480,6 +480,10 @@ def _grid(s: CompareSettings, saved: dict[str, Any], preset: dict[str, Any], bas
     grid, match = match_grid(base, grid, s.match)
     say(f"[compare] --match={s.match}: mlp_hidden " + ", ".join(
         f"{n} {r['mlp_hidden']} ({r['mismatch']:+.2%})" for n, r in match["variants"].items()))
+    for n, r in match["variants"].items():
+        if not r["within_tolerance"]:
+            say(f"[compare] note: {n} stays {r['mismatch']:+.2%} off at the nearest {r['field']}={r['mlp_hidden']}"
+                " (one hidden unit is more than 1% of the model); the report says so")
     return grid, match
 
 

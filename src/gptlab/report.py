@@ -313,8 +313,10 @@ def _match_section(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> 
     for name, s in summary.items():
         r = match["variants"].get(name)
         if r is not None:
-            lines.append(f"| {LABELS.get(name, name)} | {s['mlp_hidden']} | {r['unmatched_mlp_hidden']} | "
-                         f"{s[key]:,.0f} | {s[key] / base[key] - 1:+.2%} |")
+            field = "" if r.get("field", "mlp_hidden") == "mlp_hidden" else f" ({r['field']})"  # experts' width
+            lines.append(f"| {LABELS.get(name, name)} | {r['mlp_hidden']}{field} | {r['unmatched_mlp_hidden']} | "
+                         f"{s[key]:,.0f} | {s[key] / base[key] - 1:+.2%}"
+                         f"{'' if r.get('within_tolerance', True) else ' (beyond 0.5%: the nearest width)'} |")
     return [*lines, ""]
 
 
