@@ -213,8 +213,8 @@ def test_gpt2_124m_preset_at_tiny_scale_with_a_token_budget_and_mfu(shards: Path
     from gptlab.info import model_stats
 
     flops = model_stats(load_checkpoint(tmp_path / "run" / "last").config).flops_train_per_token
-    for r in rows:  # MFU = tokens/s x training FLOPs per token / peak
-        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e9, rel=1e-3, abs=1e-4)
+    for r in rows:  # MFU = tokens/s x training FLOPs per token / peak (tokens_per_s is logged to 0.1)
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e9, abs=0.05 * flops / 1e9 + 1e-4)
     assert f"MFU {rows[-1]['mfu']:.1%}" in out
     state = load_checkpoint(tmp_path / "run" / "last").state
     assert state["train_config"]["trainer.grad_accum"] == 4 and state["tokens_seen"] == 3 * 256
