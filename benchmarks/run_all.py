@@ -8,8 +8,9 @@
 Rows: train (training step vs transformers), flops (that step vs this machine's matmul FLOP/s at the model's own
 GEMM shapes), decode (124M greedy decode vs transformers, and vs the memory-bandwidth limit), swa (sliding-window
 attention vs full causal attention, time and peak memory), sweep (SWA over T), kv (KV cache for MHA/GQA/MQA at a
-2048-token context), gpu (124M training step on CUDA, bf16 + torch.compile: MFU and tokens/s vs transformers,
-when there is a GPU).
+2048-token context), mla (MLA decode at 4096 cached tokens vs GQA-2 and MHA), gpu (124M training step on CUDA, bf16
++ torch.compile: MFU and tokens/s vs transformers, when there is a GPU), moe (the MoE training step vs transformers'
+Mixtral: moe_train.py).
 
 Every row times ours and the peer alternately in the same process, `repeats` times after a warm-up, and reports
 medians and their ratio: the ratio is what carries over between machines, and a shared machine slows both sides.
@@ -42,7 +43,7 @@ from gptlab import GPT, GPTConfig, autotune, hardware
 from gptlab.attention import sliding_window_attention, window_mask
 from gptlab.generate import _gemv_linears, make_caches
 
-ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "gpu", "nanogpt")
+ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "mla", "gpu", "nanogpt", "moe")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -466,27 +467,35 @@ def row_sweep(repeats: int, device: str, Ts: tuple[int, ...], w: int = 256) -> s
 # --- 6. KV cache: MHA, GQA, MQA at a 2048-token context -----------------------------------------------------------
 
 
+def cached_decoder(config: GPTConfig, context: int, steps: int, device: str) -> tuple[GPT, Callable[[], None]]:
+    """A model of `config` whose caches already hold `context` (random) positions, and a function that decodes
+    `steps` more tokens with them (the decode cost does not depend on what the cache holds)."""
+    torch.manual_seed(0)
+    model = GPT(config).to(device).eval()
+    caches = make_caches(model, 1, context + steps + 1)
+    for c in caches:
+        c.k.normal_()
+        c.v.normal_()
+    tok = torch.zeros(1, 1, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def decode() -> None:
+        with _gemv_linears(model):
+            for pos in range(context, context + steps):
+                model(tok, cache=caches, input_pos=pos, last_only=True)
+
+    return model, decode
+
+
 def row_kv(repeats: int, device: str, context: int = 2048, steps: int = 16) -> str:
     rows = []
     base = None
     for name, n_kv in [("MHA", 12), ("GQA", 4), ("GQA", 2), ("MQA", 1)]:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=context + steps + 1, n_kv_head=n_kv)).to(device).eval()
-        caches = make_caches(model, 1, context + steps + 1)
-        for c in caches:  # a full context of (random) keys and values: the decode cost does not depend on them
-            c.k.normal_()
-            c.v.normal_()
-        tok = torch.zeros(1, 1, dtype=torch.long, device=device)
-
-        @torch.no_grad()
-        def decode(model=model, caches=caches, tok=tok) -> None:
-            with _gemv_linears(model):
-                for pos in range(context, context + steps):
-                    model(tok, cache=caches, input_pos=pos, last_only=True)
-
+        model, decode = cached_decoder(GPTConfig(block_size=context + steps + 1, n_kv_head=n_kv), context, steps,
+                                       device)
         t = alternate({"decode": decode}, repeats, device)["decode"] / steps
         c = model.config
-        per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * caches[0].k.element_size()
+        per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * next(model.parameters()).element_size()
         base = base or per_token
         rows.append([
             f"{name} (n_kv_head={n_kv})", f"{per_token / 1024:.0f} KiB", f"{per_token * context / 2**20:.0f} MiB",
@@ -499,6 +508,41 @@ def row_kv(repeats: int, device: str, context: int = 2048, steps: int = 16) -> s
         "shrink c_attn a little).",
         "",
         table(["attention", "cache / token", f"cache at {context}", "smaller than MHA", "decode tokens/s"], rows),
+    ])
+
+
+def row_mla(repeats: int, device: str, context: int = 4096, steps: int = 8) -> str:
+    """Decoding with 4k tokens cached: MLA (the compare variant, at GQA-2's cache bytes) against GQA-2 and MHA of
+    GPT-2 124M's width, RoPE; bytes read per token = the weights once plus the whole cache."""
+    from gptlab.config import SWITCHES
+    from gptlab.info import model_stats
+
+    base = GPTConfig(block_size=context + steps + 1, pos_emb="rope")
+    mla = next(v for s in SWITCHES for v in s.variants if v.name == "mla").changes(base)
+    variants = {"MHA (n_kv_head=12)": {}, "GQA-2 (n_kv_head=2)": {"n_kv_head": 2}, "MLA (+MLA variant)": mla}
+    decoders, stats = {}, {}
+    for name, changes in variants.items():
+        model, decoders[name] = cached_decoder(base.replace(**changes), context, steps, device)
+        stats[name] = model_stats(model.config, context=context)
+    times = alternate(decoders, repeats, device)  # side by side, in turn
+    rows = []
+    for name, s in stats.items():
+        read = s.weights_bytes + s.kv_cache_bytes  # every weight (tied lm_head once) and the cache, per token
+        rows.append([name, f"{s.kv_bytes_per_token / 1024:.0f} KiB", f"{s.kv_cache_bytes / 2**20:.0f} MiB",
+                     f"{read / 2**20:.0f} MiB", f"{s.flops_decode_per_token / 1e9:.2f} G",
+                     f"{s.non_embedding_params / 1e6:.1f} M", f"{steps / times[name]:.1f}",
+                     f"{times[list(stats)[0]] / times[name]:.2f}x"])
+    return "\n".join([
+        f"## 8. MLA decode at a {context}-token context: GPT-2 124M width, RoPE, fp32, batch 1",
+        "",
+        f"Decode tokens/s with the cache already holding {context} tokens, the three models timed in turn. MLA "
+        "reads only its latent cache (up-projections absorbed into the query and output), but every head scores "
+        "kv_lora_rank + rope channels and sums kv_lora_rank per cached token: fewer bytes, more FLOPs (gptlab "
+        "info's decode FLOPs).",
+        "",
+        table(["attention", "cache / token", f"cache at {context}", "bytes read / token", "FLOPs / token",
+               "non-emb. params",
+               "decode tokens/s", "vs MHA"], rows),
     ])
 
 
@@ -690,8 +734,10 @@ def main(argv: list[str] | None = None) -> None:
             max(2, repeats // 2), device, (1024, 2048, 4096) if args.quick else (1024, 2048, 4096, 8192, 16384)
         ),
         "kv": lambda: row_kv(repeats, device, context=512 if args.quick else 2048),
+        "mla": lambda: row_mla(repeats, device, context=1024 if args.quick else 4096),
         "gpu": lambda: row_gpu(repeats),
         "nanogpt": lambda: row_nanogpt(args.nanogpt, args.text, 200 if args.quick else 2000),
+        "moe": lambda: importlib.import_module("moe_train").row_moe(repeats, device),  # benchmarks/moe_train.py
     }
     out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
     # Rows not run now keep their earlier results: on a shared machine, rerun a row when it is quiet.

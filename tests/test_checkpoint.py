@@ -247,3 +247,53 @@ def test_checkpoint_iter(tmp_path: Path) -> None:
     assert C.checkpoint_iter(tmp_path / "last") == 7
     GPT(model.config).save_pretrained(tmp_path / "model")  # a model directory, not a training checkpoint
     assert C.checkpoint_iter(tmp_path / "model") is None
+
+
+# --------------------------------------------------------------------------------------------------------
+# model_config: the one path from whatever names a model to its GPTConfig
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_model_config_of_everything_a_user_may_name(tmp_path: Path) -> None:
+    from gptlab.hf import export_format
+
+    small = dict(vocab_size=16, block_size=16)
+    configs = {  # one of each format save_pretrained writes: HF GPT-2, HF Llama, gptlab's own
+        "gpt2": GPTConfig.from_preset("tiny", **small),
+        "llama": GPTConfig.from_preset("tiny", **small, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False),
+        "gptlab": GPTConfig.from_preset("tiny", **small, pos_emb="rope", norm="layernorm", bias=False),
+    }
+    for kind, config in configs.items():
+        assert export_format(config) == kind  # the directory really is in that format
+        GPT(config).save_pretrained(tmp_path / kind)
+        assert C.model_config(tmp_path / kind) == (config, tmp_path / kind)
+        assert C.model_config(str(tmp_path / kind / "config.json")) == (config, tmp_path / kind)  # the file itself
+    run = tmp_path / "run"  # a run directory: best/ unless told otherwise, last/ when there is no best/
+    C.copy_checkpoint(tmp_path / "gpt2", run / "best")
+    C.copy_checkpoint(tmp_path / "llama", run / "last")
+    assert C.model_config(run) == (configs["gpt2"], run / "best")
+    assert C.model_config(run, prefer=("last", "best")) == (configs["llama"], run / "last")
+    configs["gpt2"].save(tmp_path / "bare.json")  # GPTConfig.save: the fields alone
+    assert C.model_config(tmp_path / "bare.json")[0] == configs["gpt2"]
+    # Hub ids: GPT-2's sizes are known offline (the hub's configs: vocab 50257, block 1024).
+    assert C.model_config("gpt2") == (GPTConfig.from_preset("gpt2"), None)
+    assert C.model_config("openai-community/gpt2-medium") == (GPTConfig.from_preset("gpt2-medium"), None)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("missing/dir/x", "does not exist"),  # looks local: never sent to the hub
+    ("empty", "holds no checkpoint"),
+    ("bad/config.json", "is not valid JSON"),
+    ("odd", "unknown model_type 'bert'"),
+])
+def test_model_config_refuses_in_one_line(tmp_path: Path, name: str, message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(C.CheckpointError, match=message) as e:
+        C.model_config(str(tmp_path / name))
+    assert "\n" not in str(e.value)
+    with pytest.raises(C.CheckpointError, match="not a directory"):  # hub=False: a name is a path, nothing else
+        C.model_config("gpt2", hub=False)

@@ -31,6 +31,8 @@ CONFIGS = {
     "tiny-rmsnorm-gelu-nobias-untied": GPTConfig.from_preset("tiny", norm="rmsnorm", bias=False, tie_embeddings=False),
     "tiny-head_dim-apart": GPTConfig.from_preset("tiny", head_dim=24, n_kv_head=2, pos_emb="rope"),  # Qwen3's layout
     "tiny-local-global-5to1": GPTConfig.from_preset("tiny", n_layer=7, window=8, layer_pattern="LLLLLG"),
+    "tiny-moe-swiglu-shared-dense": GPTConfig.from_preset("tiny", n_expert=4, expert_top_k=1, n_shared_expert=2,
+                                                          moe_dense_layers=(0,), mlp="swiglu", expert_hidden=40),
     # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
     **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
@@ -45,8 +47,8 @@ def real_param_table(model: GPT) -> dict[str, int]:
     """Parameters per component, summed over named_parameters() (which lists a tied weight once)."""
     c = model.config
     hd = c.head_dim
-    out = dict.fromkeys(("wte", "wpe", "q", "k", "v", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "norms",
-                         "lm_head"), 0)
+    out = dict.fromkeys(("wte", "wpe", "q", "k", "v", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "router",
+                         "norms", "lm_head"), 0)
     for name, p in model.named_parameters():
         if name == "transformer.wte.weight":
             out["wte"] += p.numel()
@@ -60,17 +62,27 @@ def real_param_table(model: GPT) -> dict[str, int]:
             out["q"] += q_rows * per_row
             out["k"] += kv_rows * per_row
             out["v"] += kv_rows * per_row
+        elif ".attn.q_proj." in name or ".attn.q_a_proj." in name or ".attn.q_b_proj." in name:  # MLA's query
+            out["q"] += p.numel()
+        elif ".attn.kv_a_proj." in name:  # MLA's down-projection into [latent | RoPE key]: counted with K
+            out["k"] += p.numel()
+        elif ".attn.kv_b_proj." in name:  # rows per K/V head: [key (no RoPE) | value]
+            per_head = p.view(c.n_kv_head, c.qk_nope_head_dim + c.v_head_dim, -1)
+            out["k"] += per_head[:, : c.qk_nope_head_dim].numel()
+            out["v"] += per_head[:, c.qk_nope_head_dim :].numel()
         elif ".attn.c_proj." in name:
             out["attn_out"] += p.numel()
-        elif ".mlp.c_fc." in name:  # SwiGLU: rows [gate | up]
+        elif ".mlp.c_fc." in name or ".mlp.shared.c_fc." in name:  # SwiGLU: rows [gate | up] (of each expert)
             if c.mlp == "swiglu":
                 out["mlp_gate"] += p.numel() // 2
                 out["mlp_up"] += p.numel() // 2
             else:
                 out["mlp_up"] += p.numel()
-        elif ".mlp.c_proj." in name:
+        elif ".mlp.c_proj." in name or ".mlp.shared.c_proj." in name:
             out["mlp_down"] += p.numel()
-        elif ".ln_" in name or ".attn.q_norm." in name or ".attn.k_norm." in name:  # QK-norm's count as norms
+        elif ".mlp.router." in name:
+            out["router"] += p.numel()
+        elif ".ln_" in name or any(f".attn.{n}." in name for n in ("q_norm", "k_norm", "q_a_norm", "kv_a_norm")):
             out["norms"] += p.numel()
         elif name == "lm_head.weight":
             out["lm_head"] += p.numel()
@@ -89,6 +101,26 @@ def test_parameter_table_matches_instantiated_model(name):
     assert s.non_embedding_params == model.num_params(non_embedding=True)
     if cfg.tie_embeddings:
         assert s.params["lm_head"] == 0
+
+
+@pytest.mark.parametrize("kw", [dict(n_expert=4, expert_top_k=2), dict(n_expert=8, expert_top_k=3, n_shared_expert=1,
+                                                                       moe_dense_layers=(0,), mlp="swiglu")])
+def test_active_params_are_those_one_token_moves(kw):
+    # One token's gradient reaches its top-k experts and no other (an unused expert's gradient is exactly zero):
+    # the active count is the total less the experts whose gradient stays zero.
+    cfg = small(**kw)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    model(torch.tensor([[5]]), torch.tensor([[7]]))[1].backward()
+    unused = 0
+    for block in model.transformer.h:
+        if hasattr(block.mlp, "router"):
+            tensors = [t for m in (block.mlp.c_fc, block.mlp.c_proj) for t in (m.weight, m.bias) if t is not None]
+            for e in range(cfg.n_expert):
+                if all(not t.grad[e].any() for t in tensors):
+                    unused += sum(t[e].numel() for t in tensors)
+    s = model_stats(cfg)
+    assert s.active_params == s.total_params - unused < s.total_params
 
 
 def test_gpt2_numbers():
@@ -150,6 +182,7 @@ def counted_flops(model: GPT, idx: torch.Tensor, backward: bool) -> tuple[int, i
     small(pos_emb="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
     small(n_kv_head=1, mlp_hidden=100),
     small(head_dim=24, n_kv_head=2, pos_emb="rope"),  # q is 96 wide in a 64-dim model
+    small(n_expert=4, expert_top_k=3, n_shared_expert=1, moe_dense_layers=(1,), mlp="swiglu", bias=False),
 ])
 def test_flops_match_torch_flop_counter(cfg):
     torch.manual_seed(0)
@@ -160,9 +193,11 @@ def test_flops_match_torch_flop_counter(cfg):
     matmul, attention = counted_flops(model, idx, backward=False)
     assert matmul == B * T * s.flops_matmul_per_token
     # The math kernel computes the full T x T score matrix and masks it: T keys per query, not T_eff.
-    q_width = cfg.n_head * cfg.head_dim
-    assert attention == B * T * 4 * cfg.n_layer * T * q_width
-    assert s.flops_attention_per_token == pytest.approx(4 * cfg.n_layer * q_width * (T + 1) / 2)
+    qk_width = v_width = cfg.n_head * cfg.head_dim  # scores over q·k channels, then a sum of value channels
+    if cfg.kv_lora_rank is not None:  # MLA
+        qk_width, v_width = cfg.n_head * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim), cfg.n_head * cfg.v_head_dim
+    assert attention == B * T * 2 * cfg.n_layer * T * (qk_width + v_width)
+    assert s.flops_attention_per_token == pytest.approx(2 * cfg.n_layer * (qk_width + v_width) * (T + 1) / 2)
     # A training step is 3 x forward: the backward pass does two products for every forward product.
     train_matmul, train_attention = counted_flops(model, idx, backward=True)
     assert train_matmul == 3 * matmul
@@ -223,6 +258,8 @@ ACTIVATION_CASES = [
     (dict(window=7, n_kv_head=2), "fp32"),  # 32 tokens in blocks of 7: padded to 35
     (dict(head_dim=24, n_kv_head=2, pos_emb="rope"), "fp32"),  # q and the attention output are 96 wide
     (dict(head_dim=24, window=8, pos_emb="rope"), "fp32"),
+    (dict(n_expert=4, expert_top_k=2, n_shared_expert=2, moe_dense_layers=(0,)), "fp32"),  # experts: moe.py
+    (dict(n_expert=4, expert_top_k=1, moe_renorm=False, mlp="swiglu", bias=False), "bf16"),
 ]
 
 
@@ -371,3 +408,15 @@ def test_info_of_a_run_preset_is_the_model_train_builds(tmp_path, capsys, monkey
     assert main(["--model.preset=baby"]) == 0
     out = capsys.readouterr().out
     assert "biases, tied embeddings, vocab 65" in out and "gptlab info --preset=baby shows it" in out
+
+
+def test_info_reads_what_every_command_reads(tmp_path, capsys):
+    # The one path from a name to a config (checkpoint.model_config): a hub id of GPT-2 is known offline, and
+    # `--init=DIR` and a positional DIR are the same model, changed by the same flags.
+    assert main(["gpt2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] == 124_439_808
+    config = GPTConfig.from_preset("tiny", window=8)
+    config.save(tmp_path / "config.json")
+    for spec in ([str(tmp_path)], [f"--init={tmp_path}"], [f"--model.pretrained_folder={tmp_path}"]):
+        assert main([*spec, "--model.n_layer=1", "--json"]) == 0
+        assert GPTConfig.from_dict(json.loads(capsys.readouterr().out)["config"]) == config.replace(n_layer=1), spec

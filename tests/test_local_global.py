@@ -95,7 +95,11 @@ def qwen3(directory, **kw):
                initializer_range=0.1, use_sliding_window=True, sliding_window=6, bos_token_id=0, eos_token_id=None,
                pad_token_id=0)
     torch.manual_seed(0)
-    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**{**cfg, **kw}))
+    return saved_with_norms_moved(transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**{**cfg, **kw})), directory)
+
+
+def saved_with_norms_moved(hf, directory):
+    """hf with its norm gains moved off 1 (so a mapping mistake shows), saved to directory; eager attention."""
     hf.config._attn_implementation = "eager"
     with torch.no_grad():
         for name, p in hf.named_parameters():

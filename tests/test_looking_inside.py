@@ -130,6 +130,8 @@ def test_eval_by_position_errors(root: Path, capsys: pytest.CaptureFixture, argv
     dict(),  # GPT-2: learned positions, full causal attention
     dict(pos_emb="rope", n_kv_head=2, window=3),  # RoPE, GQA, a window
     dict(pos_emb="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu", bias=False),  # MQA, Llama-style
+    dict(pos_emb="rope", window=3, layer_pattern="LG"),  # local/global layers: a window on layer 0 only
+    dict(pos_emb="rope", n_kv_head=2, kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6),  # MLA
 ])
 def test_attention_maps_are_the_layers_own_attention(fields: dict) -> None:
     torch.manual_seed(0)
@@ -147,20 +149,25 @@ def test_attention_maps_are_the_layers_own_attention(fields: dict) -> None:
     for h in hooks:
         h.remove()
     T = idx.size(1)
-    visible = window_mask(T, T, config.window)
     assert len(maps) == len(outputs) == config.n_layer
     for layer, (attn_map, block) in enumerate(zip(maps, model.transformer.h, strict=True)):
+        visible = window_mask(T, T, config.layer_window(layer))
         assert attn_map.shape == (2, config.n_head, T, T)
         assert torch.allclose(attn_map.sum(-1), torch.ones(2, config.n_head, T))  # each row a distribution
         assert (attn_map[..., ~visible] == 0).all() and (attn_map[..., visible] > 0).all()  # the model's mask
         # maps x v, through the layer's output projection, is the layer's output: the maps are what it computed.
         attn, x = block.attn, inputs[layer]
         hd = config.head_dim
-        v = attn.c_attn(x)[..., (config.n_head + config.n_kv_head) * hd :]
-        v = v.view(2, T, config.n_kv_head, hd).transpose(1, 2).repeat_interleave(config.n_head // config.n_kv_head, 1)
-        y = (attn_map @ v).transpose(1, 2).reshape(2, T, config.n_embd)
+        if config.kv_lora_rank is None:
+            v = attn.c_attn(x)[..., (config.n_head + config.n_kv_head) * hd :]
+        else:  # MLA: the value rows of the latent's up-projection
+            hd, latent = config.v_head_dim, attn.kv_a_norm(attn.kv_a_proj(x)[..., : config.kv_lora_rank])
+            v = attn.kv_b_proj(latent).view(2, T, config.n_kv_head, -1)[..., config.qk_nope_head_dim :]
+        group = config.n_head // config.n_kv_head
+        v = v.reshape(2, T, config.n_kv_head, hd).transpose(1, 2).repeat_interleave(group, 1)
+        y = (attn_map @ v).transpose(1, 2).reshape(2, T, config.n_head * hd)
         assert torch.allclose(attn.c_proj(y), outputs[layer], atol=1e-5)
-    if config.window:
+    if config.window:  # layer 0 slides in each of these
         assert (maps[0][..., 5, :3] == 0).all() and (maps[0][..., 5, 3:6] > 0).all()  # query 5 sees 3, 4, 5 only
 
 

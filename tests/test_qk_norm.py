@@ -168,6 +168,19 @@ def test_qwen3_sliding_in_every_layer_loads_as_a_window(tmp_path):
     assert torch.equal(model.generate(idx[:, :5], 12, temperature=0), greedy_uncached(hf, idx[:, :5], 12))
 
 
+def assert_refused_in_one_line(tmp_path, ok, cases: dict) -> None:
+    """Each case {name: (config.json, message)} with the weights of the checkpoint `ok` fails to load with a
+    one-line CheckpointError matching its message."""
+    for name, (cfg, message) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(cfg))
+        (d / "model.safetensors").write_bytes((ok / "model.safetensors").read_bytes())
+        with pytest.raises(CheckpointError, match=message) as e:
+            load_pretrained(d)
+        assert "\n" not in str(e.value)
+
+
 def test_qwen3_configs_gptlab_cannot_hold_are_refused_in_one_line(tmp_path):
     qwen3(tmp_path / "ok")
     base = json.loads((tmp_path / "ok" / "config.json").read_text())
@@ -176,14 +189,7 @@ def test_qwen3_configs_gptlab_cannot_hold_are_refused_in_one_line(tmp_path):
                          "layer_types": ["full_attention", "chunked_attention"]}, "layer_types must name"),
         "attention_bias": ({**base, "attention_bias": True}, "attention_bias=true is not supported"),
     }
-    for name, (cfg, message) in cases.items():
-        d = tmp_path / name
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps(cfg))
-        (d / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
-        with pytest.raises(CheckpointError, match=message) as e:
-            load_pretrained(d)
-        assert "\n" not in str(e.value)
+    assert_refused_in_one_line(tmp_path, tmp_path / "ok", cases)
     # Sliding switched off (transformers' default), or a window every layer ignores: full attention.
     for cfg in ({**base, "use_sliding_window": False, "sliding_window": 6, "layer_types": None},
                 {**base, "sliding_window": None, "layer_types": ["sliding_attention"] * 2}):

@@ -5,6 +5,8 @@ Every source file is parsed (ast, not grep, so comments and docstrings do not co
 cloudpickle, joblib); the builtins `eval`, `exec`, `compile` and `__import__`; and config or data loaded any
 way but a parser: `yaml.load`/`unsafe_load`/`full_load` (only `yaml.safe_load`), `runpy`, `np.load` with
 `allow_pickle=True`, `torch.jit.load`, and importing a module from a file path.
+
+And the house's limits: no function over 100 lines, no module over 700, no import cycle at module level.
 """
 
 from __future__ import annotations
@@ -130,3 +132,55 @@ def test_the_checker_catches(code: str) -> None:
 ])
 def test_the_checker_allows(code: str) -> None:
     assert not violations(ast.parse(code)), code
+
+
+# --------------------------------------------------------------------------------------------------------
+# The house's size and shape: no function over 100 lines, no module over 700, no import cycle at module level
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_functions_and_modules_fit_their_limits() -> None:
+    too_long = []
+    for path in FILES:
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 700:
+            too_long.append(f"{path.name}: {text.count(chr(10))} lines (split it by job)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 100:
+                too_long.append(f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
+
+
+def module_imports(path: Path) -> set[str]:
+    """The gptlab modules `path` imports at module level (imports inside functions run later, when called)."""
+    out = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gptlab."):
+            out.add(node.module.split(".")[1])
+    return out
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the import graph {module: modules it imports}, as [a, b, ..., a], or None."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module):], module]
+        if module in done:
+            return None
+        for dep in sorted(graph.get(module, ())):
+            if cycle := visit(dep, [*path, module]):
+                return cycle
+        done.add(module)
+        return None
+
+    return next((c for m in sorted(graph) if (c := visit(m, []))), None)
+
+
+def test_no_import_cycle_at_module_level() -> None:
+    graph = {path.stem: module_imports(path) for path in FILES}
+    assert import_cycle(graph) is None, " -> ".join(import_cycle(graph))
+    assert import_cycle({"config": {"presets"}, "presets": {"config"}}) == ["config", "presets", "config"]

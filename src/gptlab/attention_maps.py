@@ -24,24 +24,31 @@ from typing import Any, Literal
 import torch
 
 from .attention import window_mask
-from .model import GPT, CausalSelfAttention, apply_rotary
+from .model import GPT, CausalSelfAttention, LatentAttention, apply_rotary
 from .options import UsageError
 
 MAX_TOKENS = 256  # a T x T map per head: longer prompts make unreadable pictures (and T^2 memory per head)
 
 
 def layer_attention(
-    attn: CausalSelfAttention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    attn: CausalSelfAttention | LatentAttention, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Attention probabilities (B, n_head, T, T) in fp32 of layer `attn` on its input x (B, T, C) (after ln_1),
     with the RoPE cos/sin the model passes that layer (None for learned positions). Masked entries are 0."""
     B, T, _ = x.shape
-    hd, H, Hkv = attn.head_dim, attn.n_head, attn.n_kv_head
-    q, k, _ = attn.c_attn(x).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
-    q = q.view(B, T, H, hd).transpose(1, 2)
-    k = k.view(B, T, Hkv, hd).transpose(1, 2)
-    if rope is not None:
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    H, Hkv = attn.n_head, attn.n_kv_head
+    if isinstance(attn, LatentAttention):  # MLA: keys up-projected from the latent, next to the shared RoPE key
+        q_nope, q_rope, latent, k_rope = attn.project(x, rope)
+        k_nope = attn.kv_b_proj(latent[:, 0]).view(B, T, Hkv, -1)[..., : attn.nope].transpose(1, 2)
+        q, k = torch.cat([q_nope, q_rope], -1), torch.cat([k_nope, k_rope.expand(B, Hkv, T, attn.rope)], -1)
+        hd = attn.nope + attn.rope
+    else:
+        hd = attn.head_dim
+        q, k, _ = attn.c_attn(x).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
     k = k.repeat_interleave(H // Hkv, dim=1)  # query head h reads K/V head h // (H / Hkv)
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(hd)
     visible = window_mask(T, T, attn.window, device=x.device)

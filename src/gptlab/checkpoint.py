@@ -51,6 +51,8 @@ __all__ = [
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "model_config",
+    "read_config",
     "read_json",
     "lock_held",
     "published",
@@ -70,6 +72,7 @@ TOKENIZER_NAME = "tokenizer.json"
 DATA_REF_NAME = "data.json"
 # What locates a run's data (and its val split).
 DATA_KEYS = ("data.path", "data.tokenizer", "data.cache_dir", "data.shards")
+GPT2_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # hub ids whose config gptlab knows offline
 
 
 class CheckpointError(ValueError):
@@ -344,16 +347,47 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt") from None
 
 
-def read_config(directory: str | Path) -> GPTConfig:
-    """The GPTConfig of a checkpoint directory (gptlab, or Hugging Face GPT-2/Llama/Mistral config.json)."""
+def config_from_json(raw: Any, path: Path) -> GPTConfig:
+    """The GPTConfig a config.json holds (read from `path`, which errors name): gptlab's, a Hugging Face one
+    (gpt2, llama, mistral, qwen3; see hf.config_from_hf), or the bare fields GPTConfig.save writes."""
     from .hf import config_from_hf  # here: hf imports this module (CheckpointError), so not at the top
 
-    directory = Path(directory)
-    raw = read_json(directory / CONFIG_NAME)  # its errors name the file already
     try:
+        if isinstance(raw, dict) and "model_type" not in raw:  # GPTConfig.save: the fields alone
+            return GPTConfig.from_dict(raw)
         return config_from_hf(raw)
-    except CheckpointError as e:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+    except (ValueError, TypeError) as e:  # CheckpointError, or GPTConfig's checks of the bare fields
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def read_config(directory: str | Path) -> GPTConfig:
+    """The GPTConfig of a checkpoint directory's config.json (see config_from_json)."""
+    path = Path(directory) / CONFIG_NAME
+    return config_from_json(read_json(path), path)  # read_json's errors name the file already
+
+
+def model_config(
+    source: str | Path, prefer: tuple[str, ...] = ("best", "last"), hub: bool = True
+) -> tuple[GPTConfig, Path | None]:
+    """(GPTConfig, the checkpoint directory it came from) for any model a user may name, without reading weights:
+    a run directory (its first checkpoint of `prefer`), a checkpoint or gptlab export directory, a Hugging Face
+    directory, a config.json file, or, when `hub`, a Hugging Face hub id (GPT-2's sizes known offline, with directory
+    None; others downloaded, with the download's folder). `gptlab info`, `train --init` and `runs` find a model's
+    config here; GPT.from_pretrained, which every command that loads weights uses, reads the same config.json with
+    the same config_from_json. CheckpointError, one line, for a path that is none of these."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return config_from_json(read_json(path), path), path.parent
+    if path.exists() or not hub:
+        directory = find_checkpoint(path, prefer)
+        return read_config(directory), directory
+    name = str(source).removeprefix("openai-community/")
+    if name in GPT2_HUB_IDS:
+        return GPTConfig.from_preset(name), None  # the hub's GPT-2 configs: vocab 50257, block 1024
+    from .hf_files import resolve  # here: hf_files imports this module (CheckpointError)
+
+    directory = resolve(str(source))  # a hub download, or one line saying the directory does not exist
+    return read_config(directory), directory
 
 
 def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Checkpoint:

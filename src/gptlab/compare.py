@@ -46,11 +46,12 @@ from .options import (
     parse_flags,
     unknown_flags,
 )
+from .presets import COMPARE_PRESETS, compare_preset
 from .report import LABELS, commentary, summary_lines, write_report
 from .tokenizer import save_tokenizer
 from .train import load_pretrained
 from .train import main as train_main
-from .train_config import data_vocab_size, default_cache_dir, parse_train_args
+from .train_config import TRAIN_OPTIONS, data_vocab_size, default_cache_dir, parse_train_args
 
 # Names that lived here before compare.py was split (report.py, convert.py): `from gptlab.compare import ...`
 # keeps working.
@@ -67,30 +68,8 @@ def default_grid(config: GPTConfig) -> dict[str, dict[str, Any]]:
     return {"baseline": {}, **switch_variants(config), "modern": modern_changes(config)}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds: tests.
-    "micro": {
-        "model": {"preset": "tiny", "block_size": 32, "bias": False, "dropout": 0.0},
-        "trainer": {"max_iters": 8, "batch_size": 4, "warmup_iters": 2, "eval_interval": 4, "eval_iters": 1,
-                    "log_interval": 2, "learning_rate": 1e-3},
-        "eval_batches": 1, "decode_tokens": 8,
-    },
-    # nanoGPT's CPU "baby" model (4 layers, 4 heads, 128 dims, block 64, batch 12) for 1200 of its 2000 steps:
-    # 8 variants x 2 seeds + the uptraining runs in about 25 minutes on 2 quiet CPU cores.
-    "cpu": {
-        "model": {"preset": "baby", "block_size": 64, "bias": False, "dropout": 0.0},
-        "trainer": {"max_iters": 1200, "batch_size": 12, "warmup_iters": 100, "eval_interval": 100,
-                    "eval_iters": 10, "log_interval": 20, "learning_rate": 1e-3, "min_lr": 1e-4},
-        "eval_batches": 20, "decode_tokens": 128,
-    },
-    # A GPU: nanoGPT's shakespeare-char size.
-    "gpu": {
-        "model": {"preset": "char-small", "block_size": 256, "bias": False, "dropout": 0.0},
-        "trainer": {"max_iters": 2000, "batch_size": 64, "warmup_iters": 100, "eval_interval": 250,
-                    "eval_iters": 50, "log_interval": 25, "learning_rate": 1e-3, "min_lr": 1e-4},
-        "eval_batches": 50, "decode_tokens": 256,
-    },
-}
+# The compare presets, resolved (declared in presets.py, each naming the run preset it changes).
+PRESETS: dict[str, dict[str, Any]] = {name: compare_preset(name) for name in COMPARE_PRESETS}
 
 
 def run_device(preset: dict[str, Any]) -> torch.device:
@@ -312,8 +291,8 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
 # The command
 # ========================================================================================================
 
-COMPARE_USAGE = f"""usage: gptlab compare [--preset=cpu|gpu|micro] [--grid=NAMES|FILE.yaml] [--seeds=N] [--out=DIR]
-                      [--match=params|flops] [--note=TEXT] [--no-uptrain] [--report-only]
+COMPARE_USAGE = f"""usage: gptlab compare [--preset={"|".join(COMPARE_PRESETS)}] [--grid=NAMES|FILE.yaml] [--seeds=N]
+                      [--out=DIR] [--match=params|flops] [--note=TEXT] [--no-uptrain] [--report-only]
                       [train flags, e.g. --trainer.max_iters=100 ...]
 
 Train a grid of architecture variants (same data, tokens, batch, schedule and seeds) through gptlab train
@@ -350,19 +329,22 @@ class CompareSettings:
 
 COMPARE_OPTIONS = options_of(CompareSettings)
 RUN_FLAGS = ("--trainer.", "--model.", "--data.")  # passed on to every run
+RUN_OPTIONS = {key: opt for key, opt in TRAIN_OPTIONS.items() if key.startswith(tuple(f[2:] for f in RUN_FLAGS))}
 
 
 def parse_compare_args(argv: list[str]) -> tuple[CompareSettings, list[str]]:
-    """(compare's own settings, the flags for the runs) from the command line."""
-    run_flags = [a for a in argv if a.startswith(RUN_FLAGS)]
-    own = ["--uptrain=False" if a.replace("_", "-") == "--no-uptrain" else a for a in argv if a not in run_flags]
-    unknown = unknown_flags(own, COMPARE_OPTIONS)
+    """(compare's own settings, the flags for the runs as --key=value, aliases resolved) from the command line,
+    parsed by the one flag parser with gptlab train's flags and aliases for the runs."""
+    argv = ["--uptrain=False" if a.replace("_", "-") == "--no-uptrain" else a for a in argv]
+    unknown = unknown_flags([a for a in argv if not a.startswith(RUN_FLAGS)], COMPARE_OPTIONS)
     if unknown:
         raise UsageError(f"unknown argument {unknown[0]!r}; see gptlab compare --help")
-    pairs, positionals = parse_flags(own, COMPARE_OPTIONS, aliases={})
+    pairs, positionals = parse_flags(argv, {**COMPARE_OPTIONS, **RUN_OPTIONS})
     if positionals:
         raise UsageError(f"unknown argument {positionals[0]!r}; see gptlab compare --help")
-    settings = build_dataclass(CompareSettings, {k: coerce(k, v, COMPARE_OPTIONS[k].type) for k, v in pairs})
+    run_flags = [f"--{k}={v}" for k, v in pairs if k in RUN_OPTIONS]
+    own = {k: coerce(k, v, COMPARE_OPTIONS[k].type) for k, v in pairs if k in COMPARE_OPTIONS}
+    settings = build_dataclass(CompareSettings, own)
     if settings.seeds < 1:
         raise UsageError(f"--seeds expects an integer >= 1, got {settings.seeds}")
     if settings.match is not None and settings.match not in MATCHES:
@@ -388,14 +370,6 @@ def _report_settings(argv: list[str], saved: dict[str, Any]) -> tuple[CompareSet
     return s, run_flags, argv
 
 
-def _scalar(text: str) -> Any:
-    """A flag value as int, float, bool or None where it reads as one, else the string."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def shared_preset(name: str, run_flags: list[str]) -> dict[str, Any]:
     """The compare preset with the --trainer.* and --model.* flags applied: what every run shares."""
     if name not in PRESETS:
@@ -405,7 +379,7 @@ def shared_preset(name: str, run_flags: list[str]) -> dict[str, Any]:
         key, _, value = a.removeprefix("--").partition("=")
         section, _, field_name = key.partition(".")
         if section in ("trainer", "model"):
-            preset[section][field_name] = _scalar(value)
+            preset[section][field_name] = coerce(key, value, RUN_OPTIONS[key].type)
     return preset
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .presets import MODEL_PRESETS as PRESETS  # the model presets, declared with the run and compare presets
+
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -17,6 +19,10 @@ MLPS = ("gelu", "swiglu")
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
@@ -58,6 +64,21 @@ class GPTConfig:
     mlp: str = "gelu"  # "gelu" (tanh approximation, as GPT-2) or "swiglu"
     mlp_hidden: int | None = None  # None -> 4*n_embd for gelu, ~8/3*n_embd (multiple of 64) for swiglu
     qk_norm: bool = False  # RMSNorm over each head's q and k, before RoPE (Qwen3, OLMo 2)
+    # Mixture of experts (docs/moe.md): the fields after n_expert apply only when it is > 0.
+    n_expert: int = 0  # 0: one dense MLP per layer (GPT-2); else MLPs per MoE layer, expert_top_k of them per token
+    expert_top_k: int = 2  # experts each token runs through (Mixtral: 2)
+    expert_hidden: int | None = None  # an expert's hidden size; None -> mlp_hidden
+    n_shared_expert: int = 0  # experts every token runs through as well, unweighted (DeepSeek)
+    moe_dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP of mlp_hidden (Qwen3-MoE's mlp_only_layers)
+    moe_renorm: bool = True  # rescale the top-k router weights to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob)
+    # Multi-head latent attention (DeepSeek-V2/V3): keys and values are up-projected from one latent of
+    # kv_lora_rank numbers per token, which is all the KV cache keeps, with a RoPE key of qk_rope_head_dim shared
+    # by all heads. None: ordinary attention. The other four only apply with it (DeepSeek's names).
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None  # a low-rank query too (through its own RMSNorm); None: one q projection
+    qk_nope_head_dim: int | None = None  # per head: key/query channels without RoPE, up-projected from the latent
+    qk_rope_head_dim: int | None = None  # per head: query channels with RoPE, against the shared RoPE key
+    v_head_dim: int | None = None  # per head: value channels, up-projected from the latent
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -67,7 +88,19 @@ class GPTConfig:
                 self.head_dim = self.n_embd // self.n_head
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else _swiglu_hidden(self.n_embd)
+        if isinstance(self.moe_dense_layers, list):  # from JSON
+            self.moe_dense_layers = tuple(self.moe_dense_layers)
         self.validate()
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """The layers whose MLP is a mixture of experts (none when n_expert is 0)."""
+        return tuple(i for i in range(self.n_layer) if self.n_expert and i not in self.moe_dense_layers)
+
+    @property
+    def expert_width(self) -> int:
+        """An expert's hidden size: expert_hidden, or mlp_hidden when it is None."""
+        return self.expert_hidden or self.mlp_hidden
 
     def validate(self) -> None:
         """Raise ValueError naming the field and what it may be."""
@@ -100,7 +133,7 @@ class GPTConfig:
         if self.pos_emb not in POS_EMBS:
             raise ValueError(f"pos_emb must be one of {POS_EMBS}, got {self.pos_emb!r}")
         if self.pos_emb == "rope":
-            if self.head_dim % 2:
+            if self.head_dim % 2 and self.kv_lora_rank is None:  # MLA rotates qk_rope_head_dim channels instead
                 raise ValueError(
                     f"pos_emb='rope' needs an even head dim (n_embd / n_head), got {self.head_dim}; "
                     "change n_embd or n_head"
@@ -112,12 +145,37 @@ class GPTConfig:
         ):
             raise ValueError(f"window must be None (full causal attention) or an integer >= 1, got {self.window!r}")
         self._validate_layer_pattern()
+        self._validate_mla()
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         if self.mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+        self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        if not _count(self.n_expert):
+            raise ValueError(f"n_expert must be 0 (a dense MLP per layer) or a positive integer, got {self.n_expert!r}")
+        if not self.n_expert:  # a dense model: expert settings must not silently do nothing
+            moe_only = ("expert_top_k", "expert_hidden", "n_shared_expert", "moe_dense_layers", "moe_renorm")
+            changed = [f.name for f in dataclasses.fields(self)
+                       if f.name in moe_only and getattr(self, f.name) != f.default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: settings of experts, which need n_expert > 0 (or drop them)")
+            return
+        if not _positive_int(self.expert_top_k) or self.expert_top_k > self.n_expert:
+            raise ValueError(f"expert_top_k must be in 1..n_expert ({self.n_expert}), got {self.expert_top_k!r}")
+        if not (self.expert_hidden is None or _positive_int(self.expert_hidden)):
+            raise ValueError(f"expert_hidden must be None (mlp_hidden) or an integer >= 1, got {self.expert_hidden!r}")
+        if not _count(self.n_shared_expert):
+            raise ValueError(f"n_shared_expert must be an integer >= 0, got {self.n_shared_expert!r}")
+        dense = self.moe_dense_layers
+        if not (isinstance(dense, tuple) and len(set(dense)) == len(dense)
+                and all(_count(i) and i < self.n_layer for i in dense)):
+            raise ValueError(f"moe_dense_layers must list distinct layers in 0..{self.n_layer - 1}, got {dense!r}")
+        if not isinstance(self.moe_renorm, bool):
+            raise ValueError(f"moe_renorm must be True or False, got {self.moe_renorm!r}")
 
     def _validate_layer_pattern(self) -> None:
         p = self.layer_pattern
@@ -131,6 +189,32 @@ class GPTConfig:
                              "window=None")
         if self.window is None:
             raise ValueError(f"layer_pattern {p!r} needs window, the sliding window of its local (L) layers")
+
+    def _validate_mla(self) -> None:
+        dims = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if self.kv_lora_rank is None:
+            given = [n for n in ("q_lora_rank", *dims) if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to multi-head latent attention: set kv_lora_rank "
+                                 "too, or leave them None")
+            return
+        for name in ("kv_lora_rank", *dims):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer with kv_lora_rank (MLA), got "
+                                 f"{getattr(self, name)!r}; set kv_lora_rank, {', '.join(dims)}")
+        if self.q_lora_rank is not None and not _positive_int(self.q_lora_rank):
+            raise ValueError(f"q_lora_rank must be None (one q projection) or a positive integer, got "
+                             f"{self.q_lora_rank!r}")
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
+        if self.qk_norm:
+            raise ValueError("qk_norm cannot go with kv_lora_rank (MLA): decoding folds the key up-projection into "
+                             "the query, which a norm over each key head would break; MLA normalizes its latents")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Channels of each head that RoPE rotates: head_dim, or MLA's qk_rope_head_dim."""
+        return self.head_dim if self.kv_lora_rank is None else self.qk_rope_head_dim
 
     def layer_window(self, layer: int) -> int | None:
         """The window layer `layer` (0-based) slides by: `window`, or None (full attention) on a global layer."""
@@ -154,7 +238,8 @@ class GPTConfig:
         return GPTConfig.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON holds them (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
@@ -184,23 +269,6 @@ class GPTConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; allowed presets: {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The original GPT-2 family (OpenAI, 2019).
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-    # GPT-2 size, with the changes that Llama/Mistral-style models made.
-    "gpt2-modern": dict(
-        n_layer=12, n_head=12, n_embd=768, n_kv_head=4, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False
-    ),
-    # Small models for CPU work. vocab_size is set by the tokenizer when training.
-    "char-small": dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-    "baby": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
-    "tiny": dict(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64),
-}
 
 
 # ------------------------------------------------------------------------------------------------ the switches
@@ -250,8 +318,34 @@ def _describe_heads(c: GPTConfig) -> str:
         heads = f"{c.n_head} query heads, 1 KV head (MQA)"
     else:
         heads = f"{c.n_head} query heads, {c.n_kv_head} KV heads (GQA, {c.n_head // c.n_kv_head} per group)"
-    return f"{heads} of dim {c.head_dim}"
+    return heads if c.kv_lora_rank is not None else f"{heads} of dim {c.head_dim}"  # MLA: its own widths
 
+
+def _describe_mla(c: GPTConfig) -> str | None:
+    if c.kv_lora_rank is None:
+        return None
+    q = "" if c.q_lora_rank is None else f", query rank {c.q_lora_rank}"
+    return (f"MLA (cached latent {c.kv_lora_rank} + shared RoPE key {c.qk_rope_head_dim}; per head q·k "
+            f"{c.qk_nope_head_dim}+{c.qk_rope_head_dim}, v {c.v_head_dim}{q})")
+
+
+def _mla_changes(c: GPTConfig) -> dict[str, Any]:
+    """MLA at GQA-2's KV cache: latent + RoPE key = 2 x 2 x head_dim numbers per token and layer."""
+    rope = max(2, c.head_dim // 4 * 2)  # half the head, even
+    return {"kv_lora_rank": 4 * c.head_dim - rope, "qk_rope_head_dim": rope, "qk_nope_head_dim": c.head_dim,
+            "v_head_dim": c.head_dim}
+
+
+def _describe_moe(c: GPTConfig) -> str | None:
+    if not c.n_expert:
+        return None  # the dense MLP: every older description stays as it was
+    shared = f" + {c.n_shared_expert} shared" if c.n_shared_expert else ""
+    dense = f", dense layers {list(c.moe_dense_layers)}" if c.moe_dense_layers else ""
+    rule = "renormalised" if c.moe_renorm else "softmax"
+    return f"MoE: top-{c.expert_top_k} of {c.n_expert} experts{shared} (hidden {c.expert_width}, {rule} weights){dense}"
+
+
+MOE_FORMATS = ("mixtral", "qwen3_moe")  # the Hugging Face formats with experts (hf_moe.py)
 
 SWITCHES: tuple[Switch, ...] = (
     Switch(
@@ -260,7 +354,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rope.md", title="Rotary position embeddings",
         variants=(Variant("rope", "+RoPE", lambda c: {"pos_emb": "rope"}),),
         describe=lambda c: f"RoPE (theta {c.rope_theta:g})" if c.pos_emb == "rope" else "learned positions",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
     ),
     Switch(
         field="n_kv_head", gpt2="`= n_head`", modern="`< n_head` (`1` = MQA)",
@@ -269,7 +363,8 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("gqa", "+GQA", lambda c: {"n_kv_head": max(1, c.n_head // 2)}),
                   Variant("mqa", "+MQA", lambda c: {"n_kv_head": 1})),
         describe=_describe_heads,
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
+        hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS),
     ),
     Switch(
         field="window", gpt2="`None`", modern="an int",
@@ -277,7 +372,8 @@ SWITCHES: tuple[Switch, ...] = (
         doc="sliding_window.md", title="Sliding-window attention",
         variants=(Variant("swa", "+SWA", lambda c: {"window": max(1, c.block_size // 4)}),),
         describe=lambda c: "full causal attention" if c.window is None else f"sliding window {c.window}",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("mistral", "qwen3"),  # Mistral: Llama with a window
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
+        hf_modern=("mistral", "qwen3", *MOE_FORMATS),  # Mistral: Llama with a window
     ),
     Switch(
         field="norm", gpt2='`"layernorm"`', modern='`"rmsnorm"`',
@@ -285,7 +381,7 @@ SWITCHES: tuple[Switch, ...] = (
         doc="rmsnorm.md", title="RMSNorm",
         variants=(Variant("rmsnorm", "+RMSNorm", lambda c: {"norm": "rmsnorm"}),),
         describe=lambda c: "RMSNorm" if c.norm == "rmsnorm" else "LayerNorm",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
     ),
     Switch(
         field="mlp", gpt2='`"gelu"`', modern='`"swiglu"` (+ `mlp_hidden`)',
@@ -295,7 +391,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("swiglu", "+SwiGLU",
                           lambda c: {"mlp": "swiglu", "mlp_hidden": equal_params_swiglu_hidden(c)}),),
         describe=lambda c: f"{'SwiGLU' if c.mlp == 'swiglu' else 'GELU'} MLP (hidden {c.mlp_hidden})",
-        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3"),
+        hf_gpt2=("gpt2",), hf_modern=("llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
     ),
     Switch(
         field="qk_norm", gpt2="`False`", modern="`True`",
@@ -303,7 +399,8 @@ SWITCHES: tuple[Switch, ...] = (
         doc="qk_norm.md", title="QK-norm",
         variants=(Variant("qk_norm", "+QK-norm", lambda c: {"qk_norm": True}),),
         describe=lambda c: "QK-norm" if c.qk_norm else None,
-        hf_gpt2=("gpt2", "llama", "mistral"), hf_modern=("qwen3",),  # Qwen3 always has it
+        hf_gpt2=("gpt2", "llama", "mistral", "mixtral", "deepseek_v3"),
+        hf_modern=("qwen3", "qwen3_moe"),  # Qwen3 always has it
         in_modern=False,  # "modern" stays the Llama/Mistral set that the committed report measured
     ),
     Switch(
@@ -313,8 +410,30 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("local_global", "+local/global",
                           lambda c: {"window": max(1, c.block_size // 4), "layer_pattern": "LG"}),),
         describe=lambda c: None if c.layer_pattern is None else f"layers {c.layer_pattern} (L local, G global)",
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3"), hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3"),
+        hf_modern=("qwen3",),  # Qwen3's layer_types; Mistral has none
         in_modern=False, builds_on=("window",),
+    ),
+    Switch(
+        field="n_expert", gpt2="`0`", modern="experts per layer (+ `expert_top_k`, `expert_hidden`)",
+        summary="a router sends each token to its top-k of n_expert MLPs: more parameters, the same compute per token",
+        doc="moe.md", title="Mixture of experts",
+        # 8 experts of half the width, top-2: a token uses as many MLP weights as in the baseline (plus the router).
+        variants=(Variant("moe", "+MoE", lambda c: {"n_expert": 8, "expert_top_k": 2,
+                                                    "expert_hidden": max(1, c.mlp_hidden // 2)}),),
+        describe=_describe_moe,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"), hf_modern=MOE_FORMATS,
+        in_modern=False,
+    ),
+    Switch(
+        field="kv_lora_rank", gpt2="`None`", modern="an int (+ `qk_rope_head_dim`, ...)",
+        summary="keys and values come from one small cached latent per token: decoding reads only the latent",
+        doc="mla.md", title="Multi-head latent attention (MLA)",
+        variants=(Variant("mla", "+MLA", _mla_changes),),
+        describe=_describe_mla,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS),
+        hf_modern=("deepseek_v3",),  # DeepSeek is always MLA
+        in_modern=False,
     ),
 )
 

@@ -34,14 +34,17 @@ class KVCache(nn.Module):
 
     def __init__(
         self, batch: int, n_kv_head: int, head_dim: int, max_len: int, window: int | None,
-        dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, v_dim: int | None = None,
     ) -> None:
+        """v_dim: channels of a value (default head_dim); MLA caches its latent and RoPE key as the keys and reads
+        its values from them, so it keeps no values (0)."""
         super().__init__()
         self.size = max_len if window is None else min(window, max_len)
         self.rolling = self.size < max_len  # only a window shorter than the generation needs to wrap around
         shape = (batch, n_kv_head, self.size, head_dim)
+        v_shape = (*shape[:3], head_dim if v_dim is None else v_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(v_shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("pos", torch.full((self.size,), -1, dtype=torch.long, device=device), persistent=False)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,6 +82,9 @@ def make_caches(model: GPT, batch: int, max_len: int) -> list[KVCache]:
     one that attends globally."""
     c = model.config
     p = next(model.parameters())
+    if c.kv_lora_rank is not None:  # MLA: one latent and one RoPE key per position, whatever the heads
+        return [KVCache(batch, 1, c.kv_lora_rank + c.qk_rope_head_dim, max_len, c.layer_window(i), p.dtype, p.device,
+                        v_dim=0) for i in range(c.n_layer)]
     return [
         KVCache(batch, c.n_kv_head, c.head_dim, max_len, c.layer_window(i), dtype=p.dtype, device=p.device)
         for i in range(c.n_layer)

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints: load GPT-2, Llama, Mistral and Qwen3 weights into GPT, and save them in those formats.
+"""Hugging Face checkpoints: load GPT-2, Llama, Mistral, Qwen3 and DeepSeek-V3 weights into GPT, and save them in
+those formats.
 
 Loading reads a directory holding config.json and model.safetensors (or a sharded
 model.safetensors.index.json, or pytorch_model.bin read with torch.load(weights_only=True), which is
@@ -11,6 +12,10 @@ designed not to run code). config.json's model_type picks the key mapping:
                   layout), so they load as they are; Meta's original consolidated.*.pth files are not read.
   qwen3           Llama's layout plus QK-norm (self_attn.q_norm / k_norm: one weight per head channel) and a
                   head_dim of its own; a window on every layer or, with layer_types, on some (local/global).
+  mixtral,        Mistral's and Qwen3's layouts with a mixture of experts in place of the MLP: their config keys
+  qwen3_moe       and expert tensors are in hf_moe.py.
+  deepseek_v3     all-dense DeepSeek-V3: Llama's layout with multi-head latent attention (hf_deepseek.py: its
+                  config, and interleaved RoPE rows reordered into rotate-half when loading).
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
 Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
@@ -35,9 +40,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError  # raised here too; importable from gptlab.hf as before
+from .checkpoint import CheckpointError, config_from_json  # CheckpointError: importable from gptlab.hf as before
 from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
+from .hf_deepseek import config_deepseek, deinterleave_rope, hf_deepseek_config
 from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
+from .hf_moe import MOE_ARCHITECTURES, MOE_FORMATS, MOE_HOLDS, expert_sources, hf_moe_fields, moe_config
 from .model import GPT
 
 __all__ = [
@@ -55,7 +62,7 @@ __all__ = [
     "why_gptlab_format",
 ]
 
-HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3")  # the Hugging Face formats gptlab loads and exports (in this order)
+HF_FORMATS = ("gpt2", "llama", "mistral", "qwen3", *MOE_FORMATS, "deepseek_v3")  # loaded and exported, in this order
 SUPPORTED_MODEL_TYPES = (*HF_FORMATS, "gptlab")
 # HF GPT-2 stores these as Conv1D, weight shape (in, out): the transpose of nn.Linear's (out, in).
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
@@ -65,6 +72,8 @@ _IGNORABLE = {
     "llama": re.compile(r".*rotary_emb\.inv_freq"),
     "mistral": re.compile(r".*rotary_emb\.inv_freq"),
     "qwen3": re.compile(r".*rotary_emb\.inv_freq"),
+    **{fmt: re.compile(r".*rotary_emb\.inv_freq") for fmt in MOE_FORMATS},
+    "deepseek_v3": re.compile(r".*rotary_emb\.inv_freq"),
     "gptlab": re.compile(r"(?!)"),
 }
 
@@ -145,6 +154,8 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
     window, pattern = (hf.get("sliding_window", 4096) if model_type == "mistral" else None), None
     if model_type == "qwen3":
         window, pattern = _qwen3_windows(hf)
+    elif model_type in MOE_FORMATS:  # Mixtral: a window if sliding_window is set; Qwen3-MoE: on every layer
+        window = hf.get("sliding_window") if _get(hf, "use_sliding_window", model_type == "mixtral") else None
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=_get(hf, "max_position_embeddings", 2048),
@@ -163,7 +174,7 @@ def _config_llama(hf: dict[str, Any], model_type: str) -> GPTConfig:
         norm_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
         mlp="swiglu",
         mlp_hidden=hf["intermediate_size"],
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
     )
 
 
@@ -200,6 +211,10 @@ def config_from_hf(hf_config: dict[str, Any]) -> GPTConfig:
             return _config_gpt2(hf_config)
         if model_type in ("llama", "mistral", "qwen3"):
             return _config_llama(hf_config, model_type)
+        if model_type in MOE_FORMATS:
+            return moe_config(hf_config, model_type, _config_llama(hf_config, model_type))
+        if model_type == "deepseek_v3":
+            return config_deepseek(hf_config, _rope_theta(hf_config))
         if model_type == "gptlab":
             fields = hf_config.get("gptlab")
             if not isinstance(fields, dict):
@@ -231,6 +246,10 @@ _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
               "rope_theta": _any, "head_dim": _any},
 }
 _HOLDS["mistral"] = _HOLDS["qwen3"] = _HOLDS["llama"]
+_HOLDS.update({fmt: {**_HOLDS["llama"], **holds} for fmt, holds in MOE_HOLDS.items()})
+# DeepSeek-V3: MLA's sizes; head_dim (which MLA does not use) only as derived, as loading derives it.
+_HOLDS["deepseek_v3"] = {**{k: v for k, v in _HOLDS["llama"].items() if k != "head_dim"}, **dict.fromkeys(
+    ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"), _any)}
 _HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
 
 
@@ -274,14 +293,16 @@ def is_hf_gpt2_compatible(config: GPTConfig) -> bool:
     return not export_blockers(config, "gpt2")
 
 
-def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
-    """The HF Llama config.json for a Llama-shaped GPTConfig; Mistral's with a window, Qwen3's with QK-norm."""
-    kind = "qwen3" if config.qk_norm else "llama" if config.window is None else "mistral"
+def hf_llama_config(config: GPTConfig, kind: str | None = None) -> dict[str, Any]:
+    """The HF Llama config.json for a Llama-shaped GPTConfig; Mistral's with a window, Qwen3's with QK-norm; with
+    experts, kind is mixtral or qwen3_moe."""
+    kind = kind or ("qwen3" if config.qk_norm else "llama" if config.window is None else "mistral")
     bad = export_blockers(config, kind)
     if bad:
         raise ValueError(f"not a Llama config, HF {kind} format cannot hold it: {', '.join(bad)}")
     special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none (not Llama's 1, 2)
-    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    architecture = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                    **MOE_ARCHITECTURES}
     hf = {
         "architectures": [architecture[kind]],
         "model_type": kind,
@@ -305,14 +326,16 @@ def hf_llama_config(config: GPTConfig) -> dict[str, Any]:
     }
     if kind == "llama":
         hf.update(attention_bias=False, mlp_bias=False)
-    elif kind == "mistral":
+    elif kind in ("mistral", "mixtral"):
         hf["sliding_window"] = config.window
+    elif kind == "qwen3_moe":  # a window on every layer, with use_sliding_window
+        hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window)
     else:  # Qwen3 slides only with use_sliding_window, in the layers layer_types names (local/global layers)
         types = ["full_attention" if config.layer_window(i) is None else "sliding_attention"
                  for i in range(config.n_layer)]
         hf.update(attention_bias=False, use_sliding_window=config.window is not None, sliding_window=config.window,
                   max_window_layers=0 if config.window else config.n_layer, layer_types=types)
-    return hf
+    return {**hf, **hf_moe_fields(kind, config)} if kind in MOE_FORMATS else hf
 
 
 def hf_gpt2_config(config: GPTConfig) -> dict[str, Any]:
@@ -384,6 +407,9 @@ _LLAMA_LAYER = {
     "attn.q_norm.weight": "self_attn.q_norm.weight",  # Qwen3's QK-norm
     "attn.k_norm.weight": "self_attn.k_norm.weight",
     "mlp.c_proj.weight": "mlp.down_proj.weight",
+    **{f"attn.{ours}.weight": f"self_attn.{theirs}.weight" for ours, theirs in (  # DeepSeek's MLA
+        ("q_proj", "q_proj"), ("q_a_proj", "q_a_proj"), ("q_a_norm", "q_a_layernorm"), ("q_b_proj", "q_b_proj"),
+        ("kv_a_proj", "kv_a_proj_with_mqa"), ("kv_a_norm", "kv_a_layernorm"), ("kv_b_proj", "kv_b_proj"))},
 }
 
 
@@ -411,8 +437,18 @@ def _plan_gptlab(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfi
     return [(key, shape)], _single
 
 
+def _plan_moe(kind: str) -> Callable[..., _Plan]:
+    """Mixtral's or Qwen3-MoE's plan: the experts' tensors from hf_moe.py, concatenated; the rest as Llama's."""
+    def plan(key: str, shape: tuple[int, ...], prefix: str, config: GPTConfig) -> _Plan:
+        sources = expert_sources(kind, key, config)
+        if sources is None:
+            return _plan_llama(key, shape, prefix, config)
+        return sources, _single if len(sources) == 1 else _concat
+    return plan
+
+
 _PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "qwen3": _plan_llama,
-          "gptlab": _plan_gptlab}
+          **{fmt: _plan_moe(fmt) for fmt in MOE_FORMATS}, "deepseek_v3": _plan_llama, "gptlab": _plan_gptlab}
 
 
 def _convert(
@@ -443,8 +479,11 @@ def _convert(
                 )
             parts.append(src[name])
             used.add(name)
-        t = combine(parts)
-        out[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        t = combine(parts).reshape(shape)  # experts: concatenated sources, then stacked (n_expert, out, in)
+        t = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        # A view into the file's buffer can sit off the 64-byte alignment of torch's own memory, where matmul kernels
+        # round differently (experts' small matmuls show it): a copy computes bit for bit what the saved model did.
+        out[key] = t.clone() if t.data_ptr() % 64 else t
     ignorable = _IGNORABLE[model_type]
     leftover = sorted(
         n for n in src
@@ -469,7 +508,7 @@ def _build(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
     if config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
     if config.pos_emb == "rope" and hasattr(model, "rotary"):
-        model.rotary = type(model.rotary)(config.head_dim, config.rope_theta)
+        model.rotary = type(model.rotary)(config.rotary_dim, config.rope_theta)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         # Some non-persistent buffer we do not know how to rebuild: take the slow path.
         model = GPT(config)
@@ -488,14 +527,12 @@ def load_pretrained(
     put the model (default: CPU).
     """
     directory = resolve(path_or_name)
-    cfg_path = directory / CONFIG_NAME
     hf = read_config(directory)
-    try:
-        config = config_from_hf(hf)
-    except CheckpointError as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
-    model_type = hf["model_type"]
+    config = config_from_json(hf, directory / CONFIG_NAME)  # the one reading of a config.json (checkpoint.py)
+    model_type = hf.get("model_type", "gptlab")  # GPTConfig.save's bare fields: gptlab's own tensor names
     src, file = load_weights(directory)
+    if model_type == "deepseek_v3":
+        src = deinterleave_rope(hf, config, src)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
     if config.tie_embeddings:
@@ -542,8 +579,8 @@ def _export_tensors(model_type: str, config: GPTConfig, state: dict[str, torch.T
         t = t.detach().cpu()
         if combine is _transpose:
             parts = [t.t()]
-        elif combine is _concat:
-            parts = list(t.split([shape[0] for _, shape in sources], dim=0))
+        elif combine is _concat:  # experts' (n_expert, out, in) tensors as their rows first
+            parts = list(t.reshape(-1, t.shape[-1]).split([shape[0] for _, shape in sources], dim=0))
         else:
             parts = [t]
         for (name, _), part in zip(sources, parts, strict=True):
@@ -584,8 +621,10 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
         state = _with_zero_biases(config, state)
     if kind == "gpt2":
         hf_config = hf_gpt2_config(config)
-    elif kind in ("llama", "mistral", "qwen3"):
-        hf_config = hf_llama_config(config)
+    elif kind in ("llama", "mistral", "qwen3", *MOE_FORMATS):
+        hf_config = hf_llama_config(config, kind)
+    elif kind == "deepseek_v3":
+        hf_config = hf_deepseek_config(config)
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}
     tensors = _export_tensors(kind, config, state)

@@ -10,13 +10,16 @@ Conventions
 -----------
 * Parameters: tied weights are counted once (a tied `lm_head` costs 0). Non-embedding parameters leave out the
   token and position tables, as `GPT.num_params(non_embedding=True)` does.
+  With experts, the total holds every expert; the active parameters are those one token runs through (its top-k
+  experts, the shared ones, the router: moe.py counts them).
 * FLOPs: 2 per multiply-add. Only matrix products are counted; norms, activations, softmax and the embedding
   lookup are a rounding error next to them. Per token of a forward pass of `context` tokens:
 
       matmuls   = 2 * N_matmul          (N_matmul: every weight used in a product, lm_head included even when tied)
+                                        (with experts: a token's top-k experts, the shared ones and the router)
       attention = 2 * 2 * n_layer * T_eff * n_embd     (q·k scores, then the weighted sum of v)
 
-  (n_head x head_dim in place of n_embd when head_dim is set apart from n_embd / n_head, as Qwen3 does.)
+  (n_head x head_dim when head_dim is set apart from n_embd / n_head, as in Qwen3; MLA: half its q·k + v widths.)
 
   T_eff is the number of keys a query sees, averaged over the positions of the sequence: (T + 1) / 2 for
   causal attention over T tokens, less with a sliding window (query i sees min(i + 1, window) keys), averaged
@@ -40,12 +43,35 @@ import json
 import sys
 import textwrap
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_json
 from .config import PRESETS, SWITCHES, GPTConfig
-from .info_attention import FP32, attention_activations, layer_windows, positions_held
+from .info_attention import (
+    FP32,
+    attention_activations,
+    attention_widths,
+    kv_numbers_per_token,
+    layer_windows,
+    mla_activations,
+    mla_decode_flops,
+    mla_params,
+    positions_held,
+)
+from .moe import mlp_params, mlp_units, routing_bytes
+from .options import (
+    ALIASES,
+    BOOL_ALIASES,
+    UsageError,
+    build_dataclass,
+    coerce,
+    model_config_from_dict,
+    model_config_from_flags,
+    options_of,
+    parse_flags,
+    unknown_flags,
+)
+from .presets import RUN_PRESETS
+from .train_config import TRAIN_OPTIONS
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
@@ -62,6 +88,7 @@ COMPONENTS = (
     ("mlp_gate", "mlp", "gate"),
     ("mlp_up", "mlp", "up"),
     ("mlp_down", "mlp", "down"),
+    ("router", "mlp", "router"),  # experts only (shown for them)
     ("norms", "norms", "2 x n_layer + 1"),
     ("lm_head", "head", "lm_head (0 if tied to wte)"),
 )
@@ -88,6 +115,7 @@ class ModelStats:
     params: dict[str, int]  # component -> count, keys as in COMPONENTS
     total_params: int
     non_embedding_params: int
+    active_params: int  # what one token runs through: the experts it is not routed to left out
     matmul_params: int  # weights that take part in a matrix product per token (lm_head included)
     attn_keys_per_query: float  # T_eff
     flops_matmul_per_token: int
@@ -121,7 +149,9 @@ def param_table(c: GPTConfig) -> dict[str, int]:
     d, hd, L, b = c.n_embd, c.head_dim, c.n_layer, int(c.bias)
     q, kv = c.n_head * hd, c.n_kv_head * hd
     swiglu = c.mlp == "swiglu"
+    hidden, mlps = mlp_units(c)  # L * mlp_hidden and L without experts
     norm = d * (2 if c.norm == "layernorm" and c.bias else 1)  # weight (+ bias); RMSNorm has no bias
+    mla = {k: L * n for k, n in mla_params(c).items()} if c.kv_lora_rank is not None else {"norms": 0}
     return {
         "wte": c.vocab_size * d,
         "wpe": c.block_size * d if c.pos_emb == "learned" else 0,
@@ -129,20 +159,25 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "k": L * (d * kv + b * kv),
         "v": L * (d * kv + b * kv),
         "attn_out": L * (q * d + b * d),
-        "mlp_gate": L * (d * c.mlp_hidden + b * c.mlp_hidden) if swiglu else 0,
-        "mlp_up": L * (d * c.mlp_hidden + b * c.mlp_hidden),
-        "mlp_down": L * (c.mlp_hidden * d + b * d),
-        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0),  # QK-norm: a weight per head channel
+        "mlp_gate": d * hidden + b * hidden if swiglu else 0,
+        "mlp_up": d * hidden + b * hidden,
+        "mlp_down": hidden * d + b * d * mlps,
+        "router": len(c.moe_layers) * d * c.n_expert,
+        "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0) + mla["norms"],  # QK-norm, MLA's latents
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
+        **{k: n for k, n in mla.items() if k != "norms"},  # MLA's projections in place of q, k, v, out
     }
 
 
 def matmul_params(c: GPTConfig) -> int:
-    """Weights used in a matrix product for every token: attention and MLP matrices, and the lm_head."""
+    """Weights used in a matrix product for every token: attention and MLP matrices (a token's top-k experts and the
+    router), and the lm_head."""
     d, hd = c.n_embd, c.head_dim
     attn = d * (c.n_head + 2 * c.n_kv_head) * hd + c.n_head * hd * d
-    mlp = (3 if c.mlp == "swiglu" else 2) * d * c.mlp_hidden
-    return c.n_layer * (attn + mlp) + c.vocab_size * d
+    if c.kv_lora_rank is not None:  # MLA: its matrices (biases and norm gains are not multiplied)
+        attn = sum(mla_params(c.replace(bias=False)).values()) - c.kv_lora_rank - (c.q_lora_rank or 0)
+    mlp = (3 if c.mlp == "swiglu" else 2) * d * mlp_units(c, active=True)[0] + d * c.n_expert * len(c.moe_layers)
+    return c.n_layer * attn + mlp + c.vocab_size * d
 
 
 def keys_per_query(context: int, window: int | None) -> float:
@@ -158,14 +193,15 @@ def activation_parts(c: GPTConfig, batch: int, context: int, nbytes: int) -> dic
     tokens = batch * context
     # LayerNorm saves its input and (mean, rstd); nn.RMSNorm saves its input and the normalized x in fp32, and rstd.
     norm = (d + 2) * nbytes if c.norm == "layernorm" else (2 * d + 1) * FP32
-    hidden = c.mlp_hidden * nbytes
-    # GELU: the c_fc output and GELU's output (c_proj input). SwiGLU: [gate|up], silu(gate), silu(gate) * up.
-    mlp = d * nbytes + (4 if c.mlp == "swiglu" else 2) * hidden
+    # Per hidden unit a token runs through, GELU: the c_fc output and GELU's output (c_proj input); SwiGLU: [gate|up],
+    # silu(gate), silu(gate) * up. Plus each MLP input (experts: see moe.routing_bytes).
+    mlp = L * d * nbytes + (4 if c.mlp == "swiglu" else 2) * nbytes * mlp_units(c, active=True)[0]
     per_sequence = INT64 * context if c.pos_emb == "learned" else 2 * context * hd * FP32  # positions / cos, sin
     return {
         "norms": tokens * (2 * L + 1) * norm,
-        "attention": sum(attention_activations(c, batch, context, nbytes, w) for w in layer_windows(c)),
-        "mlp": tokens * L * mlp,
+        "attention": sum((attention_activations if c.kv_lora_rank is None else mla_activations)(
+            c, batch, context, nbytes, w) for w in layer_windows(c)),
+        "mlp": tokens * mlp + routing_bytes(c, tokens, nbytes),
         "head": tokens * (d * nbytes + c.vocab_size * FP32),  # lm_head input, fp32 log-probabilities
         "token ids, positions": tokens * 2 * INT64 + per_sequence + FP32,  # inputs, targets, loss
     }
@@ -185,23 +221,27 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     params = param_table(c)
     total = sum(params.values())
     non_embedding = total - params["wte"] - params["wpe"]
+    active = total - mlp_params(c, *mlp_units(c)) + mlp_params(c, *mlp_units(c, active=True))
 
     n_matmul = matmul_params(c)
     t_eff = sum(keys_per_query(context, w) for w in layer_windows(c)) / c.n_layer  # averaged over layers too
     flops_matmul = 2 * n_matmul
-    q_width = c.n_head * c.head_dim  # n_embd unless head_dim is set apart
-    flops_attn = 2 * 2 * c.n_layer * t_eff * q_width
+    qk_width, v_width = attention_widths(c)  # n_head x head_dim each, n_embd unless head_dim is set apart
+    flops_attn = 2 * c.n_layer * t_eff * (qk_width + v_width)
     forward = flops_matmul + flops_attn
     held = positions_held(c, context)  # per layer: what the last token of the context sees, and what is cached
-    decode = flops_matmul + 2 * 2 * sum(held) * q_width
+    decode = flops_matmul + 2 * sum(held) * (qk_width + v_width)
+    if c.kv_lora_rank is not None:  # MLA decodes from the latents, with the up-projections absorbed
+        decode = flops_matmul + mla_decode_flops(c, held)
 
-    kv_per_token = 2 * c.n_layer * c.n_kv_head * c.head_dim * nbytes
+    kv_per_token = c.n_layer * kv_numbers_per_token(c) * nbytes
     positions = sum(held) // c.n_layer if len(set(held)) == 1 else sum(held) / c.n_layer  # mean over layers
 
     parts = activation_parts(c, batch, context, nbytes)
     return ModelStats(
         config=c, context=context, batch=batch, dtype=dtype, bytes_per_value=nbytes,
-        params=params, total_params=total, non_embedding_params=non_embedding, matmul_params=n_matmul,
+        params=params, total_params=total, non_embedding_params=non_embedding, active_params=active,
+        matmul_params=n_matmul,
         attn_keys_per_query=t_eff,
         flops_matmul_per_token=flops_matmul, flops_attention_per_token=flops_attn,
         flops_forward_per_token=forward, flops_train_per_token=3 * forward,
@@ -268,23 +308,26 @@ class _Row:
     kind: str  # "count", "flops", "bytes", "number"
 
 
-def report_rows(s: ModelStats) -> list[_Row]:
-    """The report as (section, label, value, kind) rows; single and side-by-side reports print the same rows."""
+def report_rows(s: ModelStats, moe: bool | None = None) -> list[_Row]:
+    """The report as (section, label, value, kind) rows; single and side-by-side reports print the same rows
+    (moe: the rows of experts, by default when s has them)."""
+    moe = bool(s.config.n_expert) if moe is None else moe
     params = "Parameters (tied weights counted once)"
     rows = []
     last = None
-    for key, group, name in COMPONENTS:
-        if key == "norms" and s.config.qk_norm:  # QK-norm's gains are norm weights too
-            name += " (+ QK-norm)"
+    for key, group, name in COMPONENTS if moe else [row for row in COMPONENTS if row[0] != "router"]:
+        if key == "norms" and (s.config.qk_norm or s.config.kv_lora_rank):  # their gains are norm weights too
+            name += " (+ QK-norm)" if s.config.qk_norm else " (+ MLA latents)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [
         _Row(params, "total", s.total_params, "count"),
         _Row(params, "non-embedding", s.non_embedding_params, "count"),
-    ]
+    ] + ([_Row(params, "active per token (top-k experts)", s.active_params, "count")] if moe else [])
     flops = f"FLOPs per token (2 per multiply-add; context {s.context})"
     c = s.config
     width = "n_embd" if c.n_head * c.head_dim == c.n_embd else "n_head x hd"
+    width = "n_head x (qk + v) / 2" if c.kv_lora_rank else width  # MLA: its q·k and value widths differ
     rows += [
         _Row(flops, "forward: matmuls = 2 x N_matmul", s.flops_matmul_per_token, "flops"),
         _Row(flops, f"forward: attention = 4 x n_layer x T_eff x {width}", s.flops_attention_per_token, "flops"),
@@ -294,10 +337,10 @@ def report_rows(s: ModelStats) -> list[_Row]:
         _Row(flops, f"training step, all {s.batch} x {s.context} tokens", s.flops_train_per_step, "flops"),
         _Row(flops, f"generating token {s.context} with a KV cache", s.flops_decode_per_token, "flops"),
     ]
-    kv = f"KV cache, {s.dtype}"
+    kv, kv_formula = f"KV cache, {s.dtype}", "2 x n_layer x n_kv_head x head_dim"
     rows += [
-        _Row(kv, f"per token: 2 x n_layer x n_kv_head x head_dim x {s.bytes_per_value} B", s.kv_bytes_per_token,
-             "bytes"),
+        _Row(kv, f"per token: {'n_layer x (latent + RoPE key)' if c.kv_lora_rank else kv_formula} x "
+             f"{s.bytes_per_value} B", s.kv_bytes_per_token, "bytes"),
         _Row(kv, "positions held per layer: min(context, window), mean", s.kv_cache_positions, "number"),
         _Row(kv, f"batch {s.batch} x positions held", s.kv_cache_bytes, "bytes"),
     ]
@@ -358,7 +401,8 @@ def format_compare(a: ModelStats, b: ModelStats, name_a: str = "A", name_b: str 
     """Two configurations side by side, with B/A ratios ('÷3.00' means B needs a third of A)."""
     lines = _header(f"A = {name_a}", a.config) + _header(f"B = {name_b}", b.config)
     section = None
-    for ra, rb in zip(report_rows(a), report_rows(b), strict=True):
+    moe = bool(a.config.n_expert or b.config.n_expert)
+    for ra, rb in zip(report_rows(a, moe), report_rows(b, moe), strict=True):
         if ra.section != section:
             section = ra.section
             lines += ["", f"{section:<52} {'A':>16} {'B':>16}  B/A"]
@@ -380,8 +424,9 @@ Parameters, FLOPs, KV cache and training memory of a model configuration, comput
 SPEC is one configuration:
   --model.preset=NAME [--model.FIELD=VALUE ...]   a preset with fields changed (no preset: GPT-2 124M defaults)
   --model.FIELD=VALUE ...                         any GPTConfig field, e.g. --model.n_kv_head=4 --model.window=256
-  DIR [--model.FIELD=VALUE ...]                   a checkpoint or run directory's config.json (gptlab, gpt2,
-                                                  llama, mistral; no weights are read), with fields changed
+  DIR [--model.FIELD=VALUE ...]                   a run, checkpoint or Hugging Face directory's config.json
+                                                  (gptlab, gpt2, llama, mistral, qwen3, mixtral, qwen3_moe; no
+                                                  weights are read), or a hub id (gpt2), with fields changed
   --preset=NAME, --config=FILE, --init=DIR, --data.*, --trainer.*, --system.* (with any --model.* flags)
                                                   the model that `gptlab train` with these flags builds: its run
                                                   preset, and the vocabulary of its data's tokenizer
@@ -403,7 +448,7 @@ The aliases of gptlab train work too (--model.n_query_head=N, --model.rope=True,
 
 --context, --batch, --dtype and --json may stand anywhere and apply to both configurations.
 
-presets: {presets}
+{presets}
 
 examples:
   gptlab info --model.preset=gpt2-modern
@@ -413,169 +458,62 @@ examples:
   gptlab info path/to/checkpoint --dtype bf16 --batch 8
 """
 
-_OPTIONS = ("--context", "--batch", "--dtype")
-# Flags of `gptlab train` beyond --model.*: a SPEC with one of them is the model that train builds.
-_TRAIN_FLAGS = ("--preset", "--config", "--init", "--data.", "--trainer.", "--system.")
-_TRAIN_STR_FLAGS = ("--preset", "--config", "--init", "--data.path", "--data.tokenizer", "--data.cache_dir")
+# Flags of `gptlab train` beyond the model section: a SPEC with one of them is the model that train builds.
+_TRAIN_ONLY = ("preset", "config", "init", "data", "trainer", "system")
 
 
-class _LocalUsageError(ValueError):
-    """Stands in for gptlab.options.UsageError when that module is not there."""
+@dataclass
+class InfoSettings:
+    """`gptlab info`'s own options (they may stand anywhere and apply to both configurations)."""
+
+    context: int | None = None  # tokens per sequence; None: block_size of the first configuration
+    batch: int = 1  # sequences, for the KV cache and training memory
+    dtype: str = "fp32"  # fp32, bf16 or fp16
+    json: bool = False  # print the numbers as JSON
+    hardware: bool = False  # this machine: CPU, ISA, bf16, and the fast paths measured fastest here
 
 
-def _usage_error() -> type[ValueError]:
-    try:
-        from .options import UsageError
-    except ImportError:
-        return _LocalUsageError
-    return UsageError
+INFO_OPTIONS = options_of(InfoSettings)
 
 
-def _parse_value(name: str, text: str, default: Any) -> Any:
-    """Fallback parsing of --model.FIELD=VALUE by the type of the field's current value."""
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if isinstance(default, bool) or name in ("bias", "tie_embeddings"):
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise ValueError(f"--model.{name} must be true or false, got {text!r}")
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, int) or name in ("n_kv_head", "head_dim", "window", "mlp_hidden"):
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"--model.{name} must be an integer, got {text!r}") from None
-    return text
+Spec = tuple[list[tuple[str, str]], list[str]]  # one configuration: its (canonical key, value) flags, its paths
 
 
-def _config_from_flags_fallback(flags: list[str], base: GPTConfig | None = None) -> GPTConfig:
-    """Minimal --model.preset / --model.FIELD=VALUE parsing, used when gptlab.options is missing."""
-    preset, changes = None, {}
-    defaults = GPTConfig().to_dict()
-    for flag in flags:
-        key, eq, value = flag.partition("=")
-        if not eq:
-            raise ValueError(f"{flag} needs a value: {flag}=VALUE")
-        name = key.removeprefix("--model.")
-        if name == "preset":
-            preset = value
-        elif name in defaults:
-            changes[name] = _parse_value(name, value, defaults[name])
-        else:
-            allowed = ", ".join(f"--model.{n}" for n in defaults)
-            raise ValueError(f"unknown flag {key}; allowed: --model.preset, {allowed}")
-    if preset is not None:
-        base = GPTConfig.from_preset(preset)
-    return (base or GPTConfig()).replace(**changes)
-
-
-def _config_from_flags_options(flags: list[str], base: GPTConfig | None) -> GPTConfig:
-    """--model.* flags parsed by gptlab.options (aliases, value checks, minGPT presets).
-
-    Only the model section is read: `gptlab info` describes a model, so the defaults of a training run
-    (`gptlab train`'s run presets and data.block_size) must not leak in, as they would through
-    options.model_config_from_flags. No preset and no checkpoint: GPT-2 124M.
-    """
-    from .options import MODEL_PRESETS, Option, UsageError, coerce, options_of, parse_flags
-
-    opts = {"model.preset": Option("model.preset", str, None), **options_of(GPTConfig, prefix="model.")}
-    pairs, positional = parse_flags(flags, opts)
-    if positional:
-        raise UsageError(f"unexpected argument(s) {positional}")
-    values = {key.removeprefix("model."): coerce(key, raw, opts[key].type) for key, raw in pairs}  # last wins
-    preset = values.pop("preset", None)
-    if preset is not None:
-        if preset not in MODEL_PRESETS:
-            choices = ", ".join(sorted(MODEL_PRESETS))
-            raise UsageError(f"--model.preset: unknown preset {preset!r}; choose from {choices}")
-        if base is not None:
-            raise UsageError("--model.preset and a checkpoint directory both pick a model; give one of them")
-        base = GPTConfig(**MODEL_PRESETS[preset])
-    try:
-        return (base or GPTConfig()).replace(**values)
-    except ValueError as e:
-        raise UsageError(f"model config: {e}") from None
-
-
-def config_from_flags(flags: list[str], checkpoint: str | None = None) -> GPTConfig:
-    """A GPTConfig from --model.* flags, changing a checkpoint's config if one is given (else a preset's, else
-    GPT-2 124M's). Parsed by gptlab.options when it is there, else by a minimal local parser."""
-    base = config_from_checkpoint(checkpoint) if checkpoint else None
-    try:
-        from . import options  # noqa: F401
-    except ImportError:
-        return _config_from_flags_fallback(flags, base)
-    return _config_from_flags_options(flags, base)
-
-
-def config_from_checkpoint(path: str | Path) -> GPTConfig:
-    """The GPTConfig of a checkpoint directory, a run directory of `gptlab train` (its best/ or last/ checkpoint),
-    or a config.json, without loading any weights."""
-    path = Path(path)
-    candidates = [path / "config.json", path / "best" / "config.json", path / "last" / "config.json"]
-    cfg_path = next((c for c in candidates if c.is_file()), None) if path.is_dir() else path
-    if cfg_path is None or not cfg_path.is_file():
-        raise ValueError(f"{path} is not a checkpoint or run directory: it has no config.json (nor best/, last/)")
-    d = read_json(cfg_path)
-    if not isinstance(d, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object")
-    model_type = d.get("model_type")
-    if model_type == "gptlab":
-        if not isinstance(d.get("gptlab"), dict):
-            raise ValueError(f'{cfg_path}: a gptlab config.json needs a "gptlab" object of GPTConfig fields')
-        return GPTConfig.from_dict(d["gptlab"])
-    if model_type is None:  # GPTConfig.save writes the bare fields
-        return GPTConfig.from_dict(d)
-    from .hf import config_from_hf
-
-    return config_from_hf(d)
-
-
-def _split_args(argv: list[str], usage: type[ValueError]) -> tuple[list[list[str]], dict[str, str], bool]:
-    """Split argv into one or two config specs, the shared options, and --json."""
-    specs: list[list[str]] = [[]]
-    options: dict[str, str] = {}
-    as_json = False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        key, eq, value = arg.partition("=")
+def _parse(argv: list[str]) -> tuple[InfoSettings, list[Spec]]:
+    """(settings, one or two SPECs, split at --compare), parsed by options.parse_flags with gptlab train's flags
+    and aliases."""
+    parts: list[list[str]] = [[]]
+    for arg in argv:
         if arg == "--compare":
-            if len(specs) == 2:
-                raise usage("--compare may be given once")
-            specs.append([])
-        elif arg == "--json":
-            as_json = True
-        elif key in _OPTIONS:
-            if not eq:
-                i += 1
-                if i == len(argv):
-                    raise usage(f"{key} needs a value")
-                value = argv[i]
-            options[key] = value
-        elif (arg.startswith("--model.") or arg in _TRAIN_STR_FLAGS) and not eq and i + 1 < len(argv) \
-                and not argv[i + 1].startswith("--"):
-            specs[-1].append(f"{arg}={argv[i + 1]}")  # --model.FIELD VALUE -> --model.FIELD=VALUE
-            i += 1
-        elif arg.startswith("--") and not arg.startswith(("--model.", *_TRAIN_FLAGS)):
-            raise usage(f"unknown option {arg}; see gptlab info --help")
+            if len(parts) == 2:
+                raise UsageError("--compare may be given once")
+            parts.append([])
         else:
-            specs[-1].append(arg)
-        i += 1
-    if len(specs) == 2 and not specs[1]:
-        raise usage("--compare needs a second configuration after it, e.g. --compare --model.preset=gpt2-modern")
-    return specs, options, as_json
+            parts[-1].append(arg)
+    if len(parts) == 2 and not parts[1]:
+        raise UsageError("--compare needs a second configuration after it, e.g. --compare --model.preset=gpt2-modern")
+    options = {**INFO_OPTIONS, **TRAIN_OPTIONS}
+    names = {**options, **ALIASES, **BOOL_ALIASES}
+    values: dict[str, Any] = {}
+    specs = []
+    for part in parts:
+        unknown = unknown_flags(part, names)
+        if unknown:
+            raise UsageError(f"unknown option {unknown[0].partition('=')[0]}; see gptlab info --help")
+        pairs, positionals = parse_flags(part, options)
+        values.update((key, coerce(key, value, INFO_OPTIONS[key].type)) for key, value in pairs if key in INFO_OPTIONS)
+        specs.append(([(key, value) for key, value in pairs if key not in INFO_OPTIONS], positionals))
+    settings = build_dataclass(InfoSettings, values)
+    for name in ("context", "batch"):
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {getattr(settings, name)}")
+    return settings, specs
 
 
 def config_from_train_flags(flags: list[str]) -> GPTConfig:
     """The model `gptlab train FLAGS` builds: run preset, config file and model flags as train applies them, and
     (for a new model) the vocab_size of the data's tokenizer, so the parameter count is the trained model's."""
-    from .options import model_config_from_flags
-    from .train import data_vocab_size, parse_train_args
+    from .train_config import data_vocab_size, parse_train_args  # here: the trainer's imports, only when asked
 
     config = model_config_from_flags(flags)  # a DIR among the flags is --init, as there
     if any(not f.startswith("--") for f in flags):
@@ -584,90 +522,76 @@ def config_from_train_flags(flags: list[str]) -> GPTConfig:
     return config if cfg.init is not None else config.replace(vocab_size=data_vocab_size(cfg))
 
 
-def preset_note(spec: list[str]) -> str | None:
+def _trains(flags: list[tuple[str, str]]) -> bool:
+    """Whether the flags name more than a model: then they describe the model a training run builds."""
+    return any(key.split(".")[0] in _TRAIN_ONLY for key, _ in flags)
+
+
+def preset_note(spec: Spec) -> str | None:
     """For `--model.preset=NAME` where NAME is a run preset too: which model this is, and where the other is."""
-    try:
-        from .train import RUN_PRESETS
-    except ImportError:  # a trimmed install without the trainer: no run presets to confuse it with
-        return None
-    preset = next((a.partition("=")[2] for a in spec if a.startswith("--model.preset=")), None)
-    if preset not in RUN_PRESETS or any(a.startswith(_TRAIN_FLAGS) for a in spec):
+    preset = dict(spec[0]).get("model.preset")
+    if preset not in RUN_PRESETS or _trains(spec[0]):
         return None
     return textwrap.fill(f"note: this is the model preset {preset}; gptlab train --preset={preset} trains another "
                          f"model (the run preset's settings and the data's vocabulary): gptlab info --preset={preset} "
                          "shows it", width=100, subsequent_indent="    ")
 
 
-def _resolve_spec(spec: list[str], usage: type[ValueError]) -> tuple[GPTConfig, str]:
-    """(config, name) of one SPEC: a checkpoint directory, --model.* flags, or gptlab train's flags."""
-    if any(a.startswith(_TRAIN_FLAGS) for a in spec):
-        return config_from_train_flags(spec), "gptlab train " + " ".join(spec)
-    paths = [a for a in spec if not a.startswith("--")]
-    flags = [a for a in spec if a.startswith("--")]
+def _resolve_spec(spec: Spec) -> tuple[GPTConfig, str]:
+    """(config, name) of one SPEC: gptlab train's flags (and a checkpoint directory, as --init), or --model.*
+    flags alone, which change GPT-2 124M, not the defaults of a training run."""
+    flags, paths = spec
+    argv = [*paths, *(f"--{key}={value}" for key, value in flags)]
+    if _trains(flags):
+        return config_from_train_flags(argv), "gptlab train " + " ".join(argv)
     if len(paths) > 1:
-        raise usage(f"give at most one checkpoint directory per configuration, got {' '.join(paths)}")
-    if paths and not flags:
-        return config_from_checkpoint(paths[0]), paths[0]
-    config = config_from_flags(flags, paths[0] if paths else None)
-    preset = next((a.partition("=")[2] for a in flags if a.startswith("--model.preset=")), None)
-    name = " ".join(spec) if spec else "GPT-2 124M (defaults)"
-    if preset in PRESETS and len(flags) == 1:
-        name = preset
-    return config, name
-
-
-def _positive_int(options: dict[str, str], key: str, usage: type[ValueError]) -> int | None:
-    if key not in options:
-        return None
-    try:
-        value = int(options[key])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise usage(f"{key} must be a positive integer, got {options[key]!r}")
-    return value
+        raise UsageError(f"give at most one checkpoint directory per configuration, got {' '.join(paths)}")
+    model = {key.removeprefix("model."): coerce(key, value, TRAIN_OPTIONS[key].type) for key, value in flags}
+    if paths or "preset" in model:  # a checkpoint's or a preset's model, changed by the flags
+        config = model_config_from_flags(argv)
+    else:
+        config = model_config_from_dict(model)
+    if list(model) == ["preset"] and model["preset"] in PRESETS and not paths:
+        return config, model["preset"]
+    return config, " ".join(argv) if argv else "GPT-2 124M (defaults)"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gptlab info`; returns the exit status (0 ok, 2 usage or configuration error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
-        from .options import MODEL_PRESETS
-
-        print(HELP.format(presets=", ".join(MODEL_PRESETS)))
+        presets = [f"model presets (--model.preset=NAME): {', '.join(PRESETS)}",
+                   f"run presets (--preset=NAME): {', '.join(RUN_PRESETS)}"]
+        print(HELP.format(presets="\n".join(textwrap.fill(p, width=110, subsequent_indent="  ") for p in presets)))
         return 0
-    usage = _usage_error()
-    hardware = "--hardware" in argv
-    argv = [a for a in argv if a != "--hardware"]
     try:
-        specs, options, as_json = _split_args(argv, usage)
-        configs = [_resolve_spec(spec, usage) for spec in specs]
-        context = _positive_int(options, "--context", usage) or configs[0][0].block_size
-        batch = _positive_int(options, "--batch", usage) or 1
+        s, specs = _parse(argv)
+        configs = [_resolve_spec(spec) for spec in specs]
+        context = s.context or configs[0][0].block_size
         try:
-            dtype = dtype_name(options.get("--dtype", "fp32"))
+            dtype = dtype_name(s.dtype)
         except ValueError as e:
-            raise usage(f"--dtype: {e}") from None
-        if hardware:
+            raise UsageError(f"--dtype: {e}") from None
+        if s.hardware:
             from . import hardware as hw
 
             hw.measure_fast_paths(configs[0][0], context)
             print(hw.describe())
             return 0
-        stats = [model_stats(cfg, context, batch, dtype) for cfg, _ in configs]
+        stats = [model_stats(cfg, context, s.batch, dtype) for cfg, _ in configs]
     except ValueError as e:  # UsageError, invalid configs, unreadable checkpoints
         print(f"gptlab: error: {e}", file=sys.stderr)
         return 2
     names = [name for _, name in configs]
-    if as_json:
-        out = [dict(name=n, **s.to_dict()) for n, s in zip(names, stats, strict=True)]
+    if s.json:
+        out = [dict(name=n, **st.to_dict()) for n, st in zip(names, stats, strict=True)]
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
     elif len(stats) == 1:
         print(format_report(stats[0], names[0]))
     else:
         print(format_compare(stats[0], stats[1], names[0], names[1]))
     notes = [note for note in map(preset_note, specs) if note]
-    if notes and not as_json:
+    if notes and not s.json:
         print("\n" + "\n".join(notes))
     return 0
 

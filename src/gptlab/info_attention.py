@@ -45,3 +45,62 @@ def attention_activations(c: GPTConfig, batch: int, context: int, nbytes: int, w
         if not windowed and c.pos_emb == "learned":  # attention's q, k: the normalized heads, not projection views
             attn += tokens * (q + kv) * nbytes
     return attn
+
+
+# --- multi-head latent attention (MLA) -------------------------------------------------------------------------
+
+
+def attention_widths(c: GPTConfig) -> tuple[int, int]:
+    """(channels of all heads' q·k, of all heads' values): n_head x head_dim twice, or MLA's per-head sizes."""
+    if c.kv_lora_rank is None:
+        return c.n_head * c.head_dim, c.n_head * c.head_dim
+    return c.n_head * (c.qk_nope_head_dim + c.qk_rope_head_dim), c.n_head * c.v_head_dim
+
+
+def kv_numbers_per_token(c: GPTConfig) -> int:
+    """Numbers one position costs a layer's KV cache: a key and a value per K/V head, or MLA's latent + RoPE key."""
+    if c.kv_lora_rank is None:
+        return 2 * c.n_kv_head * c.head_dim
+    return c.kv_lora_rank + c.qk_rope_head_dim
+
+
+def mla_params(c: GPTConfig) -> dict[str, int]:
+    """One layer's MLA parameters as info's components: q (q_proj, or q_a_proj and q_b_proj), k (kv_a_proj, the
+    down-projection into the latent and the RoPE key, and the key rows of kv_b_proj), v (kv_b_proj's value rows),
+    the output, and the two latents' RMSNorm gains."""
+    d, b, ql, R = c.n_embd, int(c.bias), c.q_lora_rank, c.kv_lora_rank
+    qk, v = attention_widths(c)
+    q = d * qk + b * qk if ql is None else d * ql + b * ql + ql * qk
+    down = d * (R + c.qk_rope_head_dim) + b * (R + c.qk_rope_head_dim)
+    return {"q": q, "k": down + R * c.n_kv_head * c.qk_nope_head_dim, "v": R * c.n_kv_head * c.v_head_dim,
+            "attn_out": v * d + b * d, "norms": R + (ql or 0)}
+
+
+def mla_decode_flops(c: GPTConfig, held: list[int]) -> int:
+    """FLOPs of MLA's absorbed decoding step beyond 2 x N_matmul: the up-projections are applied per query head
+    (n_head, not n_kv_head, times), then each head scores rank + rope channels per cached key and sums the cached
+    entries (rank + rope channels too: the RoPE ones are dropped after, see LatentAttention._absorbed)."""
+    H, R = c.n_head, c.kv_lora_rank
+    per_head_up = c.n_layer * (H - c.n_kv_head) * R * (c.qk_nope_head_dim + c.v_head_dim)
+    return 2 * per_head_up + 2 * sum(held) * H * 2 * (R + c.qk_rope_head_dim)
+
+
+def mla_activations(c: GPTConfig, batch: int, context: int, nbytes: int, window: int | None) -> int:
+    """Bytes autograd saves in one MLA layer for batch x context tokens (the plain, up-projecting forward)."""
+    tokens, ql, R, Hkv = batch * context, c.q_lora_rank or 0, c.kv_lora_rank, c.n_kv_head
+    qk, v = attention_widths(c)
+    k = Hkv * (c.qk_nope_head_dim + c.qk_rope_head_dim)
+    # The norm's output (input of both down-projections); each RMSNorm of a latent saves its input (for kv_a_norm,
+    # the whole [latent | RoPE key] output it is a view of), the normalized values in fp32 and an rstd, and its
+    # output feeds the up-projection, which saves it.
+    per_token = c.n_embd * nbytes + (R + c.qk_rope_head_dim) * nbytes + (R + 1) * FP32 + R * nbytes
+    if ql:
+        per_token += ql * nbytes + (ql + 1) * FP32 + ql * nbytes
+    if nbytes != FP32:
+        per_token += (R + ql) * FP32  # the fp32 copies of the norms' inputs
+    per_token += Hkv * (c.qk_nope_head_dim + c.v_head_dim) * nbytes  # kv_b_proj's output: v is a view of it
+    per_token += v * nbytes  # c_proj's input: the heads' outputs side by side
+    if window is not None and window < context:  # the band kernel's own zero-padded q, k, v, output and lse
+        rows, width = batch * -(-context // window) * window, max(qk, v) // c.n_head
+        return tokens * per_token + rows * ((2 * c.n_head + 2 * Hkv) * width * nbytes + c.n_head * FP32)
+    return tokens * (per_token + (qk + k + v) * nbytes + c.n_head * FP32)  # q, k (concatenated), output, lse

@@ -1,6 +1,7 @@
-"""The GPT model: GPT-2, with RoPE, GQA/MQA, sliding windows, RMSNorm, SwiGLU and QK-norm as config switches.
+"""The GPT model: GPT-2, with RoPE, GQA/MQA, MLA, sliding windows (local/global layers), RMSNorm, SwiGLU, QK-norm
+and experts as config switches.
 
-Read top to bottom: norms, rotary embeddings, attention, MLP, block, GPT.
+Read top to bottom: norms, rotary embeddings, attention, latent attention, MLP, mixture of experts, block, GPT.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import GPTConfig
+from .moe import router_stats
 
 if TYPE_CHECKING:
     from .generate import KVCache
@@ -99,37 +101,203 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+LATENT_NORM_EPS = 1e-6  # DeepSeek's latent RMSNorms keep this eps whatever the model's norm_eps (rms_norm_eps)
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3): every head's keys and values are up-projected from one latent
+    c of kv_lora_rank numbers per token; a RoPE key of qk_rope_head_dim channels is shared by all heads.
+
+    A head's score is q_nope·k_nope + q_rope·k_rope over sqrt(qk_nope_head_dim + qk_rope_head_dim). The KV cache
+    keeps only [c | k_rope], and decoding never up-projects it: q_nope·(W_uk c) = (W_uk^T q_nope)·c, and the
+    weighted sum of values W_uv c is W_uv times the weighted sum of c (the DeepSeek-V2 paper's weight absorption).
+    """
+
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
+        super().__init__()
+        c = config
+        self.n_head, self.n_kv_head, self.window, self.dropout = c.n_head, c.n_kv_head, c.layer_window(layer), c.dropout
+        self.rank, self.nope, self.rope = c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim
+        self.v_dim, self.low_rank_q = c.v_head_dim, c.q_lora_rank is not None
+        q_dim = c.n_head * (self.nope + self.rope)
+        if not self.low_rank_q:
+            self.q_proj = nn.Linear(c.n_embd, q_dim, bias=c.bias)
+        else:  # a low-rank query through its own RMSNorm, as DeepSeek's
+            self.q_a_proj = nn.Linear(c.n_embd, c.q_lora_rank, bias=c.bias)
+            self.q_a_norm = nn.RMSNorm(c.q_lora_rank, eps=LATENT_NORM_EPS)
+            self.q_b_proj = nn.Linear(c.q_lora_rank, q_dim, bias=False)
+        self.kv_a_proj = nn.Linear(c.n_embd, self.rank + self.rope, bias=c.bias)  # [latent | RoPE key]
+        self.kv_a_norm = nn.RMSNorm(self.rank, eps=LATENT_NORM_EPS)
+        # No bias, as DeepSeek's: the up-projection of the latent is what decoding folds into q and the output.
+        self.kv_b_proj = nn.Linear(self.rank, c.n_kv_head * (self.nope + self.v_dim), bias=False)
+        self.c_proj = nn.Linear(c.n_head * self.v_dim, c.n_embd, bias=c.bias)
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache: KVCache | None = None,
+        input_pos: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Hkv, nope = self.n_head, self.n_kv_head, self.nope
+        q_nope, q_rope, latent, k_rope = self.project(x, rope)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:  # a whole sequence: up-project every head's keys and values
+            k_nope, v = self.kv_b_proj(latent).view(B, T, Hkv, nope + self.v_dim).transpose(1, 2).split(
+                [nope, self.v_dim], dim=-1)
+            k = torch.cat([k_nope, k_rope.expand(B, Hkv, T, self.rope)], dim=-1)
+            y = attention(torch.cat([q_nope, q_rope], dim=-1), k, v, self.window, dropout)
+        else:
+            y = self._absorbed(q_nope, q_rope, torch.cat([latent, k_rope], dim=-1), cache, input_pos, dropout)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, H * self.v_dim)))
+
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, ...]:
+        """q_nope (B, H, T, nope), q_rope (B, H, T, rope), the normalized latent (B, 1, T, rank) and the RoPE key
+        (B, 1, T, rope) of x (B, T, C): what a token contributes before any up-projection of the latent."""
+        B, T, _ = x.shape
+        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if self.low_rank_q else self.q_proj(x)
+        q_nope, q_rope = q.view(B, T, self.n_head, self.nope + self.rope).transpose(1, 2).split(
+            [self.nope, self.rope], dim=-1)
+        latent, k_rope = self.kv_a_proj(x).split([self.rank, self.rope], dim=-1)
+        latent, k_rope = self.kv_a_norm(latent).unsqueeze(1), k_rope.unsqueeze(1)  # (B, 1, T, .): one "head"
+        if rope:  # (cos, sin) with RoPE; with learned positions the shared key part is simply not rotated
+            q_rope, k_rope = apply_rotary(q_rope, *rope), apply_rotary(k_rope, *rope)
+        return q_nope, q_rope, latent, k_rope
+
+    def _absorbed(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: KVCache, input_pos: int,
+        dropout: float,
+    ) -> torch.Tensor:
+        """Attention over the cached [latent | RoPE key] without up-projecting it: per head (B, H, T, v_dim)."""
+        B, H, T, _ = q_nope.shape
+        Hkv, G = self.n_kv_head, self.n_head // self.n_kv_head  # G query heads per up-projected K/V head
+        W = self.kv_b_proj.weight.view(Hkv, self.nope + self.v_dim, self.rank)
+        W_uk, W_uv = W[:, : self.nope], W[:, self.nope :]  # (Hkv, nope, rank), (Hkv, v_dim, rank)
+        q_latent = (q_nope.view(B, Hkv, G, T, self.nope) @ W_uk[:, None]).view(B, H, T, self.rank)
+        keys, _, k_pos = cache.update(entry, entry[..., :0], input_pos)  # keys (B, 1, N, rank + rope)
+        scale = (self.nope + self.rope) ** -0.5  # the plain forward's: its q·k has nope + rope channels
+        # The values are the latents themselves: the cached entries whole (contiguous, as wide as the keys, which
+        # SDPA's flash kernel wants; a strided slice of them took its slower path) with the RoPE channels dropped.
+        y = attention(torch.cat([q_latent, q_rope], dim=-1), keys, keys, self.window, dropout, input_pos, k_pos,
+                      scale=scale)[..., : self.rank]
+        return (y.reshape(B, Hkv, G, T, self.rank) @ W_uv.transpose(1, 2)[:, None]).view(B, H, T, self.v_dim)
+
+
+def activate(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
+    """GPT-2's tanh GELU, or SwiGLU's silu(gate) * up for h = [gate | up]."""
+    if swiglu:
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(h, approximate="tanh")
+
+
 class MLP(nn.Module):
     """GPT-2's GELU MLP, or SwiGLU: silu(x W_gate) * (x W_up), projected back."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, hidden: int | None = None) -> None:
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        hidden = hidden or config.mlp_hidden
         # For SwiGLU, c_fc holds [W_gate | W_up] fused into one matmul.
-        fc_out = 2 * config.mlp_hidden if self.swiglu else config.mlp_hidden
-        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h, approximate="tanh")
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(activate(self.c_fc(x), self.swiglu)))
+
+
+class ExpertLinear(nn.Module):
+    """n Linear layers of one shape in one tensor: weight (n, out, in), bias (n, out)."""
+
+    def __init__(self, n: int, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(n, out_features)) if bias else None
+
+    def forward(self, xs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Linear i applied to xs[i]. Unbound once: the backward stacks n gradients, where indexing the weight per
+        expert would build n zero-padded copies of all of it."""
+        biases = self.bias.unbind(0) if self.bias is not None else [None] * len(xs)
+        return [F.linear(x, w, b) for x, w, b in zip(xs, self.weight.unbind(0), biases, strict=True)]
+
+    def extra_repr(self) -> str:
+        n, out_features, in_features = self.weight.shape
+        return f"{n} x (in_features={in_features}, out_features={out_features}), bias={self.bias is not None}"
+
+
+class _Permute(torch.autograd.Function):
+    """x[order] for a permutation `order` of x's rows. Its backward gathers by the inverse permutation: indexing's own
+    backward scatter-adds, which is many times slower on CPU."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, order: torch.Tensor,
+                inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class MoE(nn.Module):
+    """Mixture of experts (docs/moe.md): n_expert MLPs of the model's kind; each token runs through the top k by the
+    router's softmax, weighted by their probabilities (rescaled to sum to 1 with moe_renorm), plus any shared
+    experts, which every token runs through unweighted."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        n, d, hidden = config.n_expert, config.n_embd, config.expert_width
+        self.n_expert, self.top_k, self.renorm = n, config.expert_top_k, config.moe_renorm
+        self.swiglu = config.mlp == "swiglu"
+        self.router = nn.Linear(d, n, bias=False)
+        self.c_fc = ExpertLinear(n, d, 2 * hidden if self.swiglu else hidden, config.bias)  # [gate | up] per expert
+        self.c_proj = ExpertLinear(n, hidden, d, config.bias)
+        # DeepSeek's shared experts are one MLP as wide as all of them together.
+        self.shared = MLP(config, config.n_shared_expert * hidden) if config.n_shared_expert else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.stats = None  # the RouterStats of the last training forward (moe.py: the aux loss, metrics)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # N tokens, routed independently
+        logits = self.router(x)
+        probs = logits.float().softmax(dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k): the chosen experts and their probabilities
+        if self.renorm:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.training:
+            self.stats = router_stats(logits, probs, experts)
+        # Dispatch: the N * k (token, choice) pairs, sorted by expert, so that each expert's tokens are one slice and
+        # each expert one matmul over it (a loop over experts, never over tokens). Empty slices still run: every
+        # expert gets a gradient, as DDP wants.
+        n, k = experts.shape
+        order = experts.flatten().argsort(stable=True)  # pair p is token p // k's choice p % k
+        inverse = order.argsort()
+        counts = experts.flatten().bincount(minlength=self.n_expert).tolist()
+        pairs = _Permute.apply(x.unsqueeze(1).expand(n, k, x.shape[-1]).reshape(n * k, -1), order, inverse)
+        hidden = [activate(h, self.swiglu) for h in self.c_fc(pairs.split(counts))]
+        out = _Permute.apply(torch.cat(self.c_proj(hidden)), inverse, order).view(n, k, -1)  # back to pair order
+        # Combine: each token's k outputs, weighted by the router.
+        y = (out * weights.to(out.dtype).unsqueeze(-1)).sum(dim=1).to(x.dtype)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return self.dropout(y.view(shape))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)) (the MLP: dense, or experts)."""
 
     def __init__(self, config: GPTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, layer)
+        attn = CausalSelfAttention if config.kv_lora_rank is None else LatentAttention
+        self.attn = attn(config, layer)
         self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if layer in config.moe_layers else MLP(config)
 
     def forward(self, x: torch.Tensor, rope=None, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, cache, input_pos)
@@ -154,7 +322,7 @@ class GPT(nn.Module):
         if config.pos_emb == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:
-            self.rotary = Rotary(config.head_dim, config.rope_theta)
+            self.rotary = Rotary(config.rotary_dim, config.rope_theta)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -166,9 +334,9 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding, ExpertLinear)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
+        if isinstance(module, (nn.Linear, ExpertLinear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:

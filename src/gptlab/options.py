@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import PRESETS, GPTConfig
+from .config import GPTConfig
+from .presets import MODEL_PRESETS
 
 __all__ = [
     "ALIASES",
-    "MINGPT_MODEL_TYPES",
     "Option",
     "UsageError",
     "build_dataclass",
@@ -60,16 +60,6 @@ ALIASES: dict[str, str] = {
 }
 # `--model.rope=True` is a bool that means `--model.pos_emb=rope` (False: learned positions).
 BOOL_ALIASES: dict[str, tuple[str, str, str]] = {"model.rope": ("model.pos_emb", "rope", "learned")}
-
-# minGPT's model_type names (mingpt/model.py), so `--model.model_type=gpt-mini` works verbatim.
-MINGPT_MODEL_TYPES: dict[str, dict[str, Any]] = {
-    "openai-gpt": dict(n_layer=12, n_head=12, n_embd=768),
-    "gopher-44m": dict(n_layer=8, n_head=16, n_embd=512),
-    "gpt-mini": dict(n_layer=6, n_head=6, n_embd=192),
-    "gpt-micro": dict(n_layer=4, n_head=4, n_embd=128),
-    "gpt-nano": dict(n_layer=3, n_head=3, n_embd=48),
-}
-MODEL_PRESETS: dict[str, dict[str, Any]] = {**PRESETS, **MINGPT_MODEL_TYPES}
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -146,6 +136,8 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         return "|".join(names) + ("|None" if type(None) in args else "")
+    if typing.get_origin(hint) is tuple:
+        return f"{_type_name(args[0])},..."
     return getattr(hint, "__name__", str(hint)).upper() if hint in (int, float, str, bool) else str(hint)
 
 
@@ -165,6 +157,9 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         if text not in args:
             raise UsageError(f"{flag} must be one of {', '.join(map(str, args))}; got {value!r}")
         return text
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]: "0,3" on the command line, a list in a config file
+        items = value if isinstance(value, (list, tuple)) else str(value).strip(" ()[]").split(",")
+        return tuple(coerce(key, item, args[0]) for item in items if str(item).strip())
     text = value.strip() if isinstance(value, str) else None
     if hint is bool:
         if isinstance(value, bool):
@@ -402,8 +397,8 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
     positional checkpoint or run directory, whose config.json is read (model flags then change it).
     Other train flags are accepted and ignored. Raises UsageError (a ValueError) for anything invalid.
     """
-    # Here, not at the top: train and train_config import this module.
-    from .train import pretrained_model_config
+    # Here, not at the top: checkpoint and train_config import this module.
+    from .checkpoint import model_config
     from .train_config import parse_train_args
 
     positional = [a for a in flags if not a.startswith("--")]
@@ -414,7 +409,7 @@ def model_config_from_flags(flags: list[str]) -> GPTConfig:
         flags.append(f"--init={positional[0]}")
     cfg = parse_train_args(flags)
     if cfg.init is not None:
-        base = pretrained_model_config(cfg.init)
+        base = model_config(cfg.init)[0]
         changes = {k: v for k, v in cfg.model.items() if k != "preset"}
         try:
             return base.replace(**changes)

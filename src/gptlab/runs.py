@@ -165,9 +165,8 @@ def _read_metrics(run: Path) -> list[dict[str, Any]]:
 def _checkpoint_files(run: Path) -> tuple[Any, dict[str, Any]]:
     """(GPTConfig or None, state.json or {}) of the run's newest checkpoint (last/, else best/)."""
     for name in ("last", "best"):
-        directory = ckpt.published(run / name)
         try:
-            config = ckpt.read_config(directory)
+            config, directory = ckpt.model_config(run, prefer=(name,), hub=False)
         except (OSError, ValueError):  # none here, or caught between a publish's renames: try the other
             continue
         try:

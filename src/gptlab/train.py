@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import api, autotune, distributed, hardware, hellaswag, rundir, tracking
+from . import api, autotune, distributed, hardware, hellaswag, moe, rundir, tracking
 from . import checkpoint as ckpt
 from .batches import Batches, describe_step, estimate_loss, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
@@ -49,7 +49,6 @@ from .rundir import plot_losses, read_metrics
 from .shards import shard_dataset
 from .tokenizer import save_tokenizer, tokenizer_for_model
 from .train_config import (
-    GPT2_HUB_IDS,
     RUN_PRESETS,
     TRAIN_OPTIONS,
     DataConfig,
@@ -71,7 +70,7 @@ __all__ = [
     "RUN_PRESETS", "TRAIN_OPTIONS", "Batches", "DataConfig", "GPTConfig", "Run", "SystemConfig", "TrainConfig",
     "TrainerConfig", "check_config", "command", "data_vocab_size", "default_cache_dir", "estimate_loss",
     "learning_rate", "load_pretrained", "main", "make_optimizer", "model_config_from_dict", "parse_train_args",
-    "plot_losses", "pretrained_model_config", "read_metrics", "resume_config", "sample_hint", "sample_text",
+    "plot_losses", "read_metrics", "resume_config", "sample_hint", "sample_text",
     "train", "train_help",
 ]
 
@@ -94,23 +93,13 @@ def learning_rate(step: int, t: TrainerConfig) -> float:
 
 def make_optimizer(model: torch.nn.Module, t: TrainerConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: biases and norm gains are not pulled towards zero."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied weights appear once
+    decay = [p.dim() >= 2 and not n.endswith("bias") for n, p in params]  # experts' biases are (n_expert, out)
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for (_, p), d in zip(params, decay, strict=True) if d], "weight_decay": t.weight_decay},
+        {"params": [p for (_, p), d in zip(params, decay, strict=True) if not d], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused or None)
-
-
-def pretrained_model_config(init: str) -> GPTConfig:
-    """The GPTConfig of --init (a run, checkpoint or HF directory, or a GPT-2 hub id) without loading weights."""
-    path = Path(init).expanduser()
-    if path.exists():
-        return ckpt.read_config(ckpt.find_checkpoint(path))
-    name = init.removeprefix("openai-community/")
-    if name in GPT2_HUB_IDS:
-        return GPTConfig.from_preset(name)  # the hub's GPT-2 configs: vocab 50257, block 1024
-    return GPT.from_pretrained(init).config  # any other hub id: download it
 
 
 def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
@@ -299,13 +288,13 @@ class Run:
             for tracker in self.trackers:
                 tracker.log(row)
 
-    def log_progress(self, losses: list[float], since: float, lr: float, bar: Any) -> None:
+    def log_progress(self, losses: list[float], since: float, lr: float, bar: Any, extra: dict[str, Any]) -> None:
         """The metrics.jsonl row of the steps since `since` (and the progress line, or the bar's numbers)."""
         now = time.perf_counter()
         tok_s = len(losses) * self.tokens_per_step / (now - since)
         mean_loss = sum(losses) / len(losses)
         row = {"iter": self.step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1),
-               "elapsed_s": round(self.elapsed_before + now - self.start, 2)}
+               "elapsed_s": round(self.elapsed_before + now - self.start, 2), **extra}
         if self.peak_flops is not None:  # on a known GPU: the share of its peak the model's arithmetic uses
             flops = model_stats(self.config).flops_train_per_token
             row["mfu"] = round(hardware.mfu(tok_s, flops, self.peak_flops, self.info.world_size), 4)
@@ -544,6 +533,7 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
     bar = tqdm(total=t.max_iters, initial=run.step, disable=not run.interactive, unit="it", dynamic_ncols=True,
                leave=not t.quiet)
     window_losses: list[float] = []
+    router_log = moe.RouterLog()  # experts: the aux loss and load per expert, logged with the loss
     run.start = window_start = time.perf_counter()
     run.start_step = run.step
     model.train()
@@ -558,8 +548,10 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
                 with run.no_sync(last_micro_step=micro == t.grad_accum - 1):
                     with run.autocast():
                         _, loss = model(x, y)
-                    (loss / t.grad_accum).backward()
-                loss_sum += loss.detach().float()
+                    penalty = moe.router_penalty(run.raw, t.moe_aux_coef, t.moe_z_coef)  # experts: 0.0 without
+                    ((loss + penalty) / t.grad_accum).backward()
+                loss_sum += loss.detach().float()  # the cross-entropy alone is logged
+                router_log.add(run.raw)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(run.raw.parameters(), t.grad_clip)
             optimizer.step()
@@ -574,7 +566,7 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
             window_losses.append(step_loss)
             bar.update(1)
             if run.step % t.log_interval == 0 or run.step == t.max_iters:
-                run.log_progress(window_losses, window_start, lr, bar)
+                run.log_progress(window_losses, window_start, lr, bar, router_log.row())
                 window_losses, window_start = [], time.perf_counter()
             if run.step % t.eval_interval == 0 or run.step == t.max_iters:
                 run.eval_and_checkpoint()

@@ -33,6 +33,7 @@ from .options import (
     parse_flags,
     read_config_file,
 )
+from .presets import RUN_PRESETS
 from .rundir import nothing_to_resume
 from .tokenizer import CharTokenizer, get_tokenizer
 
@@ -70,6 +71,8 @@ class TrainerConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.99  # AdamW beta2 (0.99: small batches, as nanoGPT's shakespeare_char)
     grad_clip: float = 1.0  # clip the gradient norm to this; 0: no clipping
+    moe_aux_coef: float = 0.01  # experts: load-balancing loss weight, added for backprop only (docs/moe.md)
+    moe_z_coef: float = 0.0  # experts: router z-loss weight (ST-MoE uses 0.001); 0: off
     eval_interval: int = 250  # every N steps: estimate train/val loss, checkpoint, plot, print a sample
     eval_iters: int = 20  # batches (of batch_size rows, as in training) per split in each loss estimate
     log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
@@ -100,55 +103,14 @@ def _demo_model() -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    preset: str | None = None  # a run preset: demo (the defaults), baby, shakespeare-char, gpt2-124m, tiny
+    preset: str | None = None  # a run preset (presets.RUN_PRESETS, listed above): its settings under the flags
     config: str | None = None  # a YAML or JSON file of settings (sections or dotted keys); flags override it
     init: str | None = None  # start from pretrained weights: a run or model directory, or gpt2[-medium|...]
     data: DataConfig = field(default_factory=DataConfig)
-    # GPTConfig fields plus "preset" (see config.PRESETS); vocab_size comes from the tokenizer.
+    # GPTConfig fields plus "preset" (see presets.MODEL_PRESETS); vocab_size comes from the tokenizer.
     model: dict[str, Any] = field(default_factory=_demo_model)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
-
-
-# Run presets: flags applied on top of the defaults (and under a config file and the command line).
-RUN_PRESETS: dict[str, dict[str, Any]] = {
-    # The defaults: `make demo`.
-    "demo": {},
-    # nanoGPT's CPU "baby" Shakespeare config, its exact GPT-2 model (bias-free, as nanoGPT's default).
-    # nanoGPT's README: val loss ~1.88 after 2000 iterations; gptlab: 1.90 (see benchmarks/baby_shakespeare.py).
-    # nanoGPT's lr_decay_iters=2000 is its max_iters, so it is left unset: the decay then follows
-    # --trainer.max_iters (a 400-step run decays over 400 steps, not over the first 400 of 2000).
-    "baby": {
-        "model.preset": "baby", "model.block_size": 64, "model.dropout": 0.0, "model.bias": False,
-        "trainer.batch_size": 12, "trainer.max_iters": 2000,
-        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.warmup_iters": 100,
-        "trainer.eval_iters": 20, "trainer.log_interval": 10,
-    },
-    # nanoGPT's train_shakespeare_char.py: 6 layers x 384, block 256, dropout 0.2 (a GPU run, ~val 1.47).
-    "shakespeare-char": {
-        "model.preset": "char-small", "model.bias": False, "trainer.batch_size": 64, "trainer.max_iters": 5000,
-        "trainer.learning_rate": 1e-3, "trainer.min_lr": 1e-4, "trainer.eval_iters": 200,
-    },
-    # llm.c's and build-nanogpt's GPT-2 (124M) on 10B tokens of FineWeb (README "Reproducing GPT-2 124M"): 512 x 1024
-    # = 524,288 tokens a step, 64 rows a forward on each GPU (accumulation fills the rest: 8 micro-steps on 1 GPU,
-    # 1 on 8), AdamW 6e-4 (betas 0.9, 0.95), 700 warmup steps, cosine to 10%, decay 0.1, clip 1.0, bf16, compiled.
-    "gpt2-124m": {
-        "model.preset": "gpt2", "model.dropout": 0.0, "data.tokenizer": "gpt2", "data.order": "sequential",
-        "trainer.batch_size": 512, "trainer.micro_batch_size": 64, "trainer.max_tokens": 10_000_000_000,
-        "trainer.learning_rate": 6e-4, "trainer.min_lr": 6e-5, "trainer.warmup_iters": 700,
-        "trainer.weight_decay": 0.1, "trainer.beta1": 0.9, "trainer.beta2": 0.95, "trainer.grad_clip": 1.0,
-        "trainer.dtype": "auto", "trainer.compile": True, "trainer.eval_interval": 250, "trainer.eval_iters": 20,
-        "trainer.log_interval": 10,
-    },
-    # Seconds on a CPU: smoke tests.
-    "tiny": {
-        "model.preset": "tiny", "model.block_size": 32, "trainer.batch_size": 8, "trainer.max_iters": 50,
-        "trainer.warmup_iters": 5, "trainer.eval_interval": 25, "trainer.eval_iters": 2, "trainer.log_interval": 5,
-        "trainer.sample_tokens": 20,
-    },
-}
-
-GPT2_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # --init names whose config we know offline
 
 
 # ========================================================================================================
@@ -248,7 +210,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(t, name) < 1:
             raise UsageError(f"--trainer.{name} must be in [0, 1), got {getattr(t, name)}")
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "moe_aux_coef", "moe_z_coef"):
         if getattr(t, name) < 0:
             raise UsageError(f"--trainer.{name} must be >= 0, got {getattr(t, name)}")
     if t.batch_size % t.grad_accum:

@@ -1,0 +1,86 @@
+"""Hugging Face DeepSeek-V3 checkpoints whose layers are all dense MLPs: their multi-head latent attention (MLA)
+config, DeepSeek's interleaved RoPE layout, and the way back. hf.py registers the format and maps the tensors
+(Llama's names, plus the MLA ones in its _LLAMA_LAYER)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError
+from .config import GPTConfig
+
+
+def config_deepseek(hf: dict[str, Any], rope_theta: float) -> GPTConfig:
+    """The GPTConfig of a DeepSeek-V3 config.json (rope_theta already read, and RoPE scaling refused, by hf.py)."""
+    keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size",
+            "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    missing = [k for k in keys if hf.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{', '.join(missing)} missing; a deepseek_v3 config.json needs them")
+    n_layer, n_head = hf["num_hidden_layers"], hf["num_attention_heads"]
+    dense = hf.get("first_k_dense_replace", 3)
+    if dense is None or dense < n_layer:
+        raise CheckpointError(f"first_k_dense_replace={dense} < num_hidden_layers={n_layer}: its later layers are "
+                              "mixture-of-experts MLPs, which gptlab does not load; only all-dense DeepSeek-V3 loads")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"hidden_act {hf['hidden_act']!r} is not supported: gptlab's SwiGLU uses 'silu'")
+    if hf.get("attention_bias"):
+        raise CheckpointError("attention_bias=true is not supported: DeepSeek-V3 models load with bias=False")
+    if hf.get("num_key_value_heads") not in (None, n_head):
+        # transformers' DeepSeek-V3 up-projects a key and a value for every head whatever this says.
+        raise CheckpointError(f"num_key_value_heads={hf['num_key_value_heads']} must equal num_attention_heads="
+                              f"{n_head}: MLA up-projects a key and a value per head")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings") or 4096, n_layer=n_layer,
+        n_head=n_head, n_embd=hf["hidden_size"], bias=False, tie_embeddings=bool(hf.get("tie_word_embeddings")),
+        pos_emb="rope", rope_theta=rope_theta, norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps") or 1e-6),
+        mlp="swiglu", mlp_hidden=hf["intermediate_size"], kv_lora_rank=hf["kv_lora_rank"],
+        q_lora_rank=hf.get("q_lora_rank"), qk_nope_head_dim=hf["qk_nope_head_dim"],
+        qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"],
+    )
+
+
+def deinterleave_rope(hf: dict[str, Any], config: GPTConfig, src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """src with the RoPE rows of every query head and of the shared key in gptlab's "rotate half" layout.
+
+    With rope_interleave (DeepSeek's default), channels (0, 1), (2, 3), ... of the RoPE part are rotated pairs;
+    transformers rotates them as [even channels | odd channels] in rotate-half form. Ordering the rows of the
+    projections that make those channels that way (evens, then odds) gives the same numbers through gptlab's RoPE.
+    """
+    if not hf.get("rope_interleave", True):
+        return src
+    r, nope = config.qk_rope_head_dim, config.qk_nope_head_dim
+    order = torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2)])
+    head = torch.cat([torch.arange(nope), nope + order])  # one query head: [no-RoPE | RoPE] rows
+    q_rows = torch.cat([h * (nope + r) + head for h in range(config.n_head)])
+    kv_rows = torch.cat([torch.arange(config.kv_lora_rank), config.kv_lora_rank + order])  # [latent | RoPE key]
+    out = dict(src)
+    for name, t in src.items():
+        if name.endswith(("self_attn.q_proj.weight", "self_attn.q_b_proj.weight")):
+            out[name] = t[q_rows]
+        elif name.endswith("self_attn.kv_a_proj_with_mqa.weight"):
+            out[name] = t[kv_rows]
+    return out
+
+
+def hf_deepseek_config(config: GPTConfig) -> dict[str, Any]:
+    """The DeepSeek-V3 config.json for an MLA GPTConfig that format holds: all layers dense, RoPE not interleaved
+    (gptlab's layout; transformers reads both)."""
+    special = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>; else none
+    return {
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+        "vocab_size": config.vocab_size, "max_position_embeddings": config.block_size,
+        "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden, "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head, "num_key_value_heads": config.n_head,
+        "kv_lora_rank": config.kv_lora_rank, "q_lora_rank": config.q_lora_rank,
+        "qk_nope_head_dim": config.qk_nope_head_dim, "qk_rope_head_dim": config.qk_rope_head_dim,
+        "v_head_dim": config.v_head_dim, "head_dim": config.qk_rope_head_dim, "rope_interleave": False,
+        "first_k_dense_replace": config.n_layer, "n_routed_experts": 1, "num_experts_per_tok": 1,
+        "n_group": 1, "topk_group": 1, "moe_intermediate_size": 1,  # no MoE layer: placeholders transformers needs
+        "hidden_act": "silu", "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta}, "attention_bias": False,
+        "attention_dropout": 0.0, "tie_word_embeddings": config.tie_embeddings, "initializer_range": 0.02,
+        "bos_token_id": special, "eos_token_id": special,
+    }
