@@ -64,6 +64,7 @@ def test_gptlab_train_is_the_module_and_the_function_and_import_stays_light() ->
 
 @pytest.mark.parametrize("argv", [["--preset=baby", "--trainer.max_iters=400"],
                                   ["--preset=tiny", "--model.pos_emb=rope", "--data.tokenizer=gpt2"],
+                                  ["--preset=gpt2-124m"],
                                   []])
 def test_print_config_round_trips_and_creates_nothing(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

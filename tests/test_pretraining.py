@@ -140,18 +140,25 @@ def _ddp_runs(rank: int, root: str, shards: str) -> None:
     runs = [("straight", 5, False), ("resumed", 3, False), ("resumed", 5, True)]
     for i, (work, iters, resume) in enumerate(runs):
         torch.distributed.init_process_group("gloo", init_method=f"file://{root}/init{i}", rank=rank, world_size=2)
-        assert T.main(run_flags(Path(shards), Path(root) / work, iters, resume)) == 0
+        flags = run_flags(Path(shards), Path(root) / work, iters, resume, f"--trainer.hellaswag={root}/hs.jsonl")
+        assert T.main(flags) == 0
 
 
 def test_ddp_in_order_resumes_bit_exact_and_equals_one_process(shards: Path, tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
+    items = [{"ctx": f"Item {i}: the cat sat on the", "endings": ["mat.", "moon.", "idea of it.", "sofa"],
+              "label": i % 4} for i in range(7)]  # 7: the ranks score 4 and 3 of them
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
     mp.start_processes(_ddp_runs, args=(str(tmp_path), str(shards)), nprocs=2, start_method="spawn")
     straight = losses(tmp_path / "straight")
     assert len(straight) == 5 and losses(tmp_path / "resumed") == straight  # exact
     # The two ranks' blocks make up one process's micro-batch: one process trains on the same tokens.
-    assert T.main(run_flags(shards, tmp_path / "one", 5)) == 0
+    assert T.main(run_flags(shards, tmp_path / "one", 5, False, f"--trainer.hellaswag={tmp_path}/hs.jsonl")) == 0
     assert straight == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    hella = {name: [(r["hellaswag_acc"], r["hellaswag_acc_norm"]) for r in T.read_metrics(tmp_path / name)
+                    if "hellaswag_acc" in r] for name in ("straight", "one")}
+    assert len(hella["one"]) == 2 and hella["straight"] == hella["one"]  # the ranks' counts summed
     state = load_checkpoint(tmp_path / "straight" / "last").state
     assert state["world_size"] == 2
     assert state["data_position"] == load_checkpoint(tmp_path / "one" / "last").state["data_position"]
@@ -162,7 +169,7 @@ def test_ddp_in_order_resumes_bit_exact_and_equals_one_process(shards: Path, tmp
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_max_tokens_or_max_iters_and_micro_batch_or_grad_accum_the_later_wins() -> None:
+def test_max_tokens_and_micro_batch_decide_unless_a_later_layer_gives_max_iters_or_grad_accum() -> None:
     preset = parse_train_args(["--preset=gpt2-124m"])
     t = preset.trainer
     assert (t.max_tokens, t.batch_size, t.micro_batch_size, t.learning_rate, t.warmup_iters) == (10**10, 512, 64, 6e-4,
@@ -180,8 +187,10 @@ def test_max_tokens_or_max_iters_and_micro_batch_or_grad_accum_the_later_wins() 
         grad_accum_for(t, 3)
     later = parse_train_args(["--preset=gpt2-124m", "--trainer.max_iters=5", "--trainer.grad_accum=4"]).trainer
     assert (later.max_tokens, later.max_iters, later.micro_batch_size, later.grad_accum) == (None, 5, None, 4)
-    with pytest.raises(UsageError, match="--trainer.max_iters and --trainer.max_tokens both set it"):
-        parse_train_args(["--trainer.max_iters=5", "--trainer.max_tokens=100"])
+    both = parse_train_args(["--trainer.max_iters=5", "--trainer.max_tokens=100", "--trainer.grad_accum=2",
+                             "--trainer.micro_batch_size=4"]).trainer  # in one place: the budget and the rows decide
+    assert (both.max_iters, both.max_tokens, both.grad_accum, both.micro_batch_size) == (5, 100, 2, 4)
+    assert grad_accum_for(both, 2) == 2 and grad_accum_for(both, 1) == 4
     with pytest.raises(UsageError, match="--trainer.max_tokens must be >= 1"):
         parse_train_args(["--trainer.max_tokens=0"])
 
@@ -204,8 +213,8 @@ def test_gpt2_124m_preset_at_tiny_scale_with_a_token_budget_and_mfu(shards: Path
     from gptlab.info import model_stats
 
     flops = model_stats(load_checkpoint(tmp_path / "run" / "last").config).flops_train_per_token
-    for r in rows:  # MFU = tokens/s x training FLOPs per token / peak
-        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e9, rel=1e-3, abs=1e-4)
+    for r in rows:  # MFU = tokens/s x training FLOPs per token / peak (tokens_per_s is logged to 0.1)
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 1e9, abs=0.05 * flops / 1e9 + 1e-4)
     assert f"MFU {rows[-1]['mfu']:.1%}" in out
     state = load_checkpoint(tmp_path / "run" / "last").state
     assert state["train_config"]["trainer.grad_accum"] == 4 and state["tokens_seen"] == 3 * 256

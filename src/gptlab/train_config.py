@@ -55,13 +55,13 @@ class DataConfig:
 @dataclass
 class TrainerConfig:
     max_iters: int = 1000  # optimizer steps
-    # a budget in tokens instead: max_iters = max_tokens // (batch_size x block_size); whichever of the two is given
-    # last (flags over --config over --preset) wins
+    # a budget in tokens instead: max_iters = max_tokens // (batch_size x block_size); a later --trainer.max_iters
+    # (flags over --config over --preset) unsets it
     max_tokens: int | None = None
     batch_size: int = 16  # sequences per optimizer step, summed over all processes and accumulation steps
     grad_accum: int = 1  # split each step's batch into this many micro-batches (less memory, same result)
     # rows per process per forward pass instead: grad_accum = batch_size / (micro_batch_size x processes), so a step
-    # is the same on 1 GPU or 8; whichever of the two is given last wins
+    # is the same on 1 GPU or 8; a later --trainer.grad_accum unsets it
     micro_batch_size: int | None = None
     learning_rate: float = 1e-3  # peak learning rate, reached after warmup
     min_lr: float | None = None  # learning rate at the end of the cosine decay; None: learning_rate / 10
@@ -127,13 +127,13 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         base = {k: v for k, v in base.items() if not k.startswith("model.")}
         if "init" not in layer:
             base.pop("init", None)
-    # Two ways to say one thing: the layer that says it one way overrides the other way below it.
+    # Two ways to say one thing (steps or a token budget; accumulation or rows per forward): max_tokens and
+    # micro_batch_size, when set, decide max_iters and grad_accum, and a layer that gives only max_iters (grad_accum)
+    # unsets them below it, so `--preset=gpt2-124m --trainer.max_iters=20` trains 20 steps.
     pairs = (("trainer.max_iters", "trainer.max_tokens"), ("trainer.grad_accum", "trainer.micro_batch_size"))
-    for given, other in pairs:
-        if given in layer and other in layer and layer[other] is not None:
-            raise UsageError(f"--{given} and --{other} both set it; give one of them")
-        if given in layer:
-            base = {**base, other: None}
+    for given, deciding in pairs:
+        if given in layer and deciding not in layer:
+            base = {**base, deciding: None}
     return {**base, **layer}
 
 
