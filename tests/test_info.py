@@ -306,6 +306,19 @@ def test_compare_gqa_divides_the_kv_cache():
     assert kv_rows and kv_rows[0].rstrip().endswith("÷4.00")
 
 
+def test_compare_names_each_formula_where_they_differ():
+    # MHA's cache is 2 x n_layer x n_kv_head x head_dim per token, MLA's the latent and the RoPE key: a side-by-side
+    # report must not label B's number with A's formula.
+    a = model_stats(GPTConfig.from_preset("tiny"))
+    b = model_stats(GPTConfig.from_preset("tiny", **MLA))
+    lines = format_compare(a, b, "mha", "mla").splitlines()
+    i = next(i for i, line in enumerate(lines) if "per token: 2 x n_layer x n_kv_head x head_dim" in line)
+    assert lines[i].lstrip().split(" x 4 B")[0].endswith("head_dim") and "(A)" in lines[i]
+    assert lines[i + 1].strip() == "per token: n_layer x (latent + RoPE key) x 4 B (B)"
+    same = format_compare(a, a, "mha", "mha")
+    assert "(A)" not in same and "(B)" not in same
+
+
 def test_main_single_and_compare(capsys):
     assert main(["--model.preset=gpt2-modern", "--context", "256", "--batch=2", "--dtype", "bf16"]) == 0
     out = capsys.readouterr().out

@@ -406,9 +406,11 @@ def format_compare(a: ModelStats, b: ModelStats, name_a: str = "A", name_b: str 
         if ra.section != section:
             section = ra.section
             lines += ["", f"{section:<52} {'A':>16} {'B':>16}  B/A"]
-        label = ra.label
         va, vb = _fmt(ra.value, ra.kind), _fmt(rb.value, rb.kind)
-        lines.append(f"  {label:<50} {va:>16} {vb:>16}  {fmt_ratio(ra.value, rb.value)}")
+        same = ra.label == rb.label  # a formula that differs (MLA's cache, QK-norm's gains) is named for each
+        lines.append(f"  {ra.label + ('' if same else ' (A)'):<50} {va:>16} {vb:>16}  {fmt_ratio(ra.value, rb.value)}")
+        if not same:
+            lines.append(f"  {rb.label + ' (B)'}")
     notes = [f"A {n}" for n in _notes(a)] + [f"B {n}" for n in _notes(b)]
     return "\n".join(lines + ([""] + notes if notes else []))
 
