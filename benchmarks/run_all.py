@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from gptlab import GPT, GPTConfig, autotune, hardware
 from gptlab.attention import sliding_window_attention, window_mask
-from gptlab.generate import _gemv_linears, make_caches
+from gptlab.generate import _decode_linears, make_caches
 
 ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "mla", "gpu", "nanogpt", "moe")
 RESULTS = Path(__file__).parent / "results"
@@ -480,7 +480,7 @@ def cached_decoder(config: GPTConfig, context: int, steps: int, device: str) -> 
 
     @torch.no_grad()
     def decode() -> None:
-        with _gemv_linears(model):
+        with _decode_linears(model):
             for pos in range(context, context + steps):
                 model(tok, cache=caches, input_pos=pos, last_only=True)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gptlab import cli
+from gptlab import autotune, cli, hardware
 from gptlab import train as T
 from gptlab.config import GPTConfig
 from gptlab.data import shakespeare_text
@@ -279,6 +279,41 @@ def test_eval(run: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["eval", str(run / "a"), f"--text={run / 'input.txt'}", "--max_tokens=1000"]) == 0
     out = capsys.readouterr().out
     assert "999 tokens" in out and "bits/char:" in out and "perplexity:" in out
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_eval_dtype(run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    # auto: bf16 autocast exactly where training's auto would use it; the loss moves by bf16 rounding only.
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native)
+    losses = {}
+    for dtype in ("auto", "float32", "bfloat16"):
+        assert cli.main(["eval", str(run / "a"), "--json", f"--dtype={dtype}"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        losses[result["dtype"] if dtype == "auto" else dtype] = result["loss"]
+        assert result["dtype"] == {"auto": "bfloat16" if native else "float32"}.get(dtype, dtype)
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], abs=0.02) and losses["bfloat16"] != losses["float32"]
+    assert cli.main(["eval", str(run / "a"), "--dtype=bfloat16"]) == 0
+    assert "bf16 autocast" in capsys.readouterr().out
+    assert cli.main(["eval", str(run / "a"), "--dtype=float16"]) == 2
+    assert "--dtype" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bf16_faster", [False, True])
+def test_sample_dtype(run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                      bf16_faster: bool) -> None:
+    # auto decodes with bf16 weights only where that was measured faster (injected timings), and says so on stderr.
+    autotune.reset()
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: True)
+    times = {"plain": 1.0, "gemv": 2.0, "bias apart": 2.0, "bfloat16": 0.5 if bf16_faster else 1.5}
+    monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: times[name])
+    try:
+        assert cli.main(["sample", str(run / "a"), "--prompt=ROMEO:", "--max_new_tokens=10"]) == 0
+    finally:
+        autotune.reset()
+    out, err = capsys.readouterr()
+    assert out.startswith("ROMEO:") and ("bf16 weights" in err) == bf16_faster
+    assert cli.main(["sample", str(run / "b"), "--dtype=bfloat16", "--max_new_tokens=40", "--temperature=0"]) == 0
+    assert "bf16" not in capsys.readouterr().err  # asked for, not chosen: nothing to explain
 
 
 def test_plot(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

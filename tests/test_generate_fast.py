@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from conftest import with_switches
 
 from gptlab import GPT, GPTConfig, autotune
-from gptlab.generate import KVCache, _gemv_linear, _gemv_linears, filter_logits, generate, make_caches
+from gptlab.generate import (
+    KVCache,
+    _decode_linears,
+    _gemv_linear,
+    _linear_bias_apart,
+    cast_weights,
+    filter_logits,
+    generate,
+    make_caches,
+)
 
 
 def tiny(**kw) -> GPTConfig:
@@ -107,7 +116,7 @@ def test_gemv_patch_is_undone_even_on_error(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     m = model_of(tiny())
     linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
-    with pytest.raises(RuntimeError), _gemv_linears(m):
+    with pytest.raises(RuntimeError), _decode_linears(m):
         assert all("forward" in mod.__dict__ for mod in linears)
         raise RuntimeError
     assert not any("forward" in mod.__dict__ for mod in linears)
@@ -188,3 +197,37 @@ def test_a_full_cache_refuses_positions_past_its_end():
     cache.update(x, x, 0)
     with pytest.raises(ValueError, match="the cache holds 4 positions; positions 4..4 do not fit"):
         cache.update(x[:, :, :1], x[:, :, :1], 4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_bias_apart_matches_f_linear(bias):
+    layer = nn.Linear(24, 40, bias=bias)
+    x = torch.randn(1, 1, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(_linear_bias_apart(layer, x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_cast_weights_keeps_rope_frequencies_and_ties(switch):
+    # Every variant alone and "modern": the model runs in bf16 weights (MoE routing, MLA's latent cache and all),
+    # its caches follow the weights, RoPE's frequencies stay fp32, and a decode in bf16 stays near fp32's logits.
+    m = model_of(with_switches(tiny(), switch))
+    idx = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, _ = m(idx)
+        cast_weights(m, torch.bfloat16)
+        out, _ = m(idx)
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    if hasattr(m, "rotary"):
+        assert m.rotary.inv_freq.dtype == torch.float32
+    if m.config.tie_embeddings:
+        assert m.lm_head.weight is m.transformer.wte.weight
+    assert {c.k.dtype for c in make_caches(m, 1, 16)} == {torch.bfloat16}
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    # Decoding in bf16: each token the cached steps picked is the best (up to bf16 rounding) under the bf16
+    # model's own full forward over the sequence they produced.
+    seq = generate(m, idx, 12, temperature=0)
+    with torch.no_grad():
+        full = m(seq[:, :-1])[0][:, idx.size(1) - 1 :].float()
+    picked = full.gather(-1, seq[:, idx.size(1) :, None]).squeeze(-1)
+    torch.testing.assert_close(picked, full.max(-1).values, atol=0.05, rtol=0)

@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -210,6 +212,7 @@ class SampleConfig:
     top_p: float | None = None  # nucleus sampling: the smallest set of tokens holding this probability
     seed: int = 1337  # same seed, same samples
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # weights to decode in; auto: bf16 where measured faster
 
 
 # The run to load, by the names other commands give it: nanoGPT's out_dir, and gptlab train's work dir.
@@ -252,6 +255,14 @@ def sample_main(argv: list[str]) -> int:
             f"tokens is past block_size={c.block_size}, the last position this learned-position model has; "
             + (f"use --max_new_tokens={room} or less" if room > 0 else "shorten the prompt")
         )
+    from .generate import cast_weights, decode_dtype
+
+    dtype = decode_dtype(model) if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    if dtype != torch.float32:
+        if cfg.dtype == "auto":  # stderr: stdout is the samples
+            print("[sample] decoding with bf16 weights: measured faster than fp32 here (--dtype=float32 for fp32)",
+                  file=sys.stderr)
+        cast_weights(model, dtype)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     idx = torch.tensor([ids] * cfg.num_samples, device=device)
@@ -341,6 +352,7 @@ class EvalConfig:
     by_position: bool = False  # also the loss at each position 0..context-1 of the windows (--json: the full list)
     plot: str | None = None  # with --by-position: draw loss against position into this PNG
     hellaswag: str | None = None  # a HellaSwag .jsonl (the official hellaswag_val.jsonl): acc and acc_norm instead
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # bf16 autocast or not; auto: as training picks here
 
 
 def _run_val_tokens(directory: Path, tok_name: str) -> Any:
@@ -442,8 +454,6 @@ def plot_position_losses(
 
 def eval_main(argv: list[str]) -> int:
     """`gptlab eval RUN_OR_MODEL [--text=FILE]`: loss, perplexity, bits per token and per character."""
-    import numpy as np
-
     parsed = _parse_model_command(
         EvalConfig, argv, {},
         "usage: gptlab eval RUN_OR_MODEL [--text=FILE] [--max_tokens=N] [--context=N] [--by-position] [--json]\n"
@@ -468,8 +478,30 @@ def eval_main(argv: list[str]) -> int:
 
         items = read_hellaswag(cfg.hellaswag)
     model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
-    if cfg.hellaswag is not None:
-        return _hellaswag(model, tokenizer, items, cfg, str(directory or source))
+    with _eval_autocast(cfg.dtype, next(model.parameters()).device) as dtype:
+        if cfg.hellaswag is not None:
+            return _hellaswag(model, tokenizer, items, cfg, str(directory or source), dtype)
+        return _eval_loss(model, tokenizer, directory, source, cfg, plot, dtype)
+
+
+@contextmanager
+def _eval_autocast(choice: str, device: Any) -> Iterator[str]:
+    """bf16 autocast for eval's forwards where training would use it on this device (--dtype=auto), or as asked;
+    yields the dtype's name for the output."""
+    import torch
+
+    from .hardware import bf16_autocast_pays
+
+    bf16 = choice == "bfloat16" or (choice == "auto" and bf16_autocast_pays(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        yield "bfloat16" if bf16 else "float32"
+
+
+def _eval_loss(model: Any, tokenizer: Any, directory: Path | None, source: str, cfg: EvalConfig,
+               plot: Path | None, dtype: str) -> int:
+    """`gptlab eval` on a text: the loss and what follows from it, by position too with --by-position."""
+    import numpy as np
+
     c = model.config
     context = c.block_size if cfg.context is None else cfg.context
     if c.pos_emb == "learned" and context > c.block_size:
@@ -510,7 +542,7 @@ def eval_main(argv: list[str]) -> int:
         "loss": loss, "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
         "bits_per_char": nats / math.log(2) / max(n_chars, 1), "tokens": n, "chars": n_chars,
         "tokenizer": tokenizer.name, "model": str(directory or source), "text": str(path), "loss_label": label,
-        "context": context,
+        "context": context, "dtype": dtype,
     }
     if cfg.by_position:
         # A position no window reaches (a text shorter than the context) has no loss: NaN, null in JSON.
@@ -525,7 +557,7 @@ def eval_main(argv: list[str]) -> int:
         print(
             f"model:      {result['model']} ({tokenizer.name} tokenizer, context {context})\n"
             f"text:       {path}: {n:,} tokens, {n_chars:,} characters predicted\n"
-            f"loss:       {loss:.4f} nats/token: {label}\n"
+            f"loss:       {loss:.4f} nats/token: {label}{', bf16 autocast' if dtype == 'bfloat16' else ''}\n"
             f"perplexity: {result['perplexity']:.3f}\n"
             f"bits/token: {result['bits_per_token']:.4f}\n"
             f"bits/char:  {result['bits_per_char']:.4f}"
@@ -538,12 +570,13 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
-def _hellaswag(model: Any, tokenizer: Any, items: list[dict[str, Any]], cfg: EvalConfig, name: str) -> int:
+def _hellaswag(model: Any, tokenizer: Any, items: list[dict[str, Any]], cfg: EvalConfig, name: str,
+               dtype: str) -> int:
     """`gptlab eval --hellaswag=FILE`: acc and acc_norm, scored as llm.c and build-nanogpt score them."""
     from . import hellaswag
 
     scores = hellaswag.evaluate(model, hellaswag.tokenize(items, tokenizer))
-    result = {"model": name, "hellaswag": cfg.hellaswag, **scores}
+    result = {"model": name, "hellaswag": cfg.hellaswag, **scores, "dtype": dtype}
     if cfg.json:
         print(json.dumps(result))
     else:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import api
+from . import api, hardware
 from . import checkpoint as ckpt
 from .config import SWITCHES, GPTConfig, modern_changes, switch_variants
 from .convert import convert_main, convert_to_gqa
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             "preset": s.preset, "seeds": s.seeds, "grid": grid, "model": preset["model"],
             "trainer": preset["trainer"], "data": f"{check.data.path or 'Shakespeare'} ({tok_name})",
             "eval_batches": preset["eval_batches"], "match": match,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+            "machine": machine_line(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device),
             "note": s.note or "timings on this machine as it was loaded at the time", "wall_min": wall / 60,
             "command": "gptlab compare " + " ".join(a for a in argv if not a.startswith(("--note", "--report-only"))),
@@ -465,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def machine_line() -> str:
+    """What the runs ran on, for the report: results move with the CPU's kind (its ISA and native bf16)."""
+    bf16 = "native bf16" if hardware.native_bf16_cpu() else "no native bf16"
+    return (f"{hardware.cpu_model()} ({hardware.cpu_isa()}, {bf16}), {os.cpu_count()} CPU cores, "
+            f"{platform.machine()}, {platform.system()}")
 
 
 def _grid(s: CompareSettings, saved: dict[str, Any], preset: dict[str, Any], base: GPTConfig

@@ -7,14 +7,14 @@ the generation. The cache records each slot's position and attention masks by po
 so slot order never matters; RoPE is applied before keys are cached, so each cached key carries its own
 position.
 
-Decoding one token at a time is bound by reading the weights once per token; see _gemv_linear for how the
+Decoding one token at a time is bound by reading the weights once per token; see _decode_kernel for how the
 CPU path keeps that at memory bandwidth where the plain product does not (chosen by measurement: autotune.py).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import autotune
+from . import autotune, hardware
 
 if TYPE_CHECKING:
     from .model import GPT
@@ -131,7 +131,7 @@ def _gemv_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
     Some BLAS builds run a lone (1, in) @ (in, out) product with the (out, in) weight on one core, at about half
     of the machine's memory bandwidth (MKL on AMD EPYC); bmm over blocks of rows spreads it over the threads.
-    Others do better with the plain product (oneDNN with AMX): _gemv_linears measures which. Same weights, no copy.
+    Others do better with the plain product (oneDNN with AMX): _decode_kernel measures which. Same weights, no copy.
     Anything but a single row, or with autograd on, goes to the ordinary F.linear.
     """
     W, k = layer.weight, torch.get_num_threads()
@@ -147,45 +147,111 @@ def _gemv_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], -1)
 
 
-def _gemv_pays(layers: list[nn.Linear]) -> bool:
-    """Whether _gemv_linear beats F.linear on one row for these same-shaped layers, on this machine.
+def _linear_bias_apart(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) as F.linear without the bias, then the bias added. torch 2.13's CPU addmm takes a slow path for
+    one bf16 row shaped (1, 1, in) as decoding feeds it (5.9 ms against 0.07 ms without the bias, 2304 x 768, on
+    an AVX512-BF16 EPYC)."""
+    y = F.linear(x, layer.weight)
+    return y if layer.bias is None else y + layer.bias
 
-    Timed as decoding reads them: one row through every layer of the group in turn, so the weights come from
-    memory rather than cache, as they do once per generated token.
+
+# The ways to run one row through a Linear while decoding; autotune picks one per weight shape and dtype.
+DECODE_KERNELS = {autotune.PLAIN: nn.Linear.forward, "gemv": _gemv_linear, "bias apart": _linear_bias_apart}
+
+
+def _decode_kernel(layers: list[nn.Linear]) -> Callable[[nn.Linear, torch.Tensor], torch.Tensor]:
+    """The fastest of DECODE_KERNELS for one row through these same-shaped layers, on this machine.
+
+    Timed as decoding runs them: a (1, 1, in) row through every layer of the group in turn, so the weights come
+    from memory rather than cache, as they do once per generated token.
     """
     W = layers[0].weight
-    if torch.get_num_threads() < 2:  # _gemv_linear is F.linear then
-        return False
     key = (tuple(W.shape), str(W.dtype), len(layers), torch.get_num_threads())
     chosen = autotune.choice("decode linear", key)
-    if chosen is not None:
-        return chosen == "gemv"
-    # A private generator: sampling during training must not move the dropout RNG a checkpoint saves.
-    x = torch.randn(1, W.size(1), dtype=W.dtype, generator=torch.Generator().manual_seed(0))
-    candidates = {
-        autotune.PLAIN: lambda: [F.linear(x, m.weight, m.bias) for m in layers],
-        "gemv": lambda: [_gemv_linear(m, x) for m in layers],
-    }
-    return autotune.choose("decode linear", key, candidates) == "gemv"
+    if chosen is None:
+        # A private generator: sampling during training must not move the dropout RNG a checkpoint saves.
+        x = torch.randn(1, 1, W.size(1), dtype=W.dtype, generator=torch.Generator().manual_seed(0))
+        names = [autotune.PLAIN]
+        names += ["gemv"] if torch.get_num_threads() >= 2 else []  # _gemv_linear is F.linear on one thread
+        names += ["bias apart"] if layers[0].bias is not None else []
+        candidates = {n: (lambda f=DECODE_KERNELS[n]: [f(m, x) for m in layers]) for n in names}
+        chosen = autotune.choose("decode linear", key, candidates)
+    return DECODE_KERNELS[chosen]
 
 
-@contextmanager
-def _gemv_linears(model: nn.Module) -> Iterator[None]:
-    """Within the block, the model's CPU nn.Linear layers run single rows through _gemv_linear, for the weight
-    shapes where that was measured faster than F.linear (on the first generation in the process)."""
+def _linear_groups(model: nn.Module) -> list[list[nn.Linear]]:
+    """The model's CPU nn.Linear layers, grouped by weight shape and dtype (a decode step reads each once)."""
     groups: dict[tuple, list[nn.Linear]] = {}
     for m in model.modules():
         if type(m) is nn.Linear and m.weight.device.type == "cpu":
             groups.setdefault((tuple(m.weight.shape), m.weight.dtype), []).append(m)
+    return list(groups.values())
+
+
+@contextmanager
+def _decode_linears(model: nn.Module) -> Iterator[None]:
+    """Within the block, the model's CPU nn.Linear layers run single rows through the kernel measured fastest for
+    their weight shape and dtype (_decode_kernel; measured on the first generation in the process)."""
     with torch.no_grad():
-        layers = [m for group in groups.values() if _gemv_pays(group) for m in group]
-    for m in layers:
-        m.forward = functools.partial(_gemv_linear, m)  # an instance attribute shadows nn.Linear.forward
+        kernels = {m: k for group in _linear_groups(model) if (k := _decode_kernel(group)) is not nn.Linear.forward
+                   for m in group}
+    for m, kernel in kernels.items():
+        m.forward = functools.partial(kernel, m)  # an instance attribute shadows nn.Linear.forward
     try:
         yield
     finally:
-        for m in layers:
+        for m in kernels:
             del m.forward
+
+
+def decode_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype to decode in: bfloat16 where it is faster, else float32 (`gptlab sample --dtype=auto`).
+
+    Decoding one token reads every weight once, so bf16 weights could halve its time; but only hardware with
+    native bf16 multiplies them fast (emulated, bf16 decoding ran 0.55x fp32 on an AVX2 EPYC). On CUDA that is
+    torch's bf16 support; on a CPU with native bf16 (AMX or AVX512-BF16) one token's pass through every linear
+    layer is timed in both (fp32 with its own fastest kernel per shape) and bf16 must win by autotune's margin.
+    """
+    p = next(model.parameters())
+    if p.dtype != torch.float32:  # loaded in a lower precision already: nothing to gain by casting up
+        return p.dtype
+    if p.device.type != "cpu":
+        return torch.bfloat16 if p.device.type == "cuda" and hardware.bf16_autocast_pays(p.device) else torch.float32
+    if not hardware.native_bf16_cpu():
+        return torch.float32
+    groups = _linear_groups(model)
+    key = (sorted((tuple(g[0].weight.shape), len(g)) for g in groups), torch.get_num_threads())
+    chosen = autotune.choice("decode dtype", key)
+    if chosen is None:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)  # not torch's RNG: see _decode_kernel
+            passes = {}
+            for name, dtype in ((autotune.PLAIN, torch.float32), ("bfloat16", torch.bfloat16)):
+                runs = []
+                for group in groups:  # each group through its own fastest kernel in this dtype
+                    layers = group if dtype == torch.float32 else [_linear_copy(m, dtype) for m in group]
+                    x = torch.randn(1, 1, group[0].in_features, generator=gen).to(dtype)
+                    runs += [(_decode_kernel(layers), m, x) for m in layers]
+                passes[name] = lambda runs=runs: [kernel(m, x) for kernel, m, x in runs]
+            chosen = autotune.choose("decode dtype", key, passes)
+    return torch.bfloat16 if chosen == "bfloat16" else torch.float32
+
+
+def _linear_copy(layer: nn.Linear, dtype: torch.dtype) -> nn.Linear:
+    """A copy of layer with its weights in dtype (decode_dtype times these, then drops them)."""
+    copy = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    copy.weight = nn.Parameter(layer.weight.detach().to(dtype), requires_grad=False)
+    if layer.bias is not None:
+        copy.bias = nn.Parameter(layer.bias.detach().to(dtype), requires_grad=False)
+    return copy
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model with its parameters in `dtype`, in place; unlike model.to(dtype), RoPE's frequencies stay fp32
+    (rounded to bf16 they would misplace far positions). Caches made afterwards follow the parameters."""
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
 
 
 @torch.no_grad()
@@ -219,7 +285,7 @@ def generate(
     caches = make_caches(model, B, -(-total // 256) * 256 if compiled else total)
     step = torch.compile(model, dynamic=True) if compiled else model
     try:
-        with _gemv_linears(model):
+        with _decode_linears(model):
             logits, _ = model(idx, cache=caches, input_pos=0, last_only=True)
             for pos in range(T, total):
                 nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
