@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from gptlab import autotune, hardware
 from gptlab.config import GPTConfig
-from gptlab.generate import _decode_linears, _linear_bias_apart, cast_weights, decode_dtype, generate
+from gptlab.generate import _decode_linears, cast_weights, decode_dtype, generate
 from gptlab.model import GPT
 
 
@@ -107,7 +107,7 @@ def patched(model: nn.Module) -> set[tuple[int, int]]:
 def test_decode_uses_gemv_only_where_it_was_measured_faster(monkeypatch, winner):
     torch.set_num_threads(2)
     gemv_time = 0.5 if winner == "gemv" else 2.0
-    monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "gemv": gemv_time, "bias apart": 3.0}))
+    monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "gemv": gemv_time}))
     model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
     with _decode_linears(model):
         inside = patched(model)
@@ -125,7 +125,7 @@ def test_decode_is_the_same_whichever_path_wins(monkeypatch):
     outs = []
     for gemv in (2.0, 0.5):
         autotune.reset()
-        monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "gemv": gemv, "bias apart": 3.0}))
+        monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "gemv": gemv}))
         outs.append(generate(model, idx, 12, temperature=0))
     assert torch.equal(outs[0], outs[1])
 
@@ -193,18 +193,6 @@ def test_sampling_during_training_does_not_move_the_dropout_rng(tmp_path, monkey
     assert resumed == straight
 
 
-def test_decode_kernel_times_bias_apart_only_for_layers_with_a_bias(monkeypatch):
-    torch.set_num_threads(2)
-    calls: list[str] = []
-    monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "gemv": 2.0, "bias apart": 0.5}, calls))
-    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))  # lm_head has no bias
-    with _decode_linears(model):
-        kernels = {tuple(m.weight.shape): m.forward.func for m in model.modules() if "forward" in vars(m)}
-    assert set(kernels.values()) == {_linear_bias_apart}
-    assert (64, 32) not in kernels  # the lm_head: no bias, so plain won against gemv
-    assert calls.count("bias apart") == len(kernels)
-
-
 @pytest.mark.parametrize("native, bf16_time, expected", [
     (False, 0.1, torch.float32),  # emulated bf16: never timed, never chosen
     (True, 0.5, torch.bfloat16),
@@ -213,7 +201,7 @@ def test_decode_kernel_times_bias_apart_only_for_layers_with_a_bias(monkeypatch)
 def test_decode_dtype_picks_bf16_only_where_native_and_measured_faster(monkeypatch, native, bf16_time, expected):
     torch.set_num_threads(2)
     calls: list[str] = []
-    times = {"plain": 1.0, "gemv": 2.0, "bias apart": 2.0, "bfloat16": bf16_time}
+    times = {"plain": 1.0, "gemv": 2.0, "bfloat16": bf16_time}
     monkeypatch.setattr(autotune, "fastest_time", fake_timer(times, calls))
     monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native)
     model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))

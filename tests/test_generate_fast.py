@@ -16,7 +16,6 @@ from gptlab.generate import (
     KVCache,
     _decode_linears,
     _gemv_linear,
-    _linear_bias_apart,
     cast_weights,
     filter_logits,
     generate,
@@ -197,14 +196,6 @@ def test_a_full_cache_refuses_positions_past_its_end():
     cache.update(x, x, 0)
     with pytest.raises(ValueError, match="the cache holds 4 positions; positions 4..4 do not fit"):
         cache.update(x[:, :, :1], x[:, :, :1], 4)
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_bias_apart_matches_f_linear(bias):
-    layer = nn.Linear(24, 40, bias=bias)
-    x = torch.randn(1, 1, 24)
-    with torch.no_grad():
-        torch.testing.assert_close(_linear_bias_apart(layer, x), F.linear(x, layer.weight, layer.bias))
 
 
 def test_cast_weights_keeps_rope_frequencies_and_ties(switch):
