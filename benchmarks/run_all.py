@@ -10,7 +10,8 @@ GEMM shapes), decode (124M greedy decode vs transformers, and vs the memory-band
 attention vs full causal attention, time and peak memory), sweep (SWA over T), kv (KV cache for MHA/GQA/MQA at a
 2048-token context), mla (MLA decode at 4096 cached tokens vs GQA-2 and MHA), gpu (124M training step on CUDA, bf16
 + torch.compile: MFU and tokens/s vs transformers, when there is a GPU), moe (the MoE training step vs transformers'
-Mixtral: moe_train.py).
+Mixtral: moe_train.py), bf16 (fp32 against bf16 training and decoding on this CPU, what the dtype=auto flags pick
+and where the bf16 step's time goes: bf16.py).
 
 Every row times ours and the peer alternately in the same process, `repeats` times after a warm-up, and reports
 medians and their ratio: the ratio is what carries over between machines, and a shared machine slows both sides.
@@ -43,7 +44,7 @@ from gptlab import GPT, GPTConfig, autotune, hardware
 from gptlab.attention import sliding_window_attention, window_mask
 from gptlab.generate import _decode_linears, make_caches
 
-ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "mla", "gpu", "nanogpt", "moe")
+ROWS = ("train", "flops", "decode", "swa", "sweep", "kv", "mla", "gpu", "nanogpt", "moe", "bf16")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -738,6 +739,7 @@ def main(argv: list[str] | None = None) -> None:
         "gpu": lambda: row_gpu(repeats),
         "nanogpt": lambda: row_nanogpt(args.nanogpt, args.text, 200 if args.quick else 2000),
         "moe": lambda: importlib.import_module("moe_train").row_moe(repeats, device),  # benchmarks/moe_train.py
+        "bf16": lambda: importlib.import_module("bf16").row_bf16(repeats, 32 if args.quick else 128),  # bf16.py
     }
     out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"
     # Rows not run now keep their earlier results: on a shared machine, rerun a row when it is quiet.
