@@ -222,3 +222,15 @@ def test_cast_weights_keeps_rope_frequencies_and_ties(switch):
         full = m(seq[:, :-1])[0][:, idx.size(1) - 1 :].float()
     picked = full.gather(-1, seq[:, idx.size(1) :, None]).squeeze(-1)
     torch.testing.assert_close(picked, full.max(-1).values, atol=0.05, rtol=0)
+
+
+def test_generated_ids_are_ordinary_tensors_autograd_can_use():
+    # generate runs under inference_mode; what it returns must still feed a training step (embedding's backward
+    # saves its indices, which an inference tensor refuses).
+    m = model_of(tiny())
+    out = generate(m, torch.zeros(1, 3, dtype=torch.long), 5, temperature=0)
+    assert not out.is_inference()
+    m.train()
+    _, loss = m(out[:, :-1], out[:, 1:])
+    loss.backward()
+    assert m.transformer.wte.weight.grad is not None
