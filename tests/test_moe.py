@@ -297,6 +297,14 @@ def test_expert_biases_are_not_decayed():
     (dict(moe_dense_layers=(2,)), "moe_dense_layers must list distinct layers in 0..1"),
     (dict(n_expert=-1), "n_expert must be 0"),
     (dict(n_shared_expert=True), "n_shared_expert"),
+    (dict(n_expert=0, moe_score="sigmoid", moe_choice_bias=True), "moe_score, moe_choice_bias: settings of experts"),
+    (dict(moe_score="relu"), "moe_score must be one of"),
+    (dict(moe_groups=3), r"moe_groups must split n_expert \(4\).*allowed moe_groups: \[1, 2\]"),
+    (dict(moe_groups=4), r"groups of at least 2 \(a group scores by its top 2\)"),
+    (dict(moe_groups=2, moe_topk_groups=3), r"moe_topk_groups must be in 1..moe_groups \(2\)"),
+    (dict(moe_groups=2, expert_top_k=3), r"expert_top_k \(3\) must be at most the experts of moe_topk_groups"),
+    (dict(moe_scale=0.0), "moe_scale must be a number > 0"),
+    (dict(moe_choice_bias=1), "moe_choice_bias must be True or False"),
 ])
 def test_bad_settings_are_refused_naming_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
