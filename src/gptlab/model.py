@@ -301,7 +301,6 @@ class MoE(nn.Module):
             y = y + self.shared(x)
         return self.dropout(y.view(shape))
 
-
     @torch.no_grad()
     def choose(self, scores: torch.Tensor) -> torch.Tensor:
         """The k experts (N, k) of each token: its top k of scores + choice_bias, among the experts of its best
