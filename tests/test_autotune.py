@@ -15,9 +15,13 @@ from gptlab.model import GPT
 
 @pytest.fixture(autouse=True)
 def fresh_choices():
+    threads = torch.get_num_threads()
     autotune.reset()
     yield
     autotune.reset()
+    # Some tests here need threads to split over. Later tests compare runs in this process with runs in
+    # subprocesses (test_reliability.py), whose thread count is the environment's: float sums depend on it.
+    torch.set_num_threads(threads)
 
 
 def fake_timer(times: dict[str, float], calls: list[str] | None = None):

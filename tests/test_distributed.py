@@ -161,3 +161,21 @@ def test_ddp_with_dropout_resumes_bit_identically(setup: dict, tmp_path: Path) -
     assert len(straight) == 4 and resumed == straight  # exact
     streams = load_checkpoint(tmp_path / "straight" / "last").state["rng"]["torch"]
     assert len(streams) == 2 and streams[0] != streams[1]  # not one dropout mask shared by both ranks
+
+
+def test_ddp_balances_the_choice_bias_as_one_process(setup: dict, tmp_path: Path) -> None:
+    # DeepSeek-V3's router with its loss-free balancing: each rank counts the routing of its rows, the counts are
+    # averaged over the ranks, and every rank's bias moves as one process's over the whole batch; so do the losses.
+    # (No aux loss: computed per rank over half the batch, it is not the single process's.)
+    router = ["--model.n_expert=8", "--model.expert_top_k=2", "--model.moe_score=sigmoid", "--model.moe_groups=4",
+              "--model.moe_topk_groups=2", "--model.moe_choice_bias=True", "--trainer.moe_bias_update=0.001",
+              "--trainer.moe_aux_coef=0", "--trainer.max_iters=6"]
+    args = [*setup["common"], *router]
+    assert T.main([*args, f"--system.work_dir={tmp_path / 'single'}"]) == 0
+    out = torchrun(["train", *args, f"--system.work_dir={tmp_path / 'ddp'}"], setup["root"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
+    biases = [[b.mlp.choice_bias for b in GPT.from_pretrained(tmp_path / d / "last").transformer.h]
+              for d in ("single", "ddp")]
+    assert all(torch.equal(a, b) for a, b in zip(*biases, strict=True))
+    assert any(b.abs().sum().item() > 0 for b in biases[0])

@@ -16,6 +16,8 @@ from gptlab.generate import make_caches
 from gptlab.info import format_compare, format_report, keys_per_query, main, model_stats
 
 MLA = dict(kv_lora_rank=56, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12)
+DEEPSEEK_ROUTER = dict(n_expert=8, expert_top_k=3, moe_score="sigmoid", moe_groups=4, moe_topk_groups=2,
+                       moe_choice_bias=True, moe_scale=2.5)
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,6 +36,8 @@ CONFIGS = {
     "tiny-local-global-5to1": GPTConfig.from_preset("tiny", n_layer=7, window=8, layer_pattern="LLLLLG"),
     "tiny-moe-swiglu-shared-dense": GPTConfig.from_preset("tiny", n_expert=4, expert_top_k=1, n_shared_expert=2,
                                                           moe_dense_layers=(0,), mlp="swiglu", expert_hidden=40),
+    "tiny-moe-deepseek-router": GPTConfig.from_preset("tiny", **DEEPSEEK_ROUTER, n_shared_expert=1,
+                                                      moe_dense_layers=(0,), mlp="swiglu", bias=False),
     # Each switch of config.SWITCHES alone and all together (tests/conftest.py), on a small model.
     **{f"small+{'+'.join(names)}": with_switches(small(), names) for names in single_switches()},
 }
@@ -45,12 +49,15 @@ def meta_model(cfg: GPTConfig) -> GPT:
 
 
 def real_param_table(model: GPT) -> dict[str, int]:
-    """Parameters per component, summed over named_parameters() (which lists a tied weight once)."""
+    """Parameters per component, summed over named_parameters() (which lists a tied weight once) and the experts'
+    choice biases (buffers that the balancing rule learns)."""
     c = model.config
     hd = c.head_dim
     out = dict.fromkeys(("wte", "wpe", "q", "k", "v", "attn_out", "mlp_gate", "mlp_up", "mlp_down", "router",
                          "norms", "lm_head"), 0)
-    for name, p in model.named_parameters():
+    biases = [(name, b) for name, b in model.named_buffers() if name.endswith(".choice_bias")]
+    assert len(biases) == len(c.moe_layers) * c.moe_choice_bias
+    for name, p in [*model.named_parameters(), *biases]:
         if name == "transformer.wte.weight":
             out["wte"] += p.numel()
         elif name == "transformer.wpe.weight":
@@ -81,7 +88,7 @@ def real_param_table(model: GPT) -> dict[str, int]:
                 out["mlp_up"] += p.numel()
         elif ".mlp.c_proj." in name or ".mlp.shared.c_proj." in name:
             out["mlp_down"] += p.numel()
-        elif ".mlp.router." in name:
+        elif ".mlp.router." in name or name.endswith(".mlp.choice_bias"):
             out["router"] += p.numel()
         elif ".ln_" in name or any(f".attn.{n}." in name for n in ("q_norm", "k_norm", "q_a_norm", "kv_a_norm")):
             out["norms"] += p.numel()
@@ -105,7 +112,8 @@ def test_parameter_table_matches_instantiated_model(name):
 
 
 @pytest.mark.parametrize("kw", [dict(n_expert=4, expert_top_k=2), dict(n_expert=8, expert_top_k=3, n_shared_expert=1,
-                                                                       moe_dense_layers=(0,), mlp="swiglu")])
+                                                                       moe_dense_layers=(0,), mlp="swiglu"),
+                                DEEPSEEK_ROUTER])
 def test_active_params_are_those_one_token_moves(kw):
     # One token's gradient reaches its top-k experts and no other (an unused expert's gradient is exactly zero):
     # the active count is the total less the experts whose gradient stays zero.
@@ -184,6 +192,7 @@ def counted_flops(model: GPT, idx: torch.Tensor, backward: bool) -> tuple[int, i
     small(n_kv_head=1, mlp_hidden=100),
     small(head_dim=24, n_kv_head=2, pos_emb="rope"),  # q is 96 wide in a 64-dim model
     small(n_expert=4, expert_top_k=3, n_shared_expert=1, moe_dense_layers=(1,), mlp="swiglu", bias=False),
+    small(**DEEPSEEK_ROUTER),  # DeepSeek's choice (groups, bias) is no matmul
 ])
 def test_flops_match_torch_flop_counter(cfg):
     torch.manual_seed(0)
@@ -212,8 +221,9 @@ def test_flops_match_torch_flop_counter_for_each_switch(switch):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_adamw_memory_matches_a_real_optimizer_step(dtype):
-    cfg = small(pos_emb="rope", n_kv_head=2, mlp="swiglu")
+@pytest.mark.parametrize("kw", [{}, DEEPSEEK_ROUTER], ids=["dense", "deepseek-router"])
+def test_adamw_memory_matches_a_real_optimizer_step(dtype, kw):
+    cfg = small(pos_emb="rope", n_kv_head=2, mlp="swiglu", **kw)
     torch.manual_seed(0)
     model = GPT(cfg).to(TORCH_DTYPES[dtype])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -222,7 +232,10 @@ def test_adamw_memory_matches_a_real_optimizer_step(dtype):
     opt.step()
     params = list(model.parameters())  # tied weights once
     s = model_stats(cfg, context=16, batch=2, dtype=dtype)
-    assert s.weights_bytes == sum(p.nbytes for p in params)
+    # The weights include the choice biases (stored, without gradient or moments).
+    biases = [b for name, b in model.named_buffers() if name.endswith(".choice_bias")]
+    assert len(biases) == 2 * cfg.moe_choice_bias
+    assert s.weights_bytes == sum(p.nbytes for p in params) + sum(b.nbytes for b in biases)
     assert s.grads_bytes == sum(p.grad.nbytes for p in params)
     moments = sum(st[k].nbytes for st in opt.state.values() for k in ("exp_avg", "exp_avg_sq"))
     assert s.adamw_bytes == moments
@@ -261,6 +274,7 @@ ACTIVATION_CASES = [
     (dict(head_dim=24, window=8, pos_emb="rope"), "fp32"),
     (dict(n_expert=4, expert_top_k=2, n_shared_expert=2, moe_dense_layers=(0,)), "fp32"),  # experts: moe.py
     (dict(n_expert=4, expert_top_k=1, moe_renorm=False, mlp="swiglu", bias=False), "bf16"),
+    (dict(DEEPSEEK_ROUTER, n_shared_expert=1, mlp="swiglu", bias=False), "fp32"),  # sigmoid, groups, bias, scale
 ] + [  # MLA: flash SDPA, its math path (GQA, or 16 bits, with keys and values of different widths), the band kernel
     (dict(MLA, **kw), dtype) for kw, dtype in (
         (dict(n_kv_head=2, q_lora_rank=24), "fp32"), (dict(pos_emb="rope"), "bf16"), (dict(window=8), "fp32"))

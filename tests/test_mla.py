@@ -181,7 +181,7 @@ def test_deepseek_v3_configs_gptlab_cannot_hold_are_refused_in_one_line(tmp_path
     deepseek(tmp_path / "ok")
     base = json.loads((tmp_path / "ok" / "config.json").read_text())
     cases = {
-        "moe": ({**base, "first_k_dense_replace": 1}, "mixture-of-experts MLPs"),
+        "dense_layers": ({**base, "first_k_dense_replace": None}, "first_k_dense_replace must be an integer >= 0"),
         "yarn": ({**base, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5000.0}},
                  "only 'default' RoPE is supported"),
         "kv_heads": ({**base, "num_key_value_heads": 2}, "must equal num_attention_heads"),

@@ -1,5 +1,6 @@
-"""Mixture of experts: the layer against a naive per-token reference, the router losses against their formulas,
-training (the penalty for backprop only, the metrics, balancing), Mixtral and Qwen3-MoE both ways, the refusals."""
+"""Mixture of experts: the layer against a naive per-token reference (DeepSeek-V3's router included), the router
+losses against their formulas, training (the penalty for backprop only, the metrics, balancing by loss and by the
+choice bias), Mixtral, Qwen3-MoE and DeepSeek-V3 both ways, the refusals."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from gptlab import GPT, GPTConfig
 from gptlab import train as T
 from gptlab.hf import CheckpointError, export_blockers, export_format, load_pretrained
 from gptlab.model import MoE
-from gptlab.moe import RouterLog, router_penalty, router_stats
+from gptlab.moe import RouterLog, balance_choice_bias, router_penalty, router_stats
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -25,16 +26,30 @@ def small(**kw) -> GPTConfig:
     return GPTConfig(**{**dict(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=32, n_expert=4), **kw})
 
 
+def naive_route(layer: MoE, token: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The router's definition for one token, by sorting Python lists: {expert: weight}. Scores: softmax, or sigmoid
+    (DeepSeek-V3); choice: the scores plus the choice bias, among the experts of the best topk_groups groups (a group
+    scored by the sum of its two best); weights: the chosen scores (not the bias), renormalised, times the scale."""
+    logits = token @ layer.router.weight.t()
+    scores = torch.sigmoid(logits) if layer.sigmoid else torch.softmax(logits, dim=-1)
+    E, size = layer.n_expert, layer.n_expert // layer.groups
+    bias = layer.choice_bias.tolist() if layer.choice_bias is not None else [0.0] * E
+    choice = [scores[e].item() + bias[e] for e in range(E)]
+    group_score = [sum(sorted(choice[g * size:(g + 1) * size], reverse=True)[:2]) for g in range(layer.groups)]
+    best = sorted(range(layer.groups), key=lambda g: -group_score[g])[: layer.topk_groups]
+    chosen = sorted((e for e in range(E) if e // size in best), key=lambda e: -choice[e])[: layer.top_k]
+    total = sum(scores[e] for e in chosen) if layer.renorm else 1.0
+    return {e: scores[e] / total * layer.scale for e in chosen}
+
+
 def naive_moe(layer: MoE, x: torch.Tensor) -> torch.Tensor:
-    """The layer's definition, one token at a time: softmax over experts, top k, (renormalised) weighted sum of the
-    chosen experts' MLPs, plus the shared MLP."""
+    """The layer's definition, one token at a time: the router's weights of its chosen experts (naive_route), the
+    weighted sum of their MLPs, plus the shared MLP."""
     out = []
     for token in x.reshape(-1, x.shape[-1]):
-        probs = torch.softmax(token @ layer.router.weight.t(), dim=-1)
-        chosen = sorted(range(layer.n_expert), key=lambda e: -probs[e].item())[: layer.top_k]
-        total = sum(probs[e] for e in chosen) if layer.renorm else 1.0
+        weights = naive_route(layer, token)
         y = torch.zeros_like(token)
-        for e in chosen:
+        for e, weight in weights.items():
             h = token @ layer.c_fc.weight[e].t()
             h = h + (layer.c_fc.bias[e] if layer.c_fc.bias is not None else 0)
             if layer.swiglu:
@@ -43,34 +58,78 @@ def naive_moe(layer: MoE, x: torch.Tensor) -> torch.Tensor:
             else:
                 h = F.gelu(h, approximate="tanh")
             h = h @ layer.c_proj.weight[e].t() + (layer.c_proj.bias[e] if layer.c_proj.bias is not None else 0)
-            y = y + probs[e] / total * h
+            y = y + weight * h
         out.append(y + (layer.shared(token) if layer.shared is not None else 0))
     return torch.stack(out).view(x.shape)
 
 
+DEEPSEEK = dict(n_expert=8, expert_top_k=3, moe_score="sigmoid", moe_groups=4, moe_topk_groups=2,
+                moe_choice_bias=True, moe_scale=2.5)  # DeepSeek-V3's router, small
 LAYERS = {
     "gelu-bias-top2": {},
     "swiglu-top1-softmax": dict(mlp="swiglu", bias=False, expert_top_k=1, moe_renorm=False),
     "shared-experts": dict(n_shared_expert=2, expert_hidden=24),
     "all-experts": dict(expert_top_k=4, moe_renorm=False, mlp="swiglu"),
+    "deepseek-v3": dict(DEEPSEEK, mlp="swiglu", bias=False, n_shared_expert=1),
+    "sigmoid-raw-one-group": dict(DEEPSEEK, moe_renorm=False, moe_topk_groups=1, expert_top_k=2),
+    "softmax-bias-scale": dict(moe_choice_bias=True, moe_scale=0.5),
 }
+
+
+def randomised(layer: MoE) -> MoE:
+    """Every weight, bias and the choice bias away from zero, so a wrong term shows."""
+    for t in (*layer.parameters(), *layer.buffers()):
+        t.data.normal_(0.0, 0.3)
+    return layer
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layer_equals_the_naive_per_token_reference(name):
     torch.manual_seed(0)
-    layer = MoE(small(**LAYERS[name]))
-    for p in layer.parameters():  # biases and all away from zero, so a wrong term shows
-        p.data.normal_(0.0, 0.3)
+    layer = randomised(MoE(small(**LAYERS[name])))
     x = torch.randn(3, 7, 32, requires_grad=True)
     ours, ref = layer(x), naive_moe(layer, x)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    tol = 1e-5 * max(1.0, ref.abs().max().item())  # fp32 rounding, relative to the outputs (moe_scale enlarges them)
+    torch.testing.assert_close(ours, ref, atol=tol, rtol=1e-5)
     # And the gradients, of the input and of every weight (the router's through the weights of its choices).
     g = torch.randn_like(ours)
     grads = torch.autograd.grad((ours * g).sum(), [x, *layer.parameters()])
     ref_grads = torch.autograd.grad((ref * g).sum(), [x, *layer.parameters()])
     for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=tol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["choice_bias", "groups", "scale", "sigmoid", "renorm"])
+def test_each_deepseek_router_setting_changes_the_layer(setting):
+    # So the reference test above cannot pass with a setting ignored: each one, undone alone, changes the output.
+    torch.manual_seed(0)
+    layer = randomised(MoE(small(**LAYERS["deepseek-v3"])))
+    x = torch.randn(3, 7, 32)
+    before = layer(x)
+    if setting == "choice_bias":
+        layer.choice_bias.zero_()
+    else:
+        setattr(layer, setting, {"groups": 1, "scale": 1.0, "sigmoid": False, "renorm": False}[setting])
+    assert (layer(x) - before).abs().max().item() > 1e-3
+
+
+def test_the_choice_bias_chooses_and_never_weighs():
+    # A large bias on one expert puts it in every token's choice; a larger one chooses the same and gives the very
+    # same output (the weights are the scores); the gradient reaches the router but never the bias (a buffer).
+    torch.manual_seed(0)
+    layer = randomised(MoE(small(**dict(DEEPSEEK, moe_groups=1, moe_topk_groups=1, moe_renorm=False)))).train()
+    layer.choice_bias.zero_()
+    x = torch.randn(20, 32)
+    unbiased = layer.choose(torch.sigmoid(layer.router(x)))
+    assert not (unbiased == 5).any(dim=-1).all()
+    layer.choice_bias[5] = 50.0
+    assert (layer.choose(torch.sigmoid(layer.router(x))) == 5).any(dim=-1).all()
+    out = layer(x)
+    layer.choice_bias[5] = 100.0
+    assert torch.equal(layer(x), out)
+    layer(x).sum().backward()
+    assert layer.router.weight.grad.abs().sum() > 0 and not layer.choice_bias.requires_grad
+    assert "choice_bias" in layer.state_dict() and "choice_bias" not in dict(layer.named_parameters())
 
 
 def test_router_losses_match_their_formulas():
@@ -88,6 +147,50 @@ def test_router_losses_match_their_formulas():
     # Perfectly balanced, uniform routing: aux is exactly 1.
     even = torch.arange(6).repeat(5).view(15, 2)
     assert router_stats(torch.zeros(15, 6), torch.full((15, 6), 1 / 6), even).aux.item() == pytest.approx(1.0)
+
+
+def test_sigmoid_aux_loss_normalises_each_tokens_scores():
+    # DeepSeek-V3's balance loss: P_i averages each token's sigmoid scores divided by their sum; f counts the choices
+    # that the bias and the groups made.
+    torch.manual_seed(0)
+    layer = randomised(MoE(small(**DEEPSEEK))).train()
+    x = torch.randn(40, 32)
+    layer(x)
+    scores = torch.sigmoid(x @ layer.router.weight.t())
+    P = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=0)
+    chosen = [naive_route(layer, token) for token in x]
+    f = torch.tensor([sum(e in c for c in chosen) for e in range(8)]) / (40 * 3)
+    torch.testing.assert_close(layer.stats.load, f)
+    assert layer.stats.aux.item() == pytest.approx(8 * (f * P).sum().item(), rel=1e-5)
+    assert layer.stats.aux.item() != pytest.approx(8 * (f * scores.mean(dim=0)).sum().item(), rel=1e-2)
+
+
+def test_choice_bias_updates_balance_a_skewed_router_without_gradients():
+    # DeepSeek-V3's auxiliary-loss-free balancing: the bias alone, moved by gamma * sign(mean load - load) after each
+    # step, spreads a router that sends nearly every token to expert 0; the router itself does not move.
+    torch.manual_seed(0)
+    layer = MoE(small(n_expert=4, expert_top_k=1, moe_score="sigmoid", moe_choice_bias=True)).train()
+    with torch.no_grad():
+        layer.router.weight[0] += 2.0 * torch.ones(32) / 4
+    router = layer.router.weight.detach().clone()
+    x = torch.randn(512, 32).abs()
+    layer(x)
+    assert layer.stats.load.max().item() > 0.9 and layer.routed.sum().item() == 512
+    balance_choice_bias(layer, 0.0)  # gamma 0: the counts are dropped, the bias stays
+    assert layer.routed is None and not layer.choice_bias.any()
+    layer(x), layer(x)  # two micro-batches: their counts add up
+    assert layer.routed.sum().item() == 1024
+    balance_choice_bias(layer, 0.01)
+    assert layer.choice_bias.tolist() == pytest.approx([-0.01, 0.01, 0.01, 0.01])
+    for _ in range(150):
+        layer(x)
+        balance_choice_bias(layer, 0.01)
+    layer(x)
+    assert layer.stats.load.max().item() < 0.4 and torch.equal(layer.router.weight, router)
+    layer.eval()(x)  # evaluation and sampling do not count
+    balance_choice_bias(layer.train(), 0.0)
+    layer.eval()(x)
+    assert layer.routed is None
 
 
 def test_penalty_averages_the_moe_layers_and_is_zero_without_experts():
@@ -158,6 +261,27 @@ def test_resume_with_experts_is_bit_identical(tmp_path: Path, text_file: Path): 
     assert len(rows[0]) == 6 and rows[0] == rows[1]
 
 
+def test_sigmoid_router_with_bias_updates_resumes_bit_identically(tmp_path: Path, text_file: Path):  # noqa: F811
+    # DeepSeek-V3's router trained with its aux loss and the bias updates: 3 steps + resume + 3 steps equal 6 steps,
+    # the biases (buffers in the checkpoint) included; they moved.
+    common = dict(model__n_expert=4, model__expert_top_k=2, model__moe_score="sigmoid", model__moe_groups=2,
+                  model__moe_topk_groups=1, model__moe_choice_bias=True, model__moe_scale=2.0,
+                  trainer__moe_bias_update=0.01, trainer__log_interval=1, trainer__eval_interval=3,
+                  trainer__eval_iters=1, trainer__lr_decay_iters=6)
+    assert T.main(flags(tmp_path, text_file, "straight", trainer__max_iters=6, **common)) == 0
+    assert T.main(flags(tmp_path, text_file, "resumed", trainer__max_iters=3, **common)) == 0
+    assert T.main(flags(tmp_path, text_file, "resumed", trainer__max_iters=6, trainer__resume=True, **common)) == 0
+    rows = [[(r["iter"], r["loss"], r["moe_aux_loss"], r["moe_load"]) for r in T.read_metrics(tmp_path / d)
+             if "loss" in r] for d in ("straight", "resumed")]
+    assert len(rows[0]) == 6 and rows[0] == rows[1]
+    biases = [[b.mlp.choice_bias for b in GPT.from_pretrained(tmp_path / d / "last").transformer.h]
+              for d in ("straight", "resumed")]
+    assert all(torch.equal(a, b) for a, b in zip(*biases, strict=True))
+    assert any(b.abs().sum().item() > 0 for b in biases[0])  # (at init, gamma moves them back and forth)
+    with pytest.raises(T.UsageError, match="moe_bias_update=0.01 moves the experts' choice biases"):
+        T.main(flags(tmp_path, text_file, "refused", model__n_expert=4, trainer__moe_bias_update=0.01))
+
+
 def test_expert_biases_are_not_decayed():
     model = GPT(small())
     opt = T.make_optimizer(model, T.TrainerConfig(), fused=False)
@@ -173,6 +297,14 @@ def test_expert_biases_are_not_decayed():
     (dict(moe_dense_layers=(2,)), "moe_dense_layers must list distinct layers in 0..1"),
     (dict(n_expert=-1), "n_expert must be 0"),
     (dict(n_shared_expert=True), "n_shared_expert"),
+    (dict(n_expert=0, moe_score="sigmoid", moe_choice_bias=True), "moe_score, moe_choice_bias: settings of experts"),
+    (dict(moe_score="relu"), "moe_score must be one of"),
+    (dict(moe_groups=3), r"moe_groups must split n_expert \(4\).*allowed moe_groups: \[1, 2\]"),
+    (dict(moe_groups=4), r"groups of at least 2 \(a group scores by its top 2\)"),
+    (dict(moe_groups=2, moe_topk_groups=3), r"moe_topk_groups must be in 1..moe_groups \(2\)"),
+    (dict(moe_groups=2, expert_top_k=3), r"expert_top_k \(3\) must be at most the experts of moe_topk_groups"),
+    (dict(moe_scale=0.0), "moe_scale must be a number > 0"),
+    (dict(moe_choice_bias=1), "moe_choice_bias must be True or False"),
 ])
 def test_bad_settings_are_refused_naming_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -256,6 +388,91 @@ def test_qwen3_moe_loads_with_logit_parity_and_exports_back(tmp_path, kw, dense)
     c = check_both_ways(hf, tmp_path / "hf", "qwen3_moe", tmp_path).config
     assert (c.n_expert, c.expert_top_k, c.expert_hidden, c.mlp_hidden, c.qk_norm) == (6, 2, 24, 48, True)
     assert c.moe_dense_layers == dense and c.moe_renorm == kw["norm_topk_prob"]
+
+
+def deepseek_moe(directory: Path, **kw):
+    """A random tiny DeepseekV3ForCausalLM: a dense first layer, then experts with DeepSeek's router (sigmoid, 4
+    groups of which the best 2 are eligible, routed_scaling_factor 2.5), saved by transformers; every weight moved
+    off its init and the score-correction bias set after init (transformers zeroes it), so that it matters."""
+    cfg = transformers.DeepseekV3Config(**{**dict(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8,
+        v_head_dim=6, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+        moe_intermediate_size=16, n_shared_experts=2, routed_scaling_factor=2.5, norm_topk_prob=True,
+        max_position_embeddings=64, rope_theta=5000.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=None,
+        pad_token_id=0), **kw})
+    torch.manual_seed(0)
+    hf = _perturbed(transformers.DeepseekV3ForCausalLM(cfg))
+    with torch.no_grad():
+        biases = [b for name, b in hf.named_buffers() if name.endswith("mlp.gate.e_score_correction_bias")]
+        assert len(biases) == cfg.num_hidden_layers - cfg.first_k_dense_replace
+        for b in biases:
+            b.normal_(0.0, 0.3)
+    hf.save_pretrained(directory)
+    return hf
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    dict(first_k_dense_replace=0, norm_topk_prob=False, n_group=2, topk_group=1, n_shared_experts=1,
+         routed_scaling_factor=0.7, q_lora_rank=12, rope_interleave=False),
+], ids=["dense-first-renormalised", "all-experts-raw-qlora"])
+def test_deepseek_v3_with_experts_loads_with_logit_parity_and_exports_back(tmp_path, kw):
+    hf = deepseek_moe(tmp_path / "hf", **kw)
+    model = check_both_ways(hf, tmp_path / "hf", "deepseek_v3", tmp_path)
+    c, hc = model.config, hf.config
+    assert (c.n_expert, c.expert_top_k, c.expert_hidden, c.mlp_hidden, c.moe_score, c.moe_choice_bias) == (
+        8, 3, 16, 48, "sigmoid", True)
+    assert (c.moe_groups, c.moe_topk_groups, c.moe_scale, c.moe_renorm, c.n_shared_expert, c.moe_dense_layers) == (
+        hc.n_group, hc.topk_group, hc.routed_scaling_factor, hc.norm_topk_prob, hc.n_shared_experts,
+        tuple(range(hc.first_k_dense_replace)))
+    # The parity is not by luck: undo the bias, the groups or the scale alone, and the logits are far from theirs.
+    idx = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(1))
+    for undo in ("choice_bias", "groups", "scale"):
+        changed = GPT.from_pretrained(tmp_path / "hf")
+        for layer in (b.mlp for b in changed.transformer.h if isinstance(b.mlp, MoE)):
+            if undo == "choice_bias":
+                layer.choice_bias.zero_()
+            else:
+                setattr(layer, undo, 1)
+        assert (hf_logits(changed, idx) - hf_logits(hf, idx)).abs().max().item() > 1e-2, undo
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # transformers' zero-width shared MLP
+def test_deepseek_v3_format_holds_its_router_and_nothing_else(tmp_path):
+    ds = small(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, kv_lora_rank=16, qk_rope_head_dim=4,
+               qk_nope_head_dim=8, v_head_dim=6, **DEEPSEEK, n_shared_expert=1, moe_dense_layers=(0,))
+    assert export_format(ds) == "deepseek_v3"
+    # transformers' DeepSeek-V3 routes by the sigmoid with a bias, builds its shared MLP always, keeps the first
+    # layers dense; Mixtral and Qwen3-MoE route by the softmax alone.
+    for change, blocker in ((dict(moe_score="softmax"), "moe_score='softmax'"),
+                            (dict(moe_choice_bias=False), "moe_choice_bias=False"),
+                            (dict(n_shared_expert=0), "n_shared_expert=0"),
+                            (dict(moe_dense_layers=(1,)), "moe_dense_layers=(1,)")):
+        c = ds.replace(**change)
+        assert export_format(c) == "gptlab" and blocker in export_blockers(c, "deepseek_v3"), change
+    qwen = small(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True)
+    for change in (dict(moe_score="sigmoid"), dict(moe_choice_bias=True), dict(moe_scale=2.0),
+                   dict(n_expert=8, moe_groups=2)):
+        assert export_format(qwen) == "qwen3_moe" and export_format(qwen.replace(**change)) == "gptlab", change
+    # n_shared_experts=0: transformers writes zero-width shared tensors, which gptlab (no shared MLP) leaves out.
+    hf = deepseek_moe(tmp_path / "none", n_shared_experts=0)
+    model = GPT.from_pretrained(tmp_path / "none")
+    idx = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
+    assert model.config.n_shared_expert == 0 and model.transformer.h[1].mlp.shared is None
+    assert (hf_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() <= 1e-4
+    # The bias stays fp32 in a bf16 model, as transformers keeps it: rounded, it would choose other experts.
+    bf16 = GPT.from_pretrained(tmp_path / "none", dtype=torch.bfloat16)
+    assert bf16.transformer.h[1].mlp.choice_bias.dtype == torch.float32
+    assert bf16.transformer.h[1].mlp.router.weight.dtype == torch.bfloat16
+    base = json.loads((tmp_path / "none" / "config.json").read_text())
+    for cfg, message in (({**base, "first_k_dense_replace": -1}, "first_k_dense_replace must be an integer >= 0"),
+                         ({**base, "n_group": 3}, "moe_groups must split n_expert"),
+                         ({**base, "topk_group": 1, "num_experts_per_tok": 3}, "expert_top_k .3. must be at most")):
+        (tmp_path / "none" / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=message) as e:
+            load_pretrained(tmp_path / "none")
+        assert "\n" not in str(e.value)
 
 
 def test_formats_hold_what_they_have_and_refuse_the_rest(tmp_path):

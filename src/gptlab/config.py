@@ -15,6 +15,11 @@ from .presets import MODEL_PRESETS as PRESETS  # the model presets, declared wit
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
+MOE_SCORES = ("softmax", "sigmoid")
+MOE_ROUTER_FIELDS = ("moe_score", "moe_groups", "moe_topk_groups", "moe_choice_bias", "moe_scale")  # DeepSeek-V3's
+# The settings of experts: they must keep their defaults without experts (n_expert=0), where they would do nothing.
+MOE_ONLY_FIELDS = ("expert_top_k", "expert_hidden", "n_shared_expert", "moe_dense_layers", "moe_renorm",
+                   *MOE_ROUTER_FIELDS)
 
 
 def _positive_int(value: Any) -> bool:
@@ -71,6 +76,13 @@ class GPTConfig:
     n_shared_expert: int = 0  # experts every token runs through as well, unweighted (DeepSeek)
     moe_dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP of mlp_hidden (Qwen3-MoE's mlp_only_layers)
     moe_renorm: bool = True  # rescale the top-k router weights to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob)
+    # DeepSeek-V3's router (docs/moe.md): the score of each expert, how many groups of experts a token may choose
+    # from, a per-expert bias on the scores that choose (not on the weights), a factor on the weights.
+    moe_score: str = "softmax"  # "softmax" over the experts (Mixtral), or "sigmoid" of each logit (DeepSeek-V3)
+    moe_groups: int = 1  # experts in this many equal groups; a group's score is the sum of its top-2 (n_group)
+    moe_topk_groups: int = 1  # the top k come from the best this-many groups only (DeepSeek's topk_group)
+    moe_choice_bias: bool = False  # a per-expert bias added to the scores for choosing only (e_score_correction_bias)
+    moe_scale: float = 1.0  # multiplies the routed experts' weights (DeepSeek's routed_scaling_factor)
     # Multi-head latent attention (DeepSeek-V2/V3): keys and values are up-projected from one latent of
     # kv_lora_rank numbers per token, which is all the KV cache keeps, with a RoPE key of qk_rope_head_dim shared
     # by all heads. None: ordinary attention. The other four only apply with it (DeepSeek's names).
@@ -158,9 +170,8 @@ class GPTConfig:
         if not _count(self.n_expert):
             raise ValueError(f"n_expert must be 0 (a dense MLP per layer) or a positive integer, got {self.n_expert!r}")
         if not self.n_expert:  # a dense model: expert settings must not silently do nothing
-            moe_only = ("expert_top_k", "expert_hidden", "n_shared_expert", "moe_dense_layers", "moe_renorm")
             changed = [f.name for f in dataclasses.fields(self)
-                       if f.name in moe_only and getattr(self, f.name) != f.default]
+                       if f.name in MOE_ONLY_FIELDS and getattr(self, f.name) != f.default]
             if changed:
                 raise ValueError(f"{', '.join(changed)}: settings of experts, which need n_expert > 0 (or drop them)")
             return
@@ -174,8 +185,26 @@ class GPTConfig:
         if not (isinstance(dense, tuple) and len(set(dense)) == len(dense)
                 and all(_count(i) and i < self.n_layer for i in dense)):
             raise ValueError(f"moe_dense_layers must list distinct layers in 0..{self.n_layer - 1}, got {dense!r}")
-        if not isinstance(self.moe_renorm, bool):
-            raise ValueError(f"moe_renorm must be True or False, got {self.moe_renorm!r}")
+        for name in ("moe_renorm", "moe_choice_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self._validate_router()
+
+    def _validate_router(self) -> None:
+        if self.moe_score not in MOE_SCORES:
+            raise ValueError(f"moe_score must be one of {MOE_SCORES}, got {self.moe_score!r}")
+        g, n = self.moe_groups, self.n_expert
+        if not _positive_int(g) or n % g or (g > 1 and n // g < 2):
+            allowed = [d for d in range(1, n + 1) if n % d == 0 and (d == 1 or n // d >= 2)]
+            raise ValueError(f"moe_groups must split n_expert ({n}) into equal groups of at least 2 (a group scores "
+                             f"by its top 2), got {g!r}; allowed moe_groups: {allowed}")
+        if not _positive_int(self.moe_topk_groups) or self.moe_topk_groups > g:
+            raise ValueError(f"moe_topk_groups must be in 1..moe_groups ({g}), got {self.moe_topk_groups!r}")
+        if self.expert_top_k > self.moe_topk_groups * (n // g):
+            raise ValueError(f"expert_top_k ({self.expert_top_k}) must be at most the experts of moe_topk_groups "
+                             f"groups: {self.moe_topk_groups} x {n // g}; raise moe_topk_groups or lower expert_top_k")
+        if isinstance(self.moe_scale, bool) or not isinstance(self.moe_scale, (int, float)) or not self.moe_scale > 0:
+            raise ValueError(f"moe_scale must be a number > 0, got {self.moe_scale!r}")
 
     def _validate_layer_pattern(self) -> None:
         p = self.layer_pattern
@@ -341,8 +370,13 @@ def _describe_moe(c: GPTConfig) -> str | None:
         return None  # the dense MLP: every older description stays as it was
     shared = f" + {c.n_shared_expert} shared" if c.n_shared_expert else ""
     dense = f", dense layers {list(c.moe_dense_layers)}" if c.moe_dense_layers else ""
-    rule = "renormalised" if c.moe_renorm else "softmax"
-    return f"MoE: top-{c.expert_top_k} of {c.n_expert} experts{shared} (hidden {c.expert_width}, {rule} weights){dense}"
+    rule = "renormalised" if c.moe_renorm else c.moe_score
+    # DeepSeek-V3's router settings are named only when set: every description before them stays as it was.
+    rule = ("sigmoid scores, " if c.moe_score == "sigmoid" and c.moe_renorm else "") + f"{rule} weights"
+    rule += f" x {c.moe_scale:g}" if c.moe_scale != 1 else ""
+    rule += f", top-{c.moe_topk_groups} of {c.moe_groups} groups" if c.moe_groups > 1 else ""
+    rule += ", choice bias" if c.moe_choice_bias else ""
+    return f"MoE: top-{c.expert_top_k} of {c.n_expert} experts{shared} (hidden {c.expert_width}, {rule}){dense}"
 
 
 MOE_FORMATS = ("mixtral", "qwen3_moe")  # the Hugging Face formats with experts (hf_moe.py)
@@ -422,7 +456,7 @@ SWITCHES: tuple[Switch, ...] = (
         variants=(Variant("moe", "+MoE", lambda c: {"n_expert": 8, "expert_top_k": 2,
                                                     "expert_hidden": max(1, c.mlp_hidden // 2)}),),
         describe=_describe_moe,
-        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"), hf_modern=MOE_FORMATS,
+        hf_gpt2=("gpt2", "llama", "mistral", "qwen3", "deepseek_v3"), hf_modern=(*MOE_FORMATS, "deepseek_v3"),
         in_modern=False,
     ),
     Switch(

@@ -14,8 +14,9 @@ designed not to run code). config.json's model_type picks the key mapping:
                   head_dim of its own; a window on every layer or, with layer_types, on some (local/global).
   mixtral,        Mistral's and Qwen3's layouts with a mixture of experts in place of the MLP: their config keys
   qwen3_moe       and expert tensors are in hf_moe.py.
-  deepseek_v3     all-dense DeepSeek-V3: Llama's layout with multi-head latent attention (hf_deepseek.py: its
-                  config, and interleaved RoPE rows reordered into rotate-half when loading).
+  deepseek_v3     DeepSeek-V3: Llama's layout with multi-head latent attention and, after its first dense layers,
+                  DeepSeek's experts and router (hf_deepseek.py: its config, and interleaved RoPE rows reordered
+                  into rotate-half when loading; the expert tensors as Qwen3-MoE's, in hf_moe.py).
   gptlab          our own state dict, written by save_pretrained for mixtures no HF architecture holds.
 
 Saving runs the same mapping backwards. save_pretrained picks the format from the config (export_format),
@@ -41,8 +42,8 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, config_from_json  # CheckpointError: importable from gptlab.hf as before
-from .config import SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
-from .hf_deepseek import config_deepseek, deinterleave_rope, hf_deepseek_config
+from .config import MOE_ONLY_FIELDS, SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_reference
+from .hf_deepseek import DEEPSEEK_HOLDS, config_deepseek, deepseek_tensors, hf_deepseek_config
 from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
 from .hf_moe import MOE_ARCHITECTURES, MOE_FORMATS, MOE_HOLDS, expert_sources, hf_moe_fields, moe_config
 from .model import GPT
@@ -247,9 +248,9 @@ _HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
 }
 _HOLDS["mistral"] = _HOLDS["qwen3"] = _HOLDS["llama"]
 _HOLDS.update({fmt: {**_HOLDS["llama"], **holds} for fmt, holds in MOE_HOLDS.items()})
-# DeepSeek-V3: MLA's sizes; head_dim (which MLA does not use) only as derived, as loading derives it.
+# DeepSeek-V3: MLA's sizes; head_dim (which MLA does not use) only as derived, as loading derives it; its experts.
 _HOLDS["deepseek_v3"] = {**{k: v for k, v in _HOLDS["llama"].items() if k != "head_dim"}, **dict.fromkeys(
-    ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"), _any)}
+    ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"), _any), **DEEPSEEK_HOLDS}
 _HELD_BY_EVERY_FORMAT = (*SIZE_FIELDS, "dropout")
 
 
@@ -260,8 +261,8 @@ def export_blockers(config: GPTConfig, fmt: str) -> list[str]:
     blockers = []
     for f in dataclasses.fields(config):
         name, value = f.name, getattr(config, f.name)
-        if name in _HELD_BY_EVERY_FORMAT:
-            continue
+        if name in _HELD_BY_EVERY_FORMAT or (name in MOE_ONLY_FIELDS and not config.n_expert):
+            continue  # without experts, their settings are their defaults (validated) and do nothing
         if name in switches:
             s = switches[name]
             held = fmt in (s.hf_modern if s.is_on(config) else s.hf_gpt2)
@@ -448,7 +449,7 @@ def _plan_moe(kind: str) -> Callable[..., _Plan]:
 
 
 _PLANS = {"gpt2": _plan_gpt2, "llama": _plan_llama, "mistral": _plan_llama, "qwen3": _plan_llama,
-          **{fmt: _plan_moe(fmt) for fmt in MOE_FORMATS}, "deepseek_v3": _plan_llama, "gptlab": _plan_gptlab}
+          **{fmt: _plan_moe(fmt) for fmt in (*MOE_FORMATS, "deepseek_v3")}, "gptlab": _plan_gptlab}
 
 
 def _convert(
@@ -480,7 +481,8 @@ def _convert(
             parts.append(src[name])
             used.add(name)
         t = combine(parts).reshape(shape)  # experts: concatenated sources, then stacked (n_expert, out, in)
-        t = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        # The experts' choice bias stays fp32, as transformers keeps it: rounded, it would choose other experts.
+        t = (t.to(dtype) if t.is_floating_point() and not key.endswith(".choice_bias") else t).contiguous()
         # A view into the file's buffer can sit off the 64-byte alignment of torch's own memory, where matmul kernels
         # round differently (experts' small matmuls show it): a copy computes bit for bit what the saved model did.
         out[key] = t.clone() if t.data_ptr() % 64 else t
@@ -532,7 +534,7 @@ def load_pretrained(
     model_type = hf.get("model_type", "gptlab")  # GPTConfig.save's bare fields: gptlab's own tensor names
     src, file = load_weights(directory)
     if model_type == "deepseek_v3":
-        src = deinterleave_rope(hf, config, src)
+        src = deepseek_tensors(hf, config, src)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
     if config.tie_embeddings:

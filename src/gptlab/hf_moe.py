@@ -23,7 +23,7 @@ from typing import Any
 from .checkpoint import CheckpointError
 from .config import MOE_FORMATS, GPTConfig
 
-__all__ = ["MOE_ARCHITECTURES", "MOE_FORMATS", "MOE_HOLDS", "expert_sources", "hf_moe_fields", "moe_config"]
+__all__ = ["MOE_ARCHITECTURES", "MOE_FORMATS", "MOE_HOLDS", "expert_sources", "hf_int", "hf_moe_fields", "moe_config"]
 
 MOE_ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 
@@ -42,10 +42,12 @@ MOE_HOLDS: dict[str, dict[str, Callable[[Any], bool]]] = {
 _NAMES = {  # (the MoE module, the router, gate, up, down) in each format
     "mixtral": ("block_sparse_moe", "gate", "w1", "w3", "w2"),
     "qwen3_moe": ("mlp", "gate", "gate_proj", "up_proj", "down_proj"),
+    "deepseek_v3": ("mlp", "gate", "gate_proj", "up_proj", "down_proj"),  # + shared_experts, the router's bias
 }
 
 
-def _int(hf: dict[str, Any], key: str, default: int) -> int:
+def hf_int(hf: dict[str, Any], key: str, default: int) -> int:
+    """config.json's integer `key` (default when absent or null); CheckpointError for anything else."""
     value = hf.get(key, default)
     if value is None:
         return default
@@ -56,19 +58,19 @@ def _int(hf: dict[str, Any], key: str, default: int) -> int:
 
 def moe_config(hf: dict[str, Any], model_type: str, base: GPTConfig) -> GPTConfig:
     """The GPTConfig of a Mixtral or Qwen3-MoE config.json, given the Llama part that hf.py read (base)."""
-    n_expert = _int(hf, "num_local_experts", _int(hf, "num_experts", 8 if model_type == "mixtral" else 128))
-    top_k = _int(hf, "num_experts_per_tok", 2 if model_type == "mixtral" else 8)
+    n_expert = hf_int(hf, "num_local_experts", hf_int(hf, "num_experts", 8 if model_type == "mixtral" else 128))
+    top_k = hf_int(hf, "num_experts_per_tok", 2 if model_type == "mixtral" else 8)
     if model_type == "mixtral":
         return base.replace(n_expert=n_expert, expert_top_k=top_k)
     if n_expert == 0:  # transformers builds no expert anywhere: a dense Qwen3
         return base
-    step = _int(hf, "decoder_sparse_step", 1)
+    step = hf_int(hf, "decoder_sparse_step", 1)
     only = hf.get("mlp_only_layers") or []
     if step < 1 or not isinstance(only, list):
         raise CheckpointError(f"decoder_sparse_step must be >= 1 and mlp_only_layers a list, got {step!r}, {only!r}")
     # transformers' Qwen3MoeDecoderLayer: experts where the layer is not in mlp_only_layers and (i + 1) % step == 0.
     dense = tuple(i for i in range(base.n_layer) if i in only or (i + 1) % step)
-    hidden = _int(hf, "moe_intermediate_size", base.mlp_hidden)
+    hidden = hf_int(hf, "moe_intermediate_size", base.mlp_hidden)
     return base.replace(n_expert=n_expert, expert_top_k=top_k, moe_renorm=bool(hf.get("norm_topk_prob", False)),
                         expert_hidden=None if hidden == base.mlp_hidden else hidden, moe_dense_layers=dense)
 
@@ -87,14 +89,21 @@ def hf_moe_fields(kind: str, config: GPTConfig) -> dict[str, Any]:
 def expert_sources(kind: str, key: str, config: GPTConfig) -> list[tuple[str, tuple[int, ...]]] | None:
     """The checkpoint tensors (name, shape) that make our expert tensor `key`, in the order hf.py concatenates them;
     None for a tensor that is not an expert's or the router's (hf.py maps it as Llama's)."""
-    m = re.fullmatch(r"transformer\.h\.(\d+)\.mlp\.(router|c_fc|c_proj)\.weight", key)
+    m = re.fullmatch(r"transformer\.h\.(\d+)\.mlp\.(router\.weight|c_fc\.weight|c_proj\.weight|choice_bias|"
+                     r"shared\.c_fc\.weight|shared\.c_proj\.weight)", key)
     if m is None or int(m.group(1)) not in config.moe_layers:
         return None
     module, router, gate, up, down = _NAMES[kind]
     prefix = f"model.layers.{m.group(1)}.{module}."
-    d, hidden, n = config.n_embd, config.expert_width, config.n_expert
-    if m.group(2) == "router":
-        return [(prefix + f"{router}.weight", (n, d))]
-    if m.group(2) == "c_fc":
-        return [(prefix + f"experts.{j}.{name}.weight", (hidden, d)) for j in range(n) for name in (gate, up)]
-    return [(prefix + f"experts.{j}.{down}.weight", (d, hidden)) for j in range(n)]
+    d, hidden, n, part = config.n_embd, config.expert_width, config.n_expert, m.group(2)
+    shared = config.n_shared_expert * hidden  # DeepSeek's shared experts: one MLP as wide as all of them
+    sources = {
+        "router.weight": [(prefix + f"{router}.weight", (n, d))],
+        "choice_bias": [(prefix + f"{router}.e_score_correction_bias", (n,))],  # DeepSeek's, in its router
+        "c_fc.weight": [(prefix + f"experts.{j}.{name}.weight", (hidden, d)) for j in range(n) for name in (gate, up)],
+        "c_proj.weight": [(prefix + f"experts.{j}.{down}.weight", (d, hidden)) for j in range(n)],
+        "shared.c_fc.weight": [(prefix + f"shared_experts.{gate}.weight", (shared, d)),
+                               (prefix + f"shared_experts.{up}.weight", (shared, d))],
+        "shared.c_proj.weight": [(prefix + f"shared_experts.{down}.weight", (d, shared))],
+    }
+    return sources[part]

@@ -11,7 +11,9 @@ Conventions
 * Parameters: tied weights are counted once (a tied `lm_head` costs 0). Non-embedding parameters leave out the
   token and position tables, as `GPT.num_params(non_embedding=True)` does.
   With experts, the total holds every expert; the active parameters are those one token runs through (its top-k
-  experts, the shared ones, the router: moe.py counts them).
+  experts, the shared ones, the router: moe.py counts them). DeepSeek's choice biases (moe_choice_bias) count as
+  router parameters, as `GPT.num_params` counts them: numbers the model learns (by its balancing rule) and stores,
+  with no gradient and no AdamW moments.
 * FLOPs: 2 per multiply-add. Only matrix products are counted; norms, activations, softmax and the embedding
   lookup are a rounding error next to them. Per token of a forward pass of `context` tokens:
 
@@ -162,7 +164,7 @@ def param_table(c: GPTConfig) -> dict[str, int]:
         "mlp_gate": d * hidden + b * hidden if swiglu else 0,
         "mlp_up": d * hidden + b * hidden,
         "mlp_down": hidden * d + b * d * mlps,
-        "router": len(c.moe_layers) * d * c.n_expert,
+        "router": len(c.moe_layers) * (d + c.moe_choice_bias) * c.n_expert,  # weights (+ choice biases)
         "norms": (2 * L + 1) * norm + (2 * L * hd if c.qk_norm else 0) + mla["norms"],  # QK-norm, MLA's latents
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,
         **{k: n for k, n in mla.items() if k != "norms"},  # MLA's projections in place of q, k, v, out
@@ -222,6 +224,7 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
     total = sum(params.values())
     non_embedding = total - params["wte"] - params["wpe"]
     active = total - mlp_params(c, *mlp_units(c)) + mlp_params(c, *mlp_units(c, active=True))
+    trained = total - len(c.moe_layers) * c.n_expert * c.moe_choice_bias  # the choice biases take no gradient
 
     n_matmul = matmul_params(c)
     t_eff = sum(keys_per_query(context, w) for w in layer_windows(c)) / c.n_layer  # averaged over layers too
@@ -248,7 +251,7 @@ def model_stats(config: GPTConfig, context: int | None = None, batch: int = 1, d
         flops_train_per_step=3 * forward * batch * context, flops_decode_per_token=decode,
         kv_bytes_per_token=kv_per_token, kv_cache_positions=positions,
         kv_cache_bytes=batch * sum(held) * kv_per_token // c.n_layer,
-        weights_bytes=total * nbytes, grads_bytes=total * nbytes, adamw_bytes=2 * total * nbytes,
+        weights_bytes=total * nbytes, grads_bytes=trained * nbytes, adamw_bytes=2 * trained * nbytes,
         activation_bytes=sum(parts.values()), activation_parts=parts,
     )
 
@@ -318,6 +321,8 @@ def report_rows(s: ModelStats, moe: bool | None = None) -> list[_Row]:
     for key, group, name in COMPONENTS if moe else [row for row in COMPONENTS if row[0] != "router"]:
         if key == "norms" and (s.config.qk_norm or s.config.kv_lora_rank):  # their gains are norm weights too
             name += " (+ QK-norm)" if s.config.qk_norm else " (+ MLA latents)"
+        if key == "router" and s.config.moe_choice_bias:
+            name += " (+ choice bias)"
         rows.append(_Row(params, f"{group if group != last else '':<11} {name}", s.params[key], "count"))
         last = group
     rows += [

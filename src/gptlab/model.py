@@ -245,15 +245,21 @@ class _Permute(torch.autograd.Function):
 
 class MoE(nn.Module):
     """Mixture of experts (docs/moe.md): n_expert MLPs of the model's kind; each token runs through the top k by the
-    router's softmax, weighted by their probabilities (rescaled to sum to 1 with moe_renorm), plus any shared
-    experts, which every token runs through unweighted."""
+    router's scores (softmax, or DeepSeek-V3's sigmoid), weighted by their scores (rescaled to sum to 1 with
+    moe_renorm, times moe_scale), plus any shared experts, which every token runs through unweighted. DeepSeek-V3's
+    choice: a bias per expert added to the scores, and only the experts of a token's best moe_topk_groups groups."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         n, d, hidden = config.n_expert, config.n_embd, config.expert_width
         self.n_expert, self.top_k, self.renorm = n, config.expert_top_k, config.moe_renorm
+        self.sigmoid, self.scale = config.moe_score == "sigmoid", config.moe_scale
+        self.groups, self.topk_groups = config.moe_groups, config.moe_topk_groups
         self.swiglu = config.mlp == "swiglu"
         self.router = nn.Linear(d, n, bias=False)
+        # A buffer, not a parameter: no gradient moves it, the balancing rule does (moe.balance_choice_bias).
+        self.choice_bias = nn.Buffer(torch.zeros(n)) if config.moe_choice_bias else None
+        self.routed = None  # experts' routing slots summed over the training forwards since the bias last moved
         self.c_fc = ExpertLinear(n, d, 2 * hidden if self.swiglu else hidden, config.bias)  # [gate | up] per expert
         self.c_proj = ExpertLinear(n, hidden, d, config.bias)
         # DeepSeek's shared experts are one MLP as wide as all of them together.
@@ -265,19 +271,27 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # N tokens, routed independently
         logits = self.router(x)
-        probs = logits.float().softmax(dim=-1)
-        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k): the chosen experts and their probabilities
-        if self.renorm:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        scores = logits.float().sigmoid() if self.sigmoid else logits.float().softmax(dim=-1)
+        experts = self.choose(scores)  # (N, k)
+        weights = scores.gather(1, experts)  # the scores themselves, never the bias: it only chooses
+        if self.renorm:  # DeepSeek's 1e-20 guards sigmoid scores that are all tiny; a softmax's sum is >= k / E
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        if self.scale != 1:
+            weights = weights * self.scale
+        tally = experts.flatten().bincount(minlength=self.n_expert)
         if self.training:
+            # The aux loss wants a distribution over experts: sigmoid scores normalised per token (DeepSeek-V3).
+            probs = scores / scores.sum(dim=-1, keepdim=True) if self.sigmoid else scores
             self.stats = router_stats(logits, probs, experts)
+            if self.choice_bias is not None:
+                self.routed = tally if self.routed is None else self.routed + tally
         # Dispatch: the N * k (token, choice) pairs, sorted by expert, so that each expert's tokens are one slice and
         # each expert one matmul over it (a loop over experts, never over tokens). Empty slices still run: every
         # expert gets a gradient, as DDP wants.
         n, k = experts.shape
         order = experts.flatten().argsort(stable=True)  # pair p is token p // k's choice p % k
         inverse = order.argsort()
-        counts = experts.flatten().bincount(minlength=self.n_expert).tolist()
+        counts = tally.tolist()
         pairs = _Permute.apply(x.unsqueeze(1).expand(n, k, x.shape[-1]).reshape(n * k, -1), order, inverse)
         hidden = [activate(h, self.swiglu) for h in self.c_fc(pairs.split(counts))]
         out = _Permute.apply(torch.cat(self.c_proj(hidden)), inverse, order).view(n, k, -1)  # back to pair order
@@ -286,6 +300,19 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
         return self.dropout(y.view(shape))
+
+    @torch.no_grad()
+    def choose(self, scores: torch.Tensor) -> torch.Tensor:
+        """The k experts (N, k) of each token: its top k of scores + choice_bias, among the experts of its best
+        topk_groups groups (a group scored by the sum of its top 2). No gradient: the weights carry the router's."""
+        choice = scores if self.choice_bias is None else scores + self.choice_bias
+        if self.groups > 1:
+            n, e = choice.shape
+            grouped = choice.view(n, self.groups, e // self.groups)
+            best = grouped.topk(2, dim=-1).values.sum(dim=-1).topk(self.topk_groups, dim=-1).indices
+            keep = torch.zeros(n, self.groups, dtype=torch.bool, device=choice.device).scatter_(1, best, True)
+            choice = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(n, e)
+        return choice.topk(self.top_k, dim=-1).indices
 
 
 class Block(nn.Module):
@@ -340,8 +367,10 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters, tied weights counted once; non_embedding drops token and position tables."""
+        """Parameters, tied weights counted once; non_embedding drops token and position tables. The experts' choice
+        biases count too: learned numbers (by the balancing rule, not by gradient) that the model stores."""
         n = sum(p.numel() for p in self.parameters())
+        n += sum(b.numel() for name, b in self.named_buffers() if name.endswith(".choice_bias"))
         if non_embedding:
             n -= self.transformer.wte.weight.numel()
             if "wpe" in self.transformer:

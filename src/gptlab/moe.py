@@ -5,7 +5,9 @@ The MoE layer itself is `MoE` in model.py. Each time it routes in training mode 
 
   load-balancing loss   aux = n_expert * sum_i f_i * P_i       (Switch Transformer; Mixtral's router_aux_loss)
                         f_i: the fraction of the N * k routing slots (token, choice) that went to expert i,
-                        P_i: the router's probability for expert i, averaged over the N tokens.
+                        P_i: the router's probability for expert i, averaged over the N tokens; with sigmoid
+                        scores (DeepSeek-V3), the token's scores normalised to sum to 1, as DeepSeek-V3's
+                        sequence-wise balance loss normalises them (here over the batch's N tokens, not per sequence).
                         f carries no gradient (it counts); P does, and aux is smallest (1) when both are uniform.
   router z-loss         z = mean over tokens of logsumexp(router logits)^2      (ST-MoE, Zoph et al. 2022)
 
@@ -13,6 +15,11 @@ Both are averaged over the MoE layers; `router_penalty` is what the trainer adds
 backprop (the loss it logs stays the pure cross-entropy, so runs compare), and `RouterLog` turns the stats into
 metrics.jsonl's `moe_aux_loss`, `moe_z_loss` and `moe_load` (f per expert, averaged over MoE layers and steps).
 (Hugging Face's Mixtral counts f_i over the N tokens rather than the N * k slots: its aux is k times this one.)
+
+DeepSeek-V3's auxiliary-loss-free balancing (`--trainer.moe_bias_update=GAMMA`, `balance_choice_bias`) needs no loss:
+after each optimizer step, every expert's choice bias moves by GAMMA towards an even load,
+b_i += GAMMA * sign(mean_j c_j - c_i) with c_i the routing slots expert i got in the step (all micro-batches and
+ranks). The bias only chooses experts (model.MoE.choose), so the weights, and the gradients, never see it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import GPTConfig
 
 FP32, INT64 = 4, 8
@@ -36,7 +44,8 @@ class RouterStats:
 
 
 def router_stats(logits: torch.Tensor, probs: torch.Tensor, experts: torch.Tensor) -> RouterStats:
-    """The statistics of routing N tokens: router logits (N, E), their softmax (N, E) and the chosen experts (N, k)."""
+    """The statistics of routing N tokens: router logits (N, E), each token's distribution over the experts (N, E:
+    the softmax, or the sigmoid scores normalised) and the chosen experts (N, k)."""
     n_expert = probs.shape[-1]
     load = torch.bincount(experts.flatten(), minlength=n_expert).float() / experts.numel()  # f_i
     importance = probs.mean(dim=0)  # P_i
@@ -58,6 +67,21 @@ def router_penalty(model: torch.nn.Module, aux_coef: float, z_coef: float) -> to
     aux = torch.stack([s.aux for s in stats]).mean()
     z = torch.stack([s.z for s in stats]).mean()
     return aux_coef * aux + z_coef * z
+
+
+@torch.no_grad()
+def balance_choice_bias(model: torch.nn.Module, gamma: float) -> None:
+    """After an optimizer step: move every MoE layer's choice bias by gamma towards an even load (DeepSeek-V3's
+    auxiliary-loss-free balancing; gamma 0 moves nothing), from the routing slots its training forwards counted since
+    the last call (summed over the ranks), which it then forgets."""
+    for m in model.modules():
+        routed = getattr(m, "routed", None)
+        if routed is None:  # a dense MLP, experts without a choice bias, or no training forward since
+            continue
+        m.routed = None
+        if gamma:
+            load = distributed.all_reduce_mean(routed.float())  # every rank moves its copy of the bias alike
+            m.choice_bias += gamma * torch.sign(load.mean() - load)
 
 
 class RouterLog:
@@ -110,7 +134,8 @@ def routing_bytes(c: GPTConfig, tokens: int, nbytes: int) -> int:
     hidden units: per token the fp32 router logits and softmax and the log-sum-exp of the z-loss; per (token,
     expert) pair its expert id and its places in and out of the sort (int64), its weight, and two rows of n_embd
     (the experts' sorted input, their outputs in pair order); the top-k weights and their sum when renormalised;
-    per layer the load f."""
+    per layer the load f. (DeepSeek's choice runs without gradient: its groups and bias save nothing.)"""
     k, e = c.expert_top_k, c.n_expert
     per_token = 2 * e * FP32 + FP32 + k * (3 * INT64 + nbytes + 2 * c.n_embd * nbytes) + c.moe_renorm * (k + 1) * FP32
+    per_token += FP32 * (c.moe_score == "sigmoid")  # the sum that normalises the scores for the aux loss
     return len(c.moe_layers) * (tokens * per_token + e * FP32)

@@ -389,6 +389,9 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
                 f"{data.tokenizer.vocab_size} ids for this text); drop the flag"
             )
         config = config.replace(vocab_size=data.tokenizer.vocab_size)
+    if t.moe_bias_update and not config.moe_choice_bias:
+        raise UsageError(f"--trainer.moe_bias_update={t.moe_bias_update:g} moves the experts' choice biases: the model "
+                         "needs --model.moe_choice_bias=True (with --model.n_expert > 0)")
     if t.max_tokens is not None:  # a token budget: the steps it takes (whole steps)
         t.max_iters = steps_for_tokens(t.max_tokens, t.batch_size * config.block_size)
     batches = Batches(data, t.batch_size // t.grad_accum, config.block_size, info, order=cfg.data.order)
@@ -555,6 +558,7 @@ def _loop(run: Run, stop: dict[str, int | None]) -> int | None:
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(run.raw.parameters(), t.grad_clip)
             optimizer.step()
+            moe.balance_choice_bias(run.raw, t.moe_bias_update)  # DeepSeek's loss-free balancing (0: counts dropped)
             optimizer.zero_grad(set_to_none=True)
             run.step += 1
             step_loss = distributed.all_reduce_mean(loss_sum / t.grad_accum).item()

@@ -73,6 +73,8 @@ class TrainerConfig:
     grad_clip: float = 1.0  # clip the gradient norm to this; 0: no clipping
     moe_aux_coef: float = 0.01  # experts: load-balancing loss weight, added for backprop only (docs/moe.md)
     moe_z_coef: float = 0.0  # experts: router z-loss weight (ST-MoE uses 0.001); 0: off
+    # experts with moe_choice_bias: after each step, each choice bias moves by this towards an even load (DeepSeek-V3)
+    moe_bias_update: float = 0.0  # DeepSeek-V3's loss-free balancing speed (it used 0.001); 0: off
     eval_interval: int = 250  # every N steps: estimate train/val loss, checkpoint, plot, print a sample
     eval_iters: int = 20  # batches (of batch_size rows, as in training) per split in each loss estimate
     log_interval: int = 10  # steps per metrics.jsonl line (and per progress line when not on a terminal)
@@ -210,7 +212,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(t, name) < 1:
             raise UsageError(f"--trainer.{name} must be in [0, 1), got {getattr(t, name)}")
-    for name in ("weight_decay", "grad_clip", "moe_aux_coef", "moe_z_coef"):
+    for name in ("weight_decay", "grad_clip", "moe_aux_coef", "moe_z_coef", "moe_bias_update"):
         if getattr(t, name) < 0:
             raise UsageError(f"--trainer.{name} must be >= 0, got {getattr(t, name)}")
     if t.batch_size % t.grad_accum:
