@@ -354,3 +354,24 @@ def test_printed_rm_command_removes_the_stale_runs(one_seed: Path, tmp_path: Pat
               "--trainer.max_iters=5"])
     argv = shlex.split(str(e.value).rpartition(": ")[2])
     assert argv[:2] == ["rm", "-r"] and argv[2:] == [str(out / "runs" / "baseline-s0")]
+
+
+def test_report_shows_active_params_and_the_load_per_expert(tmp_path: Path) -> None:
+    from gptlab.info import model_stats
+    from gptlab.train import read_metrics
+
+    out = tmp_path / "rep"
+    assert main(["--preset=micro", "--grid=baseline,moe", "--seeds=1", f"--out={out}", "--no-uptrain",
+                 "--trainer.max_iters=8", "--trainer.log_interval=1"]) == 0
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    moe, base = summary["moe"], summary["baseline"]
+    assert base["active_params"] == base["params"] and not base["moe_load"]
+    assert moe["active_params"] == model_stats(GPTConfig(**moe["config"])).active_params < moe["params"]
+    # The load is where training left the routers: the mean of the last 5 logged steps, per expert.
+    logged = [r["moe_load"] for r in read_metrics(out / "runs" / "moe-s0") if "moe_load" in r][-5:]
+    assert len(logged) == 5
+    assert moe["moe_load"]["0"] == pytest.approx([sum(col) / 5 for col in zip(*logged, strict=True)])
+    report = (out / "report.md").read_text()
+    assert f"| +MoE | {moe['params']:,} | {moe['active_params']:,} |" in report
+    assert "## Mixture of experts: load per expert" in report and "| +MoE | 0 | " in report
+    assert f"{moe['active_params']:,} active per token" in report

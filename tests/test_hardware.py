@@ -74,7 +74,12 @@ def test_info_hardware_measures_and_lists_the_fast_paths(monkeypatch, capsys):
     autotune.reset()
     monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: {"plain": 1.0}.get(name, 0.5))
     argv = ["--hardware", "--model.preset=tiny", "--model.pos_emb=rope", "--model.window=8", "--context", "32"]
-    assert I.main(argv) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the decode split is timed only with threads to split over (OMP_NUM_THREADS=1: none)
+    try:
+        assert I.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert f"CPU: {hardware.cpu_model()}, {hardware.cpu_isa()}" in out
     assert "trains in fp32 here" in out  # the suite's GPTLAB_NATIVE_BF16=0
@@ -96,6 +101,8 @@ def test_gptlab_log_debug_shows_the_choices_and_a_bad_level_is_one_line(monkeypa
     monkeypatch.setenv("GPTLAB_LOG", "debug")
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as above: a choice to log needs threads to split over
     try:
         seen: list[str] = []
         monkeypatch.setattr(autotune.log, "debug", lambda msg, *args: seen.append(msg % args))
@@ -103,4 +110,5 @@ def test_gptlab_log_debug_shows_the_choices_and_a_bad_level_is_one_line(monkeypa
         assert any(line.startswith("decode linear ((") and line.endswith("ms)") for line in seen)
     finally:
         root.handlers[:], root.level = handlers, level
+        torch.set_num_threads(threads)
         autotune.reset()

@@ -92,7 +92,18 @@ def measure(work_dir: Path, data: Any, eval_batches: int, decode_tokens: int, ba
         "peak_memory_bytes": peak_mem,
         "est_train_memory_bytes": stats.train_memory_bytes,
         "extrapolation": extrap,
+        **moe_balance(rows),
     }
+
+
+def moe_balance(rows: list[dict[str, Any]], last: int = 5) -> dict[str, Any]:
+    """Where training left the routers of an MoE run: the fraction of routing slots per expert (moe_load) and the
+    load-balancing loss, each the mean of the last `last` logged steps (one step's batch is noisy); {} if dense."""
+    logged = [r for r in rows if "moe_load" in r][-last:]
+    if not logged:
+        return {}
+    return {"moe_load": [statistics.fmean(col) for col in zip(*(r["moe_load"] for r in logged), strict=True)],
+            "moe_aux_loss": statistics.fmean(r["moe_aux_loss"] for r in logged)}
 
 
 def measure_speeds(out: Path, grid: dict[str, dict[str, Any]], preset: dict[str, Any], device: torch.device,

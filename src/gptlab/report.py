@@ -128,6 +128,9 @@ def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] |
             "est_train_memory_bytes": r0["est_train_memory_bytes"],
             "val_loss": (loss_m, loss_s), "extrapolation": extrap, "config": r0["config"],
             "val_loss_batches": r0.get("eval_iters"), "window_batches": r0.get("eval_batches"),
+            "active_params": r0.get("active_params", r0["params"]),  # results of an older gptlab do not say
+            "moe_load": {r.get("seed", i): r["moe_load"] for i, r in enumerate(runs) if "moe_load" in r},
+            "moe_aux_loss": {r.get("seed", i): r["moe_aux_loss"] for i, r in enumerate(runs) if "moe_load" in r},
         }
         if "baseline" in results and name != "baseline":
             out[name]["paired_delta"] = paired(runs, results["baseline"])
@@ -143,10 +146,16 @@ def commentary(name: str, s: dict[str, Any], base: dict[str, Any] | None) -> str
     kv1, kv4 = (s["kv_cache_bytes"][k] / base["kv_cache_bytes"][k] for k in ("1x", "4x"))
     tr = s["train_tokens_per_s"] / base["train_tokens_per_s"]
     dec = s["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+    c = s["config"]
+    if c.get("n_expert"):  # what sizes an MoE is its experts, and a token runs through only some of them
+        width = (f"{c['n_expert']} experts of hidden {c.get('expert_hidden') or c['mlp_hidden']}, top-"
+                 f"{c['expert_top_k']}; {s['active_params']:,} active per token "
+                 f"({s['active_params'] / s['params']:.0%} of its total)")
+    else:
+        width = f"MLP hidden {c['mlp_hidden']} (the baseline's {base['config']['mlp_hidden']})"
     parts = [f"**{LABELS.get(name, name)}**: {_verdict(s, base)}.",
-             f"Size: {s['params']:,} params ({dp:+.1%}), MLP hidden {s['config']['mlp_hidden']} (the baseline's "
-             f"{base['config']['mlp_hidden']}); KV cache {kv1:.2f}× the baseline's at {t} tokens, {kv4:.2f}× at "
-             f"{4 * t}.",
+             f"Size: {s['params']:,} params ({dp:+.1%}), {width}; KV cache {kv1:.2f}× the baseline's at {t} "
+             f"tokens, {kv4:.2f}× at {4 * t}.",
              f"Speed: training {tr:.2f}×, decoding {dec:.2f}× the baseline's tokens/s."]
     ex = s["extrapolation"]
     if ex.get("2x") is None:
@@ -218,7 +227,7 @@ def write_report(out: Path, results: dict[str, list[dict[str, Any]]], uptrain: d
     summary = summarize(results, speeds)
     plot_curves(results, out)
     lines = [*_variants_section(summary, results, meta, speeds), *_match_section(summary, meta),
-             *_paired_section(summary, meta), *_extrapolation_section(summary, meta)]
+             *_paired_section(summary, meta), *_moe_section(summary), *_extrapolation_section(summary, meta)]
     lines += ["", "## What each change did (generated from the numbers above)", ""]
     for name, s in summary.items():
         text = commentary(name, s, summary.get("baseline"))
@@ -267,22 +276,23 @@ def _variants_section(summary: dict[str, dict[str, Any]], results: dict[str, lis
             f"{LABELS.get(n, n)}: " + (", ".join(f"{k}={v}" for k, v in c.items()) or "none")
             for n, c in meta["grid"].items() if n in results) + ".",
         "",
-        f"| variant | params | non-emb params | KV cache at {ctx} / {4 * ctx} tokens | FLOPs/token | train tok/s "
-        f"| decode tok/s | peak memory | {final} | Δ vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| variant | params | active params | non-emb params | KV cache at {ctx} / {4 * ctx} tokens | FLOPs/token "
+        f"| train tok/s | decode tok/s | peak memory | {final} | Δ vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
         m, sd = s["val_loss"]
         delta = "–" if base is None or name == "baseline" else f"{m - base['val_loss'][0]:+.3f}"
         peak = _mb(s["peak_memory_bytes"]) if s["peak_memory_bytes"] else f"{_mb(s['est_train_memory_bytes'])} (est.)"
         lines.append(
-            f"| {LABELS.get(name, name)} | {s['params']:,} | {s['non_embedding_params']:,} | "
+            f"| {LABELS.get(name, name)} | {s['params']:,} | {s['active_params']:,} | {s['non_embedding_params']:,} | "
             f"{_kib(s['kv_cache_bytes']['1x'])} / {_kib(s['kv_cache_bytes']['4x'])} | "
             f"{s['flops_per_token'] / 1e6:.2f}M | {s['train_tokens_per_s']:,.0f} | "
             f"{s['decode_tokens_per_s']:,.0f} | {peak} | {_pm((m, sd), s['seeds'], meta)} | {delta} |"
         )
     lines += [
         "",
+        "Active params: what one token runs through (with experts, only its top-k of them; else all). "
         "The KV cache (one sequence, fp32) and FLOPs per token (forward, at block_size) are computed by `gptlab "
         f"info`; a window caps the cache at the window. At {4 * ctx} tokens, a model with learned positions cannot "
         "decode (they end at block_size): its figure is what the cache would hold. Peak memory "
@@ -317,6 +327,25 @@ def _match_section(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> 
             lines.append(f"| {LABELS.get(name, name)} | {r['mlp_hidden']}{field} | {r['unmatched_mlp_hidden']} | "
                          f"{s[key]:,.0f} | {s[key] / base[key] - 1:+.2%}"
                          f"{'' if r.get('within_tolerance', True) else ' (beyond 0.5%: the nearest width)'} |")
+    return [*lines, ""]
+
+
+def _moe_section(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """Per MoE variant and seed: the fraction of routing slots each expert got at the end of training."""
+    rows = [(name, seed, load, s["moe_aux_loss"][seed]) for name, s in summary.items()
+            for seed, load in s.get("moe_load", {}).items()]
+    if not rows:
+        return []
+    n = max(len(load) for _, _, load, _ in rows)
+    lines = ["## Mixture of experts: load per expert", "",
+             "The fraction of the routing slots (token, choice) each expert got, the mean of the last 5 logged "
+             f"training steps, averaged over the MoE layers (`moe_load` in metrics.jsonl); balanced is 1/{n} = "
+             f"{1 / n:.1%} each. Aux: the load-balancing loss (1 when balanced).", "",
+             "| variant | seed | " + " | ".join(f"e{i}" for i in range(n)) + " | max / min | aux |",
+             "|---|---:|" + "---:|" * (n + 2)]
+    for name, seed, load, aux in rows:
+        lines.append(f"| {LABELS.get(name, name)} | {seed} | " + " | ".join(f"{x:.1%}" for x in load)
+                     + f" | {max(load) / max(min(load), 1e-9):.2f} | {aux:.3f} |")
     return [*lines, ""]
 
 
