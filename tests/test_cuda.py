@@ -68,3 +68,22 @@ def test_compiled_decode_step_equals_eager_and_compiles_few_graphs(window: int |
         assert torch.equal(out, generate(model, idx, n, temperature=0))
     # Until the rolling buffer is full the visible length varies; after that one graph serves every slot.
     assert counters["stats"]["unique_graphs"] <= 4
+
+
+def test_sample_dtype_auto_decodes_in_bf16_on_a_gpu_that_has_it() -> None:
+    """gptlab sample --dtype=auto: bf16 weights on a GPU with native bf16; each token the cached decode picks is
+    the best (to bf16 rounding) under the bf16 model's own full forward."""
+    from gptlab.generate import cast_weights, decode_dtype
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=128, n_layer=2, n_head=4, n_embd=64, n_kv_head=2,
+                          pos_emb="rope")).cuda().eval()
+    assert decode_dtype(model) == (torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False)
+                                   else torch.float32)
+    cast_weights(model, torch.bfloat16)
+    idx = torch.randint(0, 65, (2, 5), device="cuda")
+    seq = generate(model, idx, 20, temperature=0)
+    with torch.no_grad():
+        full = model(seq[:, :-1])[0][:, 4:].float()
+    picked = full.gather(-1, seq[:, 5:, None]).squeeze(-1)
+    torch.testing.assert_close(picked, full.max(-1).values, atol=0.05, rtol=0)
