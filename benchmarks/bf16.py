@@ -135,4 +135,5 @@ def row_bf16(repeats: int, new_tokens: int = 128) -> str:
 
 
 if __name__ == "__main__":
+    hardware.keep_freed_memory()  # as gptlab train and run_all.py do
     print(row_bf16(int(sys.argv[1]) if len(sys.argv) > 1 else 7, int(sys.argv[2]) if len(sys.argv) > 2 else 128))

@@ -112,7 +112,8 @@ def header(device: str) -> str:
         f"- device: {device}"
         + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else f", CPU: {hardware.cpu_model()}")
         + f", {os.cpu_count()} logical cores",
-        f"- ISA: {hardware.cpu_isa()}, native bf16 matmul: {'yes' if hardware.native_bf16_cpu() else 'no'}",
+        f"- ISA: {hardware.cpu_isa()}, native bf16 matmul: {'yes' if hardware.native_bf16_cpu() else 'no'}; "
+        "malloc keeps freed memory (as gptlab train has it), for both sides",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, threads: {torch.get_num_threads()}",
         f"- load average (1/5/15 min) at start: {load} (a shared machine slows both sides of every ratio)",
     ]
@@ -713,6 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "T", "W"), help=argparse.SUPPRESS)
     p.add_argument("--train-child", type=int, metavar="REPEATS", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    hardware.keep_freed_memory()  # as gptlab train does; process-wide, so both sides of every row run with it
     if args.train_child:  # a fresh process of row_train: its times as JSON on stdout
         return print(json.dumps(_train_times(args.train_child, "cpu")))
     if args.peak_child:

@@ -9,10 +9,13 @@ import warnings
 import pytest
 import torch
 
+from gptlab import autotune
 from gptlab.attention import (
     _SlidingWindowFlashCPU,
+    attention,
     banded_sliding_window_attention,
     flex_sliding_window_attention,
+    matmul_causal_attention,
     naive_attention,
     sliding_window_attention,
     window_mask,
@@ -189,3 +192,76 @@ def test_compiled_flex_keeps_compiling_past_dynamos_default_budget() -> None:
             y = flex_sliding_window_attention(q, k, v, 16)
             torch.testing.assert_close(y, naive_attention(q, k, v, 16), atol=1e-5, rtol=1e-5)
     assert counters["frames"]["ok"] == 9 and not counters["unimplemented"]  # no "recompile limit exceeded"
+
+
+# --- full causal attention in bf16 on CPU: SDPA or bf16 matmuls, by measurement --------------------------------------
+
+
+@pytest.mark.parametrize("case", [(2, 4, 2, 37, 8), (1, 6, 6, 64, 16), (2, 6, 1, 33, 16), (3, 2, 2, 5, 4)])
+def test_matmul_causal_attention_exact_in_fp32(case):
+    # The same function in fp32 against the naive reference, values and gradients (GQA and MQA included).
+    B, H, Hkv, T, D = case
+    _check_exact(lambda q, k, v, w: matmul_causal_attention(q, k, v), (B, H, Hkv, T, D, T))
+
+
+def test_matmul_causal_attention_scale_and_value_width():
+    (q, k, v), _ = _inputs(2, 4, 2, 21, 8)
+    v = torch.randn(2, 2, 21, 12)  # MLA: values of another width than the keys
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(matmul_causal_attention(q, k, v, scale=0.3), want, atol=1e-5, rtol=1e-5)
+
+
+def test_matmul_causal_attention_dropout_drops_and_rescales():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    assert not torch.equal(matmul_causal_attention(q, k, v, dropout_p=0.5), matmul_causal_attention(q, k, v))
+    v = torch.ones_like(v)  # every output is a sum of kept weights / (1 - p): their mean stays 1
+    assert matmul_causal_attention(q, k, v, dropout_p=0.5).mean().item() == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize("winner", ["plain", "matmul"])
+def test_bf16_causal_attention_is_chosen_by_median_timing_only_in_bf16(monkeypatch, winner):
+    calls: list[str] = []
+    times = {"plain": 1.0, "matmul": 0.5 if winner == "matmul" else 2.0}
+    monkeypatch.setattr(autotune, "median_time", lambda name, fn: (calls.append(name), times[name])[1])
+    monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: pytest.fail("timed by its best run"))
+    autotune.reset()
+    try:
+        (q, k, v), grad_out = _inputs(2, 4, 2, 40, 8)
+        ref = naive_attention(q, k, v, None)
+        attention(q, k, v)  # fp32: SDPA, never timed
+        assert calls == []
+        qb, kb, vb = (x.detach().bfloat16().requires_grad_() for x in (q, k, v))
+        y = attention(qb, kb, vb)
+        assert sorted(calls) == ["matmul", "plain"]
+        assert [(op, best) for op, _, best, _ in autotune.choices()] == [("cpu bf16 causal attention", winner)]
+        torch.testing.assert_close(y.float(), ref, atol=3e-2, rtol=3e-2)
+        y.backward(grad_out.bfloat16())
+        assert all(torch.isfinite(x.grad).all() for x in (qb, kb, vb))
+        attention(qb, kb, vb)
+        assert len(calls) == 2  # remembered for the shape
+    finally:
+        autotune.reset()
+
+
+def test_bf16_training_step_through_either_attention_path(monkeypatch):
+    # Under bf16 autocast the model reaches the bf16 path (its attention inputs are bf16), and the step's loss and
+    # gradients agree between the two paths to bf16 rounding.
+    from gptlab import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, n_kv_head=2,
+                          pos_emb="rope"))
+    x = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(0))
+    results = []
+    for winner in ("plain", "matmul"):
+        autotune.reset()
+        monkeypatch.setattr(autotune, "median_time", lambda name, fn, w=winner: 0.5 if name == w else 1.0)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, x)[1]
+        loss.backward()
+        assert [best for op, _, best, _ in autotune.choices() if op == "cpu bf16 causal attention"] == [winner]
+        results.append((loss.item(), model.transformer.wte.weight.grad.clone()))
+    autotune.reset()
+    assert results[0][0] == pytest.approx(results[1][0], abs=2e-2)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=2e-2, rtol=0.1)

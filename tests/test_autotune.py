@@ -214,3 +214,10 @@ def test_decode_dtype_picks_bf16_only_where_native_and_measured_faster(monkeypat
     assert decode_dtype(model) == expected and calls.count("bfloat16") == int(native)  # once per process
     cast_weights(model, torch.bfloat16)
     assert decode_dtype(model) == torch.bfloat16  # a bf16 model decodes in bf16, untimed
+
+
+def test_median_time_is_the_typical_run_not_the_best():
+    import time as time_module
+
+    durations = iter([0.0, 0.0, 0.001, 0.05, 0.05, 0.05, 0.001])  # two warm-ups, then five timed runs
+    assert autotune.median_time("x", lambda: time_module.sleep(next(durations))) >= 0.04

@@ -112,3 +112,14 @@ def test_gptlab_log_debug_shows_the_choices_and_a_bad_level_is_one_line(monkeypa
         root.handlers[:], root.level = handlers, level
         torch.set_num_threads(threads)
         autotune.reset()
+
+
+def test_training_asks_malloc_to_keep_freed_memory(tmp_path, monkeypatch):
+    import platform
+
+    calls: list[bool] = []
+    real = hardware.keep_freed_memory
+    monkeypatch.setattr(hardware, "keep_freed_memory", lambda: calls.append(True) or real())
+    assert T.main(_tiny_run(tmp_path, "run", "float32")) == 0
+    assert calls == [True]
+    assert real() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")  # and nowhere else

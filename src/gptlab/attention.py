@@ -80,8 +80,69 @@ def attention(
         q = q * ((scale or D**-0.5) * width**0.5)
         q, k, v = (F.pad(x, (0, width - x.size(-1))) for x in (q, k, v))
         return sliding_window_attention(q, k, v, window, dropout_p)[..., :Dv]
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(2) <= _MATMUL_UP_TO:
+        return _cpu_bf16_causal_attention(q, k, v, dropout_p, scale)
     # enable_gqa lets SDPA map query head h to K/V head h // (n_head / n_kv_head) without copies.
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa, scale=scale)
+
+
+# --- CPU, bf16: full causal attention as bf16 matmuls ----------------------------------------------------------------
+
+_MATMUL_UP_TO = 1024  # longest sequence whose T x T scores matmul_causal_attention may hold
+
+
+def matmul_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+                            scale: float | None = None) -> torch.Tensor:
+    """Causal attention as two batched matmuls in the inputs' dtype around an fp32 softmax (transformers' eager
+    attention in bf16), the T x T scores in memory. q (B, H, T, D); k, v (B, Hkv, T, D or Dv): each K/V head's
+    H / Hkv query heads go through as one head's rows."""
+    B, H, T, D = q.shape
+    group = H // k.size(1)
+    scores = (q.reshape(B, k.size(1), group * T, D) @ k.transpose(-1, -2)).float().mul_(scale or D**-0.5)
+    hidden = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1).repeat(group, 1)
+    probs = scores.masked_fill_(hidden, float("-inf")).softmax(dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return (probs.to(v.dtype) @ v).view(B, H, T, v.size(-1))
+
+
+def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, scale: float | None
+                 ) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                          enable_gqa=k.size(1) != q.size(1), scale=scale)
+
+
+_BF16_CAUSAL_PATHS = {autotune.PLAIN: _sdpa_causal, "matmul": matmul_causal_attention}
+
+
+def _cpu_bf16_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                               scale: float | None) -> torch.Tensor:
+    """bf16 causal attention on CPU by SDPA (the plain op) or matmul_causal_attention, whichever measured faster
+    for this shape. SDPA's CPU flash kernel computes in fp32 whatever its inputs (18-19 ms forward + backward for
+    a char-small layer in bf16 and fp32 alike on an AVX512-BF16 EPYC), where bf16 matmuls run at the CPU's bf16
+    rate: 11 ms there, once the allocator keeps the freed scores (hardware.keep_freed_memory; 19-35 ms when each
+    step page-faults them in again). So the candidates are timed by their median, not their best run. Only bf16
+    is a candidate: in fp32 the two tie, and an untimed op keeps every fp32 run's kernels the same everywhere."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    key = (*q.shape, k.size(1), v.size(-1), grad, dropout_p > 0, torch.get_num_threads())
+    best = autotune.choice("cpu bf16 causal attention", key)
+    if best not in _BF16_CAUSAL_PATHS:
+        g = torch.Generator(q.device).manual_seed(0)  # private: the global RNG is the dropout stream
+        inputs = [torch.empty_like(x).normal_(generator=g) for x in (q, k, v)]
+
+        def timed(path: Callable[..., torch.Tensor]) -> Callable[[], None]:
+            def run() -> None:
+                q_, k_, v_ = (x.detach().requires_grad_(grad) for x in inputs)
+                y = path(q_, k_, v_, dropout_p, scale)
+                if grad:
+                    y.backward(torch.ones_like(y))
+
+            return run
+
+        best = autotune.choose("cpu bf16 causal attention", key,
+                               {name: timed(path) for name, path in _BF16_CAUSAL_PATHS.items()},
+                               timer=autotune.median_time)
+    return _BF16_CAUSAL_PATHS[best](q, k, v, dropout_p, scale)
 
 
 def naive_attention(

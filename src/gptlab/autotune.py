@@ -39,6 +39,19 @@ def fastest_time(name: str, fn: Callable[[], object], repeats: int = 3) -> float
     return min(times)
 
 
+def median_time(name: str, fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median of `repeats` runs of fn() after two warm-ups: for a candidate whose speed depends on how the
+    allocator serves its large temporaries, the fastest run can be far from the typical one."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[repeats // 2]
+
+
 def choose(
     op: str, key: Hashable, candidates: dict[str, Callable[[], object]], timer: Timer | None = None
 ) -> str:

@@ -173,6 +173,7 @@ def train(cfg: TrainConfig) -> int:
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> int:
     """The phases of a run, in order."""
+    hardware.keep_freed_memory()
     t = cfg.trainer
     t.grad_accum = grad_accum_for(t, info.world_size)  # --trainer.micro_batch_size sets it from the processes
     if t.batch_size % (t.grad_accum * info.world_size):
