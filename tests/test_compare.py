@@ -375,3 +375,15 @@ def test_report_shows_active_params_and_the_load_per_expert(tmp_path: Path) -> N
     assert f"| +MoE | {moe['params']:,} | {moe['active_params']:,} |" in report
     assert "## Mixture of experts: load per expert" in report and "| +MoE | 0 | " in report
     assert f"{moe['active_params']:,} active per token" in report
+
+    # result.json of an older gptlab (no active params, no load): --report-only still reports, the active params
+    # from the config (not the total, which would say a token runs through every expert), and no load section.
+    for path in (out / "runs").glob("*/result.json"):
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in result.items()
+                                    if k not in ("active_params", "moe_load", "moe_aux_loss")}))
+    assert main([f"--out={out}", "--report-only"]) == 0
+    old = json.loads((out / "results.json").read_text())["summary"]
+    assert old["moe"]["active_params"] == moe["active_params"] and old["baseline"]["active_params"] == base["params"]
+    report = (out / "report.md").read_text()
+    assert f"{moe['active_params']:,} active per token" in report and "load per expert" not in report
