@@ -214,3 +214,15 @@ def test_decode_dtype_picks_bf16_only_where_native_and_measured_faster(monkeypat
     assert decode_dtype(model) == expected and calls.count("bfloat16") == int(native)  # once per process
     cast_weights(model, torch.bfloat16)
     assert decode_dtype(model) == torch.bfloat16  # a bf16 model decodes in bf16, untimed
+
+
+def test_decode_dtype_measures_nothing_and_stays_fp32_without_linear_layers(monkeypatch):
+    # Nothing to time (no CPU nn.Linear: ExpertLinear and embeddings only): two empty passes would be compared, and
+    # timing noise could pick bf16 for nothing. fp32 stays, untimed.
+    from gptlab.model import ExpertLinear
+
+    calls: list[str] = []
+    monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "bfloat16": 0.5}, calls))
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: True)
+    model = nn.Sequential(nn.Embedding(16, 8), ExpertLinear(2, 8, 8, bias=False))
+    assert decode_dtype(model) == torch.float32 and calls == []
