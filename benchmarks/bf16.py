@@ -4,7 +4,8 @@
 Training: the char-small step (the `train` row's model and batch) in fp32 and under bf16 autocast, as the trainer
 runs it, gptlab and transformers' GPT-2, all four alternating in one process; then where the bf16 step's time goes
 (torch.profiler, self time per op). Decoding: GPT-2 124M greedy with fp32 weights and with bf16 weights (what
-`--dtype=auto` measures and picks), and transformers with the same bf16 weights. On a CPU without native bf16
+`--dtype=auto` measures and picks), and transformers' GPT-2 in bf16 (its own random weights: every greedy run
+decodes the same number of tokens, so the work is the same). On a CPU without native bf16
 (AVX2) bf16 is emulated: the row shows what auto avoids there.
 """
 
@@ -25,7 +26,8 @@ from gptlab.generate import cast_weights, decode_dtype  # noqa: E402
 
 
 def _steps() -> dict[str, object]:
-    """Training-step closures: gptlab and transformers, fp32 and bf16 autocast, same weights init, data, AdamW."""
+    """Training-step closures: gptlab and transformers, fp32 and bf16 autocast (each model's two from one init),
+    the same data and AdamW."""
     torch.manual_seed(0)
     cfg = GPTConfig(**TRAIN)
     x, y = (torch.randint(0, cfg.vocab_size, (TRAIN_BATCH, cfg.block_size)) for _ in range(2))

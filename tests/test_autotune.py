@@ -205,12 +205,27 @@ def test_sampling_during_training_does_not_move_the_dropout_rng(tmp_path, monkey
 def test_decode_dtype_picks_bf16_only_where_native_and_measured_faster(monkeypatch, native, bf16_time, expected):
     torch.set_num_threads(2)
     calls: list[str] = []
+    computed: list[set[torch.dtype]] = []  # the dtypes each timed candidate computed in (it runs once here)
     times = {"plain": 1.0, "gemv": 2.0, "bfloat16": bf16_time}
-    monkeypatch.setattr(autotune, "fastest_time", fake_timer(times, calls))
+
+    def timer(name, fn):
+        calls.append(name)
+        computed.append({y.dtype for y in fn()})
+        return times[name]
+
+    monkeypatch.setattr(autotune, "fastest_time", timer)
     monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native)
     model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
     assert decode_dtype(model) == expected
     assert ("bfloat16" in calls) == native
+    if native:  # the two passes timed: the model's fp32 weights, and bf16 copies of them (timed right after)
+        at = calls.index("bfloat16")
+        assert computed[at - 1] == {torch.float32} and computed[at] == {torch.bfloat16}
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # copies: the model is left as it was
+        # each pass through each shape's fastest kernel in its dtype: those were chosen, fp32's and bf16's
+        linear = {key for op, key, _, _ in autotune.choices() if op == "decode linear"}
+        assert {dtype for dtype in ("torch.float32", "torch.bfloat16") if any(dtype in k for k in linear)} == {
+            "torch.float32", "torch.bfloat16"}
     assert decode_dtype(model) == expected and calls.count("bfloat16") == int(native)  # once per process
     cast_weights(model, torch.bfloat16)
     assert decode_dtype(model) == torch.bfloat16  # a bf16 model decodes in bf16, untimed
@@ -221,3 +236,15 @@ def test_median_time_is_the_typical_run_not_the_best():
 
     durations = iter([0.0, 0.0, 0.001, 0.05, 0.05, 0.05, 0.001])  # two warm-ups, then five timed runs
     assert autotune.median_time("x", lambda: time_module.sleep(next(durations))) >= 0.04
+
+
+def test_decode_dtype_measures_nothing_and_stays_fp32_without_linear_layers(monkeypatch):
+    # Nothing to time (no CPU nn.Linear: ExpertLinear and embeddings only): two empty passes would be compared, and
+    # timing noise could pick bf16 for nothing. fp32 stays, untimed.
+    from gptlab.model import ExpertLinear
+
+    calls: list[str] = []
+    monkeypatch.setattr(autotune, "fastest_time", fake_timer({"plain": 1.0, "bfloat16": 0.5}, calls))
+    monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: True)
+    model = nn.Sequential(nn.Embedding(16, 8), ExpertLinear(2, 8, 8, bias=False))
+    assert decode_dtype(model) == torch.float32 and calls == []

@@ -285,12 +285,13 @@ def test_eval(run: Path, capsys: pytest.CaptureFixture) -> None:
 def test_eval_dtype(run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     # auto: bf16 autocast exactly where training's auto would use it; the loss moves by bf16 rounding only.
     monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native)
-    losses = {}
+    results = {}
     for dtype in ("auto", "float32", "bfloat16"):
         assert cli.main(["eval", str(run / "a"), "--json", f"--dtype={dtype}"]) == 0
-        result = json.loads(capsys.readouterr().out)
-        losses[result["dtype"] if dtype == "auto" else dtype] = result["loss"]
-        assert result["dtype"] == {"auto": "bfloat16" if native else "float32"}.get(dtype, dtype)
+        results[dtype] = json.loads(capsys.readouterr().out)
+        assert results[dtype]["dtype"] == {"auto": "bfloat16" if native else "float32"}.get(dtype, dtype)
+    losses = {dtype: r["loss"] for dtype, r in results.items()}
+    assert losses["auto"] == losses[results["auto"]["dtype"]]  # computed as it says, not only named so
     assert losses["bfloat16"] == pytest.approx(losses["float32"], abs=0.02) and losses["bfloat16"] != losses["float32"]
     assert cli.main(["eval", str(run / "a"), "--dtype=bfloat16"]) == 0
     assert "bf16 autocast" in capsys.readouterr().out
@@ -302,18 +303,29 @@ def test_eval_dtype(run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytes
 def test_sample_dtype(run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
                       bf16_faster: bool) -> None:
     # auto decodes with bf16 weights only where that was measured faster (injected timings), and says so on stderr.
+    import torch
+
+    from gptlab import generate
+
     autotune.reset()
     monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: True)
     times = {"plain": 1.0, "gemv": 2.0, "bfloat16": 0.5 if bf16_faster else 1.5}
     monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: times[name])
+    decoded_in = []  # the dtype of the weights each sample decoded with
+    real = generate.generate
+    monkeypatch.setattr(generate, "generate", lambda model, *a, **k: decoded_in.append(
+        {p.dtype for p in model.parameters()}) or real(model, *a, **k))
     try:
         assert cli.main(["sample", str(run / "a"), "--prompt=ROMEO:", "--max_new_tokens=10"]) == 0
     finally:
         autotune.reset()
     out, err = capsys.readouterr()
     assert out.startswith("ROMEO:") and ("bf16 weights" in err) == bf16_faster
-    assert cli.main(["sample", str(run / "b"), "--dtype=bfloat16", "--max_new_tokens=40", "--temperature=0"]) == 0
-    assert "bf16" not in capsys.readouterr().err  # asked for, not chosen: nothing to explain
+    assert decoded_in.pop() == {torch.bfloat16 if bf16_faster else torch.float32}
+    # Asked for, not chosen: nothing to explain, and what was asked for whatever auto would pick.
+    asked = "float32" if bf16_faster else "bfloat16"
+    assert cli.main(["sample", str(run / "b"), f"--dtype={asked}", "--max_new_tokens=40", "--temperature=0"]) == 0
+    assert "bf16" not in capsys.readouterr().err and decoded_in == [{getattr(torch, asked)}]
 
 
 def test_plot(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -371,7 +371,25 @@ def test_report_shows_active_params_and_the_load_per_expert(tmp_path: Path) -> N
     logged = [r["moe_load"] for r in read_metrics(out / "runs" / "moe-s0") if "moe_load" in r][-5:]
     assert len(logged) == 5
     assert moe["moe_load"]["0"] == pytest.approx([sum(col) / 5 for col in zip(*logged, strict=True)])
+    aux = [r["moe_aux_loss"] for r in read_metrics(out / "runs" / "moe-s0") if "moe_load" in r][-5:]
+    assert moe["moe_aux_loss"]["0"] == pytest.approx(sum(aux) / 5)
     report = (out / "report.md").read_text()
     assert f"| +MoE | {moe['params']:,} | {moe['active_params']:,} |" in report
-    assert "## Mixture of experts: load per expert" in report and "| +MoE | 0 | " in report
-    assert f"{moe['active_params']:,} active per token" in report
+    load = moe["moe_load"]["0"]  # its row: each expert's share in expert order, max / min, aux
+    row = " | ".join(f"{x:.1%}" for x in load) + f" | {max(load) / max(min(load), 1e-9):.2f} | "
+    assert "## Mixture of experts: load per expert" in report
+    assert f"| +MoE | 0 | {row}{moe['moe_aux_loss']['0']:.3f} |" in report
+    share = moe["active_params"] / moe["params"]
+    assert f"{moe['active_params']:,} active per token ({share:.0%} of its total)" in report and share < 0.5
+
+    # result.json of an older gptlab (no active params, no load): --report-only still reports, the active params
+    # from the config (not the total, which would say a token runs through every expert), and no load section.
+    for path in (out / "runs").glob("*/result.json"):
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in result.items()
+                                    if k not in ("active_params", "moe_load", "moe_aux_loss")}))
+    assert main([f"--out={out}", "--report-only"]) == 0
+    old = json.loads((out / "results.json").read_text())["summary"]
+    assert old["moe"]["active_params"] == moe["active_params"] and old["baseline"]["active_params"] == base["params"]
+    report = (out / "report.md").read_text()
+    assert f"{moe['active_params']:,} active per token" in report and "load per expert" not in report

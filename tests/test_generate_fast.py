@@ -224,6 +224,17 @@ def test_cast_weights_keeps_rope_frequencies_and_ties(switch):
     torch.testing.assert_close(picked, full.max(-1).values, atol=0.05, rtol=0)
 
 
+def test_cast_weights_keeps_the_choice_bias_fp32():
+    # DeepSeek-V3's choice bias is a buffer that chooses experts: like the loader (hf.py) and transformers, casting
+    # the weights leaves it fp32 and to the bit, where rounded to bf16 it would choose other experts.
+    m = model_of(tiny(n_expert=4, expert_top_k=2, moe_score="sigmoid", moe_choice_bias=True))
+    for block in m.transformer.h:
+        block.mlp.choice_bias.copy_(torch.linspace(-0.3, 0.3001, 4))
+    cast_weights(m, torch.bfloat16)
+    assert all(torch.equal(b.mlp.choice_bias, torch.linspace(-0.3, 0.3001, 4)) for b in m.transformer.h)
+    assert generate(m, torch.zeros(1, 2, dtype=torch.long), 3).shape == (1, 5)
+
+
 def test_generated_ids_are_ordinary_tensors_autograd_can_use():
     # generate runs under inference_mode; what it returns must still feed a training step (embedding's backward
     # saves its indices, which an inference tensor refuses).

@@ -96,17 +96,26 @@ def test_acc_takes_the_summed_loss_and_acc_norm_the_mean() -> None:
     assert hellaswag.score(sums, counts, [1, 0]) == (1, 1)  # acc right on the first, acc_norm on the second
 
 
-def test_eval_cli_and_training_report_hellaswag(tiny, tmp_path: Path, capsys) -> None:
+def test_eval_cli_and_training_report_hellaswag(tiny, tmp_path: Path, capsys, monkeypatch) -> None:
     from gptlab import train as T
     from gptlab.data import shakespeare_text
+    from gptlab.hardware import bf16_autocast_pays
 
     file = write_items(tmp_path / "hellaswag_val.jsonl")
     _, directory = tiny
-    assert main(["eval", str(directory), f"--hellaswag={file}", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
     model = GPT.from_pretrained(directory)
-    expected = hellaswag.evaluate(model, hellaswag.load(file, get_tokenizer("gpt2")))
-    assert {k: result[k] for k in ("acc", "acc_norm", "n")} == expected and result["n"] == 5
+    evaluate, autocast_on = hellaswag.evaluate, []
+    monkeypatch.setattr(hellaswag, "evaluate", lambda *a, **k: autocast_on.append(torch.is_autocast_enabled("cpu"))
+                        or evaluate(*a, **k))
+    # --dtype (auto: bf16 autocast where training would use it): the scores under the autocast the output names.
+    auto = "bfloat16" if bf16_autocast_pays(torch.device("cpu")) else "float32"
+    for dtype, named in (("auto", auto), ("float32", "float32"), ("bfloat16", "bfloat16")):
+        assert main(["eval", str(directory), f"--hellaswag={file}", "--json", f"--dtype={dtype}"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["dtype"] == named and autocast_on.pop() == (named == "bfloat16"), dtype
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=named == "bfloat16"):
+            expected = evaluate(model, hellaswag.load(file, get_tokenizer("gpt2")))
+        assert {k: result[k] for k in ("acc", "acc_norm", "n")} == expected and result["n"] == 5
     assert main(["eval", str(directory), f"--hellaswag={file}"]) == 0
     assert "5 examples" in capsys.readouterr().out
 

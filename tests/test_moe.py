@@ -438,6 +438,28 @@ def test_deepseek_v3_with_experts_loads_with_logit_parity_and_exports_back(tmp_p
         assert (hf_logits(changed, idx) - hf_logits(hf, idx)).abs().max().item() > 1e-2, undo
 
 
+def test_deepseek_v3_in_bf16_chooses_the_experts_transformers_chooses(tmp_path, monkeypatch):
+    # transformers' DeepseekV3TopkRouter computes its logits in fp32 whatever the model's dtype (and keeps the router
+    # weights fp32). With router weights as DeepSeek-V3's checkpoint stores them (bf16 values), a bf16 model must
+    # choose the very experts it chooses: logits rounded to bf16 tie and swap near-equal scores (tens of 20k tokens).
+    hf = deepseek_moe(tmp_path / "fp32")
+    with torch.no_grad():
+        for layer in hf.model.layers[hf.config.first_k_dense_replace :]:
+            layer.mlp.gate.weight.copy_(layer.mlp.gate.weight.to(torch.bfloat16).float())
+    hf.save_pretrained(tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).eval()
+    ours = GPT.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16)
+    chosen = []
+    monkeypatch.setattr(MoE, "choose", lambda self, scores, choose=MoE.choose: chosen.append(choose(self, scores))
+                        or chosen[-1])
+    x = torch.randn(20_000, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    for i in (1, 2):
+        with torch.no_grad():
+            _, _, expected = theirs.model.layers[i].mlp.gate(x)
+            ours.transformer.h[i].mlp(x)
+        assert torch.equal(chosen[-1].sort(dim=-1).values, expected.sort(dim=-1).values), i
+
+
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # transformers' zero-width shared MLP
 def test_deepseek_v3_format_holds_its_router_and_nothing_else(tmp_path):
     ds = small(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, kv_lora_rank=16, qk_rope_head_dim=4,

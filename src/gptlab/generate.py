@@ -211,6 +211,8 @@ def decode_dtype(model: nn.Module) -> torch.dtype:
     if not hardware.native_bf16_cpu():
         return torch.float32
     groups = _linear_groups(model)
+    if not groups:  # nothing to time: two empty passes would differ by noise alone
+        return torch.float32
     key = (sorted((tuple(g[0].weight.shape), len(g)) for g in groups), torch.get_num_threads())
     chosen = autotune.choice("decode dtype", key)
     if chosen is None:

@@ -270,7 +270,9 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # N tokens, routed independently
-        logits = self.router(x)
+        # DeepSeek-V3's sigmoid router runs in fp32 whatever the model's dtype, as transformers' does: logits rounded
+        # to bf16 swap near-equal scores, and so experts. (Mixtral's and Qwen3-MoE's run in the model's dtype.)
+        logits = F.linear(x.float(), self.router.weight.float()) if self.sigmoid else self.router(x)
         scores = logits.float().sigmoid() if self.sigmoid else logits.float().softmax(dim=-1)
         experts = self.choose(scores)  # (N, k)
         weights = scores.gather(1, experts)  # the scores themselves, never the bias: it only chooses

@@ -128,7 +128,8 @@ def summarize(results: dict[str, list[dict[str, Any]]], speeds: dict[str, Any] |
             "est_train_memory_bytes": r0["est_train_memory_bytes"],
             "val_loss": (loss_m, loss_s), "extrapolation": extrap, "config": r0["config"],
             "val_loss_batches": r0.get("eval_iters"), "window_batches": r0.get("eval_batches"),
-            "active_params": r0.get("active_params", r0["params"]),  # results of an older gptlab do not say
+            # results of an older gptlab do not say: computed from the config, as `gptlab info` counts them
+            "active_params": r0.get("active_params") or model_stats(GPTConfig.from_dict(r0["config"])).active_params,
             "moe_load": {r.get("seed", i): r["moe_load"] for i, r in enumerate(runs) if "moe_load" in r},
             "moe_aux_loss": {r.get("seed", i): r["moe_aux_loss"] for i, r in enumerate(runs) if "moe_load" in r},
         }
