@@ -260,8 +260,8 @@ def sample_main(argv: list[str]) -> int:
     dtype = decode_dtype(model) if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     if dtype != torch.float32:
         if cfg.dtype == "auto":  # stderr: stdout is the samples
-            print("[sample] decoding with bf16 weights: measured faster than fp32 here (--dtype=float32 for fp32)",
-                  file=sys.stderr)
+            why = "measured faster than fp32 here" if model.lm_head.weight.is_cpu else "this GPU has native bf16"
+            print(f"[sample] decoding with bf16 weights: {why} (--dtype=float32 for fp32)", file=sys.stderr)
         cast_weights(model, dtype)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
