@@ -80,7 +80,7 @@ def attention(
         q = q * ((scale or D**-0.5) * width**0.5)
         q, k, v = (F.pad(x, (0, width - x.size(-1))) for x in (q, k, v))
         return sliding_window_attention(q, k, v, window, dropout_p)[..., :Dv]
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(2) <= _MATMUL_UP_TO:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and 4 * q[..., 0].numel() * q.size(2) <= _MATMUL_SCORES:
         return _cpu_bf16_causal_attention(q, k, v, dropout_p, scale)
     # enable_gqa lets SDPA map query head h to K/V head h // (n_head / n_kv_head) without copies.
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa, scale=scale)
@@ -88,7 +88,9 @@ def attention(
 
 # --- CPU, bf16: full causal attention as bf16 matmuls ----------------------------------------------------------------
 
-_MATMUL_UP_TO = 1024  # longest sequence whose T x T scores matmul_causal_attention may hold
+# The most fp32 scores (B x H x T x T x 4 bytes) matmul_causal_attention may hold per layer: its memory beyond
+# SDPA's (what `gptlab info` estimates) stays under 1.5x this per layer (the scores, and their bf16 copy).
+_MATMUL_SCORES = 32 << 20
 
 
 def matmul_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
