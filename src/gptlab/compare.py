@@ -35,6 +35,7 @@ from .config import SWITCHES, GPTConfig, modern_changes, switch_variants
 from .convert import convert_main, convert_to_gqa
 from .data import default_data_path, prepare_dataset
 from .distributed import resolve_device
+from .finetune import load_pretrained
 from .matching import MATCHES, match_grid
 from .measure import device_name, eval_loss, measure, measure_speeds
 from .options import (
@@ -49,7 +50,6 @@ from .options import (
 from .presets import COMPARE_PRESETS, compare_preset
 from .report import LABELS, commentary, summary_lines, write_report
 from .tokenizer import save_tokenizer
-from .train import load_pretrained
 from .train import main as train_main
 from .train_config import TRAIN_OPTIONS, data_vocab_size, default_cache_dir, parse_train_args
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .finetune import load_pretrained
 from .hf import copy_hf_tokenizer
 from .model import GPT
 from .options import UsageError, coerce, options_of, parse_flags, unknown_flags
 from .tokenizer import save_tokenizer
-from .train import command, load_pretrained
+from .train import command
 
 
 def convert_to_gqa(model: GPT, n_kv_head: int) -> GPT:

@@ -42,12 +42,13 @@ from . import checkpoint as ckpt
 from .batches import Batches, describe_step, estimate_loss, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
+from .finetune import crop_state, finetune_config, load_pretrained
 from .info import model_stats
 from .model import GPT
 from .options import UsageError, flatten, model_config_from_dict
 from .rundir import plot_losses, read_metrics
 from .shards import shard_dataset
-from .tokenizer import save_tokenizer, tokenizer_for_model
+from .tokenizer import save_tokenizer
 from .train_config import (
     RUN_PRESETS,
     TRAIN_OPTIONS,
@@ -100,20 +101,6 @@ def make_optimizer(model: torch.nn.Module, t: TrainerConfig, fused: bool) -> tor
         {"params": [p for (_, p), d in zip(params, decay, strict=True) if not d], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=fused or None)
-
-
-def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
-    """(model on CPU, its tokenizer) for --init: a gptlab run/checkpoint dir, a HF dir, or a hub id.
-    A model without a tokenizer gptlab can use is refused, or comes with None if need_tokenizer is False."""
-    path = Path(init).expanduser()
-    directory = ckpt.find_checkpoint(path) if path.exists() else None
-    model = GPT.from_pretrained(directory or init)
-    try:
-        return model, tokenizer_for_model(directory, model.config.vocab_size, f"--init={init}")
-    except ValueError as e:
-        if not need_tokenizer:
-            return model, None
-        raise UsageError(f"{e}; fine-tune a GPT-2-vocabulary model or a gptlab run") from None
 
 
 def sample_text(model: GPT, tokenizer: Any, max_new_tokens: int, device: torch.device, seed: int) -> str:
@@ -378,7 +365,7 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
     if resumed:
         config = resumed.config
     elif pretrained is not None:
-        config = _finetune_config(pretrained.config, cfg.model)
+        config = finetune_config(pretrained.config, cfg.model)
     else:
         config = new_config
     data, data_path, tok_name = _data(cfg, resumed.tokenizer if resumed else pretrained_tok, config.block_size)
@@ -408,7 +395,7 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
     if resumed:
         model.load_state_dict(resumed.model_state)  # from CPU tensors, then moved to the device
     elif pretrained is not None:
-        model.load_state_dict(_crop_state(pretrained.state_dict(), config))
+        model.load_state_dict(crop_state(pretrained.state_dict(), config))
         del pretrained
     model.to(device)
     wrapped = distributed.wrap(model, info, t.strategy)
@@ -621,30 +608,6 @@ def _finish(run: Run) -> None:
         f"metrics:     {work_dir / 'metrics.jsonl'}\n"
         f"sample more: {sample_hint(work_dir, run.config, run.tokenizer)}"
     )
-
-
-def _finetune_config(base: GPTConfig, model_flags: dict[str, Any]) -> GPTConfig:
-    """The pretrained config with the changes fine-tuning allows: dropout, and a smaller block_size."""
-    changes = {k: v for k, v in model_flags.items() if k != "preset" and getattr(base, k, None) != v}
-    bad = sorted(set(changes) - {"dropout", "block_size"})
-    if bad:
-        raise UsageError(
-            f"--model.{bad[0]}={changes[bad[0]]} changes the architecture of the pretrained model "
-            f"({bad[0]}={getattr(base, bad[0])}); fine-tuning can only change dropout and lower block_size"
-        )
-    if changes.get("block_size", base.block_size) > base.block_size and base.pos_emb == "learned":
-        raise UsageError(
-            f"--model.block_size={changes['block_size']} is past the pretrained model's {base.block_size} "
-            "learned positions; use a smaller block_size"
-        )
-    return base.replace(**changes)
-
-
-def _crop_state(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Keep the first block_size rows of a learned position table (nanoGPT's crop_block_size)."""
-    if "transformer.wpe.weight" in state:
-        state = {**state, "transformer.wpe.weight": state["transformer.wpe.weight"][: config.block_size]}
-    return state
 
 
 # ========================================================================================================
