@@ -27,29 +27,28 @@ _choices: dict[tuple[str, str], str] = {}  # (op, repr(key)) -> chosen candidate
 _timings: dict[tuple[str, str], dict[str, float]] = {}
 
 
-def fastest_time(name: str, fn: Callable[[], object], repeats: int = 3) -> float:
-    """Fastest of `repeats` runs of fn() after one warm-up (the first call allocates). The minimum, not the mean:
-    other work on the machine only ever adds time."""
-    fn()
+def _run_times(fn: Callable[[], object], warmups: int, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` runs of fn(), after `warmups` untimed ones (the first call allocates)."""
+    for _ in range(warmups):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def fastest_time(name: str, fn: Callable[[], object], repeats: int = 3) -> float:
+    """Fastest of `repeats` runs of fn() after one warm-up. The minimum, not the mean: other work on the machine
+    only ever adds time."""
+    return min(_run_times(fn, 1, repeats))
 
 
 def median_time(name: str, fn: Callable[[], object], repeats: int = 5) -> float:
     """Median of `repeats` runs of fn() after two warm-ups: for a candidate whose speed depends on how the
     allocator serves its large temporaries, the fastest run can be far from the typical one."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[repeats // 2]
+    return sorted(_run_times(fn, 2, repeats))[repeats // 2]
 
 
 def choose(

@@ -218,16 +218,21 @@ def decode_dtype(model: nn.Module) -> torch.dtype:
     if chosen is None:
         with torch.no_grad():
             gen = torch.Generator().manual_seed(0)  # not torch's RNG: see _decode_kernel
-            passes = {}
-            for name, dtype in ((autotune.PLAIN, torch.float32), ("bfloat16", torch.bfloat16)):
-                runs = []
-                for group in groups:  # each group through its own fastest kernel in this dtype
-                    layers = group if dtype == torch.float32 else [_linear_copy(m, dtype) for m in group]
-                    x = torch.randn(1, 1, group[0].in_features, generator=gen).to(dtype)
-                    runs += [(_decode_kernel(layers), m, x) for m in layers]
-                passes[name] = lambda runs=runs: [kernel(m, x) for kernel, m, x in runs]
+            passes = {autotune.PLAIN: _token_pass(groups, torch.float32, gen),
+                      "bfloat16": _token_pass(groups, torch.bfloat16, gen)}
             chosen = autotune.choose("decode dtype", key, passes)
     return torch.bfloat16 if chosen == "bfloat16" else torch.float32
+
+
+def _token_pass(groups: list[list[nn.Linear]], dtype: torch.dtype, gen: torch.Generator) -> Callable[[], object]:
+    """One row through every layer of the groups with weights in dtype (copies unless fp32), each group by its own
+    fastest kernel in that dtype: what decoding one token reads."""
+    runs = []
+    for group in groups:
+        layers = group if dtype == torch.float32 else [_linear_copy(m, dtype) for m in group]
+        x = torch.randn(1, 1, group[0].in_features, generator=gen).to(dtype)
+        runs += [(_decode_kernel(layers), m, x) for m in layers]
+    return lambda: [kernel(m, x) for kernel, m, x in runs]
 
 
 def _linear_copy(layer: nn.Linear, dtype: torch.dtype) -> nn.Linear:
