@@ -123,3 +123,15 @@ def test_training_asks_malloc_to_keep_freed_memory(tmp_path, monkeypatch):
     assert T.main(_tiny_run(tmp_path, "run", "float32")) == 0
     assert calls == [True]
     assert real() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")  # and nowhere else
+
+
+@pytest.mark.parametrize("model, kind", [
+    ("Intel(R) Xeon(R) Processor @ 2.60GHz", "intel-xeon-avx-512-2t"),
+    ("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "intel-xeon-platinum-8481c-avx-512-2t"),
+    ("AMD EPYC", "amd-epyc-avx-512-2t"),
+    ("AMD EPYC 7B13 64-Core Processor", "amd-epyc-7b13-64-core-avx-512-2t"),
+])
+def test_machine_kind_keeps_only_what_names_the_cpu(monkeypatch, model, kind):
+    monkeypatch.setattr(hardware, "cpu_model", lambda: model)
+    monkeypatch.setattr(hardware, "cpu_isa", lambda: "AVX-512")
+    assert hardware.machine_kind(threads=2) == kind
