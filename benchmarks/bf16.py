@@ -111,19 +111,24 @@ def row_decode_bf16(repeats: int, new_tokens: int = 128, prompt: int = 16) -> st
     return "\n".join([
         f"### Greedy decode, GPT-2 124M, batch 1, {prompt}-token prompt + {new_tokens} new tokens",
         "",
-        f"`gptlab sample --dtype=auto` picks **{str(chosen).removeprefix('torch.')}** here (one token's pass "
-        "through every linear layer, timed in both dtypes, each with its fastest kernel).",
+        f"`gptlab sample --dtype=auto` picks **{str(chosen).removeprefix('torch.')}** here.",
         "",
         table(["model", "tokens/s", "vs gptlab fp32"],
               [[name, f"{new_tokens / s:.1f}", f"**{base / s:.2f}x**"] for name, s in t.items()]),
         "",
-        "The measurement behind auto (one token's pass through every linear layer, fastest of 3):",
-        "",
-        table(["fp32 weights (ms)", "bf16 weights (ms)", "chosen"], [
-            [f"{times['plain'] * 1e3:.2f}", f"{times['bfloat16'] * 1e3:.2f}", best]
-            for op, _, best, times in autotune.choices() if op == "decode dtype" and times
-        ]),
+        _auto_measurement(),
     ])
+
+
+def _auto_measurement() -> str:
+    """The timing behind sample's --dtype=auto; none where bf16 is not native (auto keeps fp32 untimed there)."""
+    rows = [[f"{times['plain'] * 1e3:.2f}", f"{times['bfloat16'] * 1e3:.2f}", best]
+            for op, _, best, times in autotune.choices() if op == "decode dtype" and times]
+    if not rows:
+        return "Auto timed nothing: bf16 is not native here, so it keeps fp32."
+    return "\n".join(["The measurement behind auto (one token's pass through every linear layer, timed in both "
+                      "dtypes, each with its fastest kernel; fastest of 3):", "",
+                      table(["fp32 weights (ms)", "bf16 weights (ms)", "chosen"], rows)])
 
 
 def row_bf16(repeats: int, new_tokens: int = 128) -> str:

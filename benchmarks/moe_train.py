@@ -3,9 +3,11 @@
 
 Both models hold the same weights (gptlab's, exported to Mixtral's format and loaded by transformers), see the same
 batch, add the load-balancing loss at the same coefficient (transformers: output_router_logits) and step torch's
-AdamW. gptlab groups the tokens by expert with one sort and runs one matmul pair per expert; transformers' experts
-default sorts by expert and calls torch's grouped matmul; its "eager" experts (the loop of transformers 4.x) find
-each expert's tokens with a one-hot mask and torch.where. The row times both.
+AdamW, fused, as `gptlab train` and transformers' Trainer (its default optim for torch >= 2.8) both run it. gptlab
+groups the tokens by expert with one sort and runs each expert's matmuls as one grouped matmul or one matmul per
+expert, whichever measured faster; transformers' experts default sorts by expert and calls torch's grouped matmul;
+its "eager" experts (the loop of transformers 4.x) find each expert's tokens with a one-hot mask and torch.where.
+The row times both.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def moe_steps(config: dict) -> tuple[dict[str, Callable[[], None]], float]:
     y = torch.randint(0, config["vocab_size"], (MOE_BATCH, config["block_size"]))
     with torch.no_grad():
         diff = max((ours(x)[0] - hf(input_ids=x).logits).abs().max().item() for hf in hfs.values())
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=3e-4, weight_decay=0.1)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
 
     def step_ours() -> None:
         _, loss = ours(x, y)
@@ -83,7 +85,7 @@ def moe_steps(config: dict) -> tuple[dict[str, Callable[[], None]], float]:
 
     steps = {"ours": step_ours}
     for impl, hf in hfs.items():
-        opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1)
+        opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
         steps[impl] = lambda hf=hf, opt=opt: step_hf(hf, opt)
     return steps, diff
 
@@ -103,9 +105,10 @@ def row_moe(repeats: int, device: str = "cpu") -> str:
         f"## MoE training step (forward + backward + AdamW) vs transformers' Mixtral, fp32, {device}",
         "",
         f"Configs: {configs}; batch {MOE_BATCH}. `transformers.MixtralForCausalLM` (SDPA attention) with the same "
-        f"weights (logits within {max(diffs):.1e}), data, aux-loss coefficient ({AUX}) and optimizer (torch AdamW), "
-        "with each of its experts implementations: `grouped_mm` (its default: tokens sorted by expert, torch's "
-        "grouped matmul, as gptlab's one matmul pair per expert) and `eager` (a loop over experts with one-hot "
+        f"weights (logits within {max(diffs):.1e}), data, aux-loss coefficient ({AUX}) and optimizer (torch's fused "
+        "AdamW, which `gptlab train` and transformers' Trainer run by default), with each of its experts "
+        "implementations: `grouped_mm` (its default: tokens sorted by expert, torch's grouped matmul; gptlab sorts "
+        "alike and times a grouped matmul against one matmul per expert) and `eager` (a loop over experts with one-hot "
         f"masks). Target: >= 1.5x the expert loop. Medians of {repeats} alternating steps.",
         "",
         "| config | gptlab step (ms) | gptlab tokens/s | transformers grouped_mm step (ms) (gptlab's speed-up) "

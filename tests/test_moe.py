@@ -12,11 +12,19 @@ import torch
 import torch.nn.functional as F
 from test_train import flags, text_file  # noqa: F401  (a fixture)
 
-from gptlab import GPT, GPTConfig
+from gptlab import GPT, GPTConfig, autotune
 from gptlab import train as T
 from gptlab.hf import CheckpointError, export_blockers, export_format, load_pretrained
 from gptlab.model import MoE
-from gptlab.moe import RouterLog, balance_choice_bias, router_penalty, router_stats
+from gptlab.moe import (
+    EXPERT_PATHS,
+    RouterLog,
+    balance_choice_bias,
+    grouped_experts,
+    looped_experts,
+    router_penalty,
+    router_stats,
+)
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -515,3 +523,84 @@ def test_formats_hold_what_they_have_and_refuse_the_rest(tmp_path):
         with pytest.raises(CheckpointError, match=message) as e:
             load_pretrained(tmp_path / "ok")
         assert "\n" not in str(e.value)
+
+
+# --- the experts' matmuls: one per expert, or one grouped matmul ---------------------------------------------------
+
+
+@pytest.fixture(params=list(EXPERT_PATHS))
+def expert_path(request, monkeypatch):
+    """Every MoE layer in the test runs its experts' matmuls by this path, whatever a timing would pick."""
+    choice = autotune.choice
+    monkeypatch.setattr(autotune, "choice",
+                        lambda op, key: request.param if op == "experts matmul" else choice(op, key))
+    return request.param
+
+
+@pytest.mark.parametrize("name", ["gelu-bias-top2", "deepseek-v3"])
+def test_layer_equals_the_reference_by_either_matmul_path(name, expert_path):
+    test_layer_equals_the_naive_per_token_reference(name)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_grouped_matmul_equals_one_matmul_per_expert(bias):
+    torch.manual_seed(0)
+    counts = [5, 0, 9, 1, 0, 7]  # empty experts too: their weights still get a (zero) gradient
+    x = torch.randn(sum(counts), 12, requires_grad=True)
+    w = torch.randn(len(counts), 20, 12, requires_grad=True)
+    b = torch.randn(len(counts), 20, requires_grad=True) if bias else None
+    g = torch.randn(sum(counts), 20)
+    outs = {}
+    for name, path in EXPERT_PATHS.items():
+        y = path(x, w, b, counts)
+        outs[name] = (y, *torch.autograd.grad((y * g).sum(), [x, w] + ([b] if bias else [])))
+    for a, c in zip(outs["plain"], outs["grouped"], strict=True):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+    assert outs["grouped"][2][1].abs().sum() == 0  # expert 1 had no rows
+
+
+def test_grouped_matmul_follows_autocast_as_linear_does():
+    torch.manual_seed(0)
+    counts = [3, 4, 2]
+    x, w, b = torch.randn(9, 16), torch.randn(3, 8, 16), torch.randn(3, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        looped, grouped = looped_experts(x, w, b, counts), grouped_experts(x, w, b, counts)
+    assert looped.dtype == grouped.dtype == torch.bfloat16
+    exact = looped_experts(x, w, b, counts)  # fp32; the bf16 paths round at different points (the bias), so both
+    torch.testing.assert_close(grouped.float(), exact, atol=0.05, rtol=0.02)  # are held to bf16's precision
+    torch.testing.assert_close(looped.float(), exact, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("winner", ["plain", "grouped"])
+def test_the_experts_run_by_the_path_measured_faster(monkeypatch, winner):
+    autotune.reset()
+    times = {"plain": 1.0, "grouped": 0.5 if winner == "grouped" else 2.0}
+    timed: list[str] = []
+    monkeypatch.setattr(autotune, "median_time", lambda name, fn: timed.append(name) or times[name])
+    ran: list[str] = []
+    for name in EXPERT_PATHS:
+        monkeypatch.setitem(EXPERT_PATHS, name,
+                            lambda *a, path=EXPERT_PATHS[name], name=name: ran.append(name) or path(*a))
+    torch.manual_seed(0)
+    layer = MoE(small(n_expert=4, expert_top_k=2))
+    layer(torch.randn(2, 3, 32)).sum().backward()  # 6 tokens, 12 pairs: timed at 16 rows
+    layer(torch.randn(2, 4, 32)).sum().backward()  # 16 pairs: the same timing
+    assert sorted(timed) == ["grouped", "grouped", "plain", "plain"]  # c_fc and c_proj, once each
+    assert ran == [winner] * 4  # c_fc and c_proj, in each of two forwards
+    assert layer.c_fc.weight.grad is not None and all(p.grad is not None for p in layer.parameters())
+    keys = [key for op, key, _, _ in autotune.choices() if op == "experts matmul"]
+    assert len(keys) == 2 and all(", 16, 'torch.float32', True," in key for key in keys)
+    autotune.reset()
+
+
+def test_the_timing_leaves_no_gradient_and_no_rng_behind():
+    autotune.reset()
+    torch.manual_seed(0)
+    layer = MoE(small(n_expert=4, expert_top_k=2))
+    x = torch.randn(2, 3, 32)
+    state = torch.random.get_rng_state()
+    layer(x)  # the first call times both paths, forward and backward, on copies
+    assert all(p.grad is None for p in layer.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert any(op == "experts matmul" for op, *_ in autotune.choices())
+    autotune.reset()

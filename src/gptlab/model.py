@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import GPTConfig
-from .moe import router_stats
+from .moe import expert_linear, router_stats
 
 if TYPE_CHECKING:
     from .generate import KVCache
@@ -216,11 +216,9 @@ class ExpertLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(n, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(n, out_features)) if bias else None
 
-    def forward(self, xs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        """Linear i applied to xs[i]. Unbound once: the backward stacks n gradients, where indexing the weight per
-        expert would build n zero-padded copies of all of it."""
-        biases = self.bias.unbind(0) if self.bias is not None else [None] * len(xs)
-        return [F.linear(x, w, b) for x, w, b in zip(xs, self.weight.unbind(0), biases, strict=True)]
+    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Linear i applied to the i-th slice of x's rows (sorted by expert: counts[i] rows for expert i)."""
+        return expert_linear(x, self.weight, self.bias, counts)
 
     def extra_repr(self) -> str:
         n, out_features, in_features = self.weight.shape
@@ -288,15 +286,15 @@ class MoE(nn.Module):
             if self.choice_bias is not None:
                 self.routed = tally if self.routed is None else self.routed + tally
         # Dispatch: the N * k (token, choice) pairs, sorted by expert, so that each expert's tokens are one slice and
-        # each expert one matmul over it (a loop over experts, never over tokens). Empty slices still run: every
-        # expert gets a gradient, as DDP wants.
+        # each expert one matmul over it (one per expert, or one grouped matmul: moe.expert_linear; never a loop
+        # over tokens). Empty slices still run: every expert gets a gradient, as DDP wants.
         n, k = experts.shape
         order = experts.flatten().argsort(stable=True)  # pair p is token p // k's choice p % k
         inverse = order.argsort()
         counts = tally.tolist()
         pairs = _Permute.apply(x.unsqueeze(1).expand(n, k, x.shape[-1]).reshape(n * k, -1), order, inverse)
-        hidden = [activate(h, self.swiglu) for h in self.c_fc(pairs.split(counts))]
-        out = _Permute.apply(torch.cat(self.c_proj(hidden)), inverse, order).view(n, k, -1)  # back to pair order
+        hidden = activate(self.c_fc(pairs, counts), self.swiglu)
+        out = _Permute.apply(self.c_proj(hidden, counts), inverse, order).view(n, k, -1)  # back to pair order
         # Combine: each token's k outputs, weighted by the router.
         y = (out * weights.to(out.dtype).unsqueeze(-1)).sum(dim=1).to(x.dtype)
         if self.shared is not None:
