@@ -280,6 +280,37 @@ def test_model_config_of_everything_a_user_may_name(tmp_path: Path) -> None:
     assert C.model_config("openai-community/gpt2-medium") == (GPTConfig.from_preset("gpt2-medium"), None)
 
 
+def test_load_model_finds_what_model_config_finds(tmp_path: Path) -> None:
+    # The one loader of every command that loads a model a user names (sample, eval, export, attention, train --init,
+    # convert, compare): a run's best/ unless told last/, the other when that one is missing; eval mode, on CPU.
+    run = tmp_path / "run"
+    _save(run / "last", GPT(GPTConfig.from_preset("tiny", n_layer=1)))
+    model, tokenizer, directory = C.load_model(run)
+    assert (directory, model.config.n_layer) == (run / "last", 1)  # no best/ yet
+    assert not model.training and model.lm_head.weight.is_cpu and tokenizer == CharTokenizer("abc")
+    _save(run / "best", GPT(GPTConfig.from_preset("tiny")))
+    assert C.load_model(run)[2] == C.model_config(run)[1] == run / "best"
+    assert C.load_model(run, "last")[2] == C.model_config(run, prefer=("last", "best"))[1] == run / "last"
+    assert C.load_model(run / "last")[0].config == C.model_config(run / "last")[0]
+    with pytest.raises(C.CheckpointError, match="holds no checkpoint"):
+        C.load_model(tmp_path)
+
+
+def test_load_model_refuses_a_model_without_a_tokenizer_in_each_callers_words(tmp_path: Path) -> None:
+    # A Llama-format directory with its own 16-id vocabulary: no tokenizer gptlab can pair with it.
+    config = GPTConfig.from_preset("tiny", vocab_size=16, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    GPT(config).save_pretrained(tmp_path / "llama")
+    name = str(tmp_path / "llama")
+    with pytest.raises(C.CheckpointError, match="has no gptlab tokenizer.json") as e:  # sample, eval, attention
+        C.load_model(name)
+    assert str(e.value).startswith(f"{name} has no") and "\n" not in str(e.value)
+    with pytest.raises(UsageError, match="has no gptlab tokenizer.json") as e:  # train --init: the flag, and a hint
+        C.load_model(name, flag="--init", hint="fine-tune another")
+    assert str(e.value).startswith(f"--init={name} has no") and str(e.value).endswith("; fine-tune another")
+    model, tokenizer, directory = C.load_model(name, need_tokenizer=False)  # export, convert: the model alone
+    assert (model.config, tokenizer, directory) == (config, None, tmp_path / "llama")
+
+
 @pytest.mark.parametrize("name,message", [
     ("missing/dir/x", "does not exist"),  # looks local: never sent to the hub
     ("empty", "holds no checkpoint"),

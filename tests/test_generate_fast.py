@@ -224,15 +224,21 @@ def test_cast_weights_keeps_rope_frequencies_and_ties(switch):
     torch.testing.assert_close(picked, full.max(-1).values, atol=0.05, rtol=0)
 
 
-def test_cast_weights_keeps_the_choice_bias_fp32():
-    # DeepSeek-V3's choice bias is a buffer that chooses experts: like the loader (hf.py) and transformers, casting
-    # the weights leaves it fp32 and to the bit, where rounded to bf16 it would choose other experts.
+def test_cast_weights_keeps_deepseeks_router_fp32():
+    # DeepSeek-V3's choice bias (a buffer) and sigmoid router weight choose experts: like the loader (hf.py) and
+    # transformers, casting the weights leaves them fp32 and to the bit, where rounded to bf16 they would choose other
+    # experts. A softmax router (Mixtral's, Qwen3-MoE's) is cast with the rest, as in transformers.
     m = model_of(tiny(n_expert=4, expert_top_k=2, moe_score="sigmoid", moe_choice_bias=True))
     for block in m.transformer.h:
         block.mlp.choice_bias.copy_(torch.linspace(-0.3, 0.3001, 4))
+    routers = [b.mlp.router.weight.clone() for b in m.transformer.h]
     cast_weights(m, torch.bfloat16)
     assert all(torch.equal(b.mlp.choice_bias, torch.linspace(-0.3, 0.3001, 4)) for b in m.transformer.h)
+    assert all(torch.equal(b.mlp.router.weight, r) for b, r in zip(m.transformer.h, routers, strict=True))
+    assert {p.dtype for name, p in m.named_parameters() if ".router." not in name} == {torch.bfloat16}
     assert generate(m, torch.zeros(1, 2, dtype=torch.long), 3).shape == (1, 5)
+    softmax = cast_weights(model_of(tiny(n_expert=4, expert_top_k=2)), torch.bfloat16)
+    assert {p.dtype for p in softmax.parameters()} == {torch.bfloat16}
 
 
 def test_generated_ids_are_ordinary_tensors_autograd_can_use():

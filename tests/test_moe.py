@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from test_train import flags, text_file  # noqa: F401  (a fixture)
 
 from gptlab import GPT, GPTConfig, autotune
 from gptlab import train as T
+from gptlab.generate import cast_weights
 from gptlab.hf import CheckpointError, export_blockers, export_format, load_pretrained
 from gptlab.model import MoE
 from gptlab.moe import (
@@ -387,6 +389,18 @@ def test_mixtral_loads_with_logit_parity_and_exports_back(tmp_path, window):
     assert (c.window, c.qk_norm, c.mlp, c.n_kv_head) == (window, False, "swiglu", 2)
 
 
+def test_softmax_routers_follow_the_models_dtype(tmp_path):
+    # Mixtral's and Qwen3-MoE's routers run in the model's dtype: transformers keeps no tensor of theirs fp32.
+    mixtral(tmp_path / "mixtral")
+    qwen3_moe(tmp_path / "qwen3_moe", mlp_only_layers=[0])
+    for kind in ("mixtral", "qwen3_moe"):
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / kind, dtype=torch.bfloat16)
+        assert theirs.model.layers[1].mlp.gate.weight.dtype == torch.bfloat16, kind
+        loaded = GPT.from_pretrained(tmp_path / kind, dtype=torch.bfloat16)
+        cast = cast_weights(GPT.from_pretrained(tmp_path / kind), torch.bfloat16)
+        assert {p.dtype for m in (loaded, cast) for p in m.parameters()} == {torch.bfloat16}, kind
+
+
 @pytest.mark.parametrize("kw,dense", [
     (dict(mlp_only_layers=[0], norm_topk_prob=True), (0,)),
     (dict(decoder_sparse_step=2, norm_topk_prob=False), (0, 2)),  # experts in layers 1 and 3
@@ -446,26 +460,48 @@ def test_deepseek_v3_with_experts_loads_with_logit_parity_and_exports_back(tmp_p
         assert (hf_logits(changed, idx) - hf_logits(hf, idx)).abs().max().item() > 1e-2, undo
 
 
-def test_deepseek_v3_in_bf16_chooses_the_experts_transformers_chooses(tmp_path, monkeypatch):
-    # transformers' DeepseekV3TopkRouter computes its logits in fp32 whatever the model's dtype (and keeps the router
-    # weights fp32). With router weights as DeepSeek-V3's checkpoint stores them (bf16 values), a bf16 model must
-    # choose the very experts it chooses: logits rounded to bf16 tie and swap near-equal scores (tens of 20k tokens).
+@pytest.mark.parametrize("router", ["fp32", "bf16-values"])
+def test_deepseek_v3_in_bf16_chooses_the_experts_transformers_chooses(tmp_path, monkeypatch, router):
+    # transformers keeps DeepSeek-V3's router weight and choice bias fp32 in a bf16 model (_keep_in_fp32_modules_strict)
+    # and computes the logits in fp32. An fp32 checkpoint loaded in bf16, or an fp32 model cast to bf16 for decoding
+    # (generate.cast_weights, `gptlab sample --dtype=bfloat16`), must choose the very experts it chooses: a router
+    # weight rounded to bf16 chose others for tens of 20k tokens. "bf16-values": router weights as DeepSeek-V3's
+    # checkpoint stores them, which rounding leaves as they are.
     hf = deepseek_moe(tmp_path / "fp32")
-    with torch.no_grad():
-        for layer in hf.model.layers[hf.config.first_k_dense_replace :]:
-            layer.mlp.gate.weight.copy_(layer.mlp.gate.weight.to(torch.bfloat16).float())
-    hf.save_pretrained(tmp_path / "hf")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).eval()
-    ours = GPT.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16)
+    if router == "bf16-values":
+        with torch.no_grad():
+            for layer in hf.model.layers[hf.config.first_k_dense_replace :]:
+                layer.mlp.gate.weight.copy_(layer.mlp.gate.weight.to(torch.bfloat16).float())
+        hf.save_pretrained(tmp_path / "fp32")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16).eval()
+    loaded = GPT.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16)
+    cast = cast_weights(GPT.from_pretrained(tmp_path / "fp32"), torch.bfloat16)
     chosen = []
     monkeypatch.setattr(MoE, "choose", lambda self, scores, choose=MoE.choose: chosen.append(choose(self, scores))
                         or chosen[-1])
     x = torch.randn(20_000, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     for i in (1, 2):
+        assert theirs.model.layers[i].mlp.gate.weight.dtype == torch.float32  # what transformers keeps
         with torch.no_grad():
             _, _, expected = theirs.model.layers[i].mlp.gate(x)
-            ours.transformer.h[i].mlp(x)
-        assert torch.equal(chosen[-1].sort(dim=-1).values, expected.sort(dim=-1).values), i
+            for ours in (loaded, cast):
+                layer = ours.transformer.h[i].mlp
+                assert layer.router.weight.dtype == layer.choice_bias.dtype == torch.float32
+                assert layer.c_fc.weight.dtype == torch.bfloat16
+                assert layer(x).dtype == torch.bfloat16
+                assert torch.equal(chosen[-1].sort(dim=-1).values, expected.sort(dim=-1).values), (i, ours is cast)
+    # Exported, a bf16 model writes what transformers' own save of its bf16 model writes: the same tensors in the same
+    # dtypes, the router's fp32 and equal (the RoPE rows of q and kv_a are in rotate-half order: rope_interleave=False),
+    # and "dtype": "bfloat16" in config.json.
+    for model, directory in ((loaded, "ours"), (cast, "cast"), (theirs, "theirs")):
+        model.save_pretrained(tmp_path / directory)
+    expected = load_file(tmp_path / "theirs" / "model.safetensors")
+    for directory in ("ours", "cast"):
+        tensors = load_file(tmp_path / directory / "model.safetensors")
+        assert {k: t.dtype for k, t in tensors.items()} == {k: t.dtype for k, t in expected.items()}, directory
+        router = [k for k in tensors if ".mlp.gate." in k]
+        assert len(router) == 4 and all(torch.equal(tensors[k], expected[k]) for k in router), directory
+        assert json.loads((tmp_path / directory / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # transformers' zero-width shared MLP
@@ -491,10 +527,12 @@ def test_deepseek_v3_format_holds_its_router_and_nothing_else(tmp_path):
     idx = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
     assert model.config.n_shared_expert == 0 and model.transformer.h[1].mlp.shared is None
     assert (hf_logits(model, idx) - hf_logits(hf, idx)).abs().max().item() <= 1e-4
-    # The bias stays fp32 in a bf16 model, as transformers keeps it: rounded, it would choose other experts.
+    # The router (its weight and the bias) stays fp32 in a bf16 model, as transformers keeps it: rounded, it would
+    # choose other experts (test_deepseek_v3_in_bf16_chooses_the_experts_transformers_chooses).
     bf16 = GPT.from_pretrained(tmp_path / "none", dtype=torch.bfloat16)
-    assert bf16.transformer.h[1].mlp.choice_bias.dtype == torch.float32
-    assert bf16.transformer.h[1].mlp.router.weight.dtype == torch.bfloat16
+    layer = bf16.transformer.h[1].mlp
+    assert layer.choice_bias.dtype == layer.router.weight.dtype == torch.float32
+    assert layer.c_fc.weight.dtype == bf16.transformer.wte.weight.dtype == torch.bfloat16
     base = json.loads((tmp_path / "none" / "config.json").read_text())
     for cfg, message in (({**base, "first_k_dense_replace": -1}, "first_k_dense_replace must be an integer >= 0"),
                          ({**base, "n_group": 3}, "moe_groups must split n_expert"),

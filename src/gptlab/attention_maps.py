@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 
 from .attention import window_mask
+from .checkpoint import load_model
+from .distributed import resolve_device
 from .model import GPT, CausalSelfAttention, LatentAttention, apply_rotary
 from .options import UsageError
 
@@ -170,7 +172,7 @@ sliding-window mask; for GQA/MQA each query head with its group's K/V head.
 
 def main(argv: list[str]) -> int:
     """`gptlab attention RUN_OR_MODEL --prompt=TEXT [--out=attention.png] [--layers=0,1]`."""
-    from .cli import _parse_model_command, load_model, png_path, read_prompt
+    from .cli import _parse_model_command, png_path, read_prompt
 
     parsed = _parse_model_command(AttentionConfig, argv, {}, HELP)
     if parsed is None:
@@ -180,7 +182,7 @@ def main(argv: list[str]) -> int:
         raise UsageError('--prompt is required: the text whose attention is drawn, e.g. --prompt="ROMEO: But soft"')
     out = png_path("--out", cfg.out)
     prompt = read_prompt(cfg.prompt)
-    model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
+    model, tokenizer, directory = load_model(source, cfg.checkpoint, resolve_device(cfg.device, flag="--device"))
     c = model.config
     layers = _parse_layers(cfg.layers, c.n_layer)
     try:

@@ -32,14 +32,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
+from .model import GPT
 from .options import UsageError
-from .tokenizer import Tokenizer, load_tokenizer, save_tokenizer
+from .tokenizer import Tokenizer, load_tokenizer, save_tokenizer, tokenizer_for_model
 
 __all__ = [
     "Checkpoint",
@@ -51,6 +52,7 @@ __all__ = [
     "find_checkpoint",
     "flatten_optimizer_state",
     "load_checkpoint",
+    "load_model",
     "model_config",
     "read_config",
     "read_json",
@@ -373,8 +375,9 @@ def model_config(
     a run directory (its first checkpoint of `prefer`), a checkpoint or gptlab export directory, a Hugging Face
     directory, a config.json file, or, when `hub`, a Hugging Face hub id (GPT-2's sizes known offline, with directory
     None; others downloaded, with the download's folder). `gptlab info`, `train --init` and `runs` find a model's
-    config here; GPT.from_pretrained, which every command that loads weights uses, reads the same config.json with
-    the same config_from_json. CheckpointError, one line, for a path that is none of these."""
+    config here; load_model, which every command that loads weights uses, finds the same directory (find_checkpoint)
+    and reads the same config.json with the same config_from_json. CheckpointError, one line, for a path that is none
+    of these."""
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".json":
         return config_from_json(read_json(path), path), path.parent
@@ -388,6 +391,33 @@ def model_config(
 
     directory = resolve(str(source))  # a hub download, or one line saying the directory does not exist
     return read_config(directory), directory
+
+
+def load_model(
+    source: str | Path,
+    which: Literal["best", "last"] = "best",
+    device: torch.device | str | None = None,
+    need_tokenizer: bool = True,
+    flag: str | None = None,
+    hint: str = "",
+) -> tuple[GPT, Tokenizer | None, Path | None]:
+    """(GPT in eval mode on `device` (default CPU), its tokenizer, its checkpoint directory or None) for any model a
+    user may name: a run directory (its `which` checkpoint, else the other), a checkpoint, gptlab export or Hugging
+    Face directory (found as model_config finds them), or a hub id (directory None). A model without a tokenizer
+    gptlab can use comes with None if not need_tokenizer, else is refused in one line: a CheckpointError, or, for
+    the value of a command-line `flag` (train's --init), a UsageError naming the flag and ending with `hint`."""
+    path = Path(source).expanduser()
+    other = "last" if which == "best" else "best"
+    directory = find_checkpoint(path, (which, other)) if path.exists() else None
+    model = GPT.from_pretrained(directory or str(source), device=device)  # a hub id: CheckpointError when offline
+    try:
+        name = f"{flag}={source}" if flag else str(source)  # how a refusal names the model
+        tokenizer = tokenizer_for_model(directory, model.config.vocab_size, name)
+    except ValueError as e:
+        if need_tokenizer:
+            raise (UsageError if flag else CheckpointError)(f"{e}; {hint}" if hint else str(e)) from None
+        tokenizer = None
+    return model, tokenizer, directory
 
 
 def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Checkpoint:

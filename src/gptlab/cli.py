@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Shared: flags of a small command, and loading a model with its tokenizer
+# Shared: flags of a small command
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -167,34 +167,6 @@ def _source(cfg: Any, positionals: list[str]) -> str:
     return source
 
 
-def load_model(
-    source: str, which: str = "best", device: str = "auto", need_tokenizer: bool = True
-) -> tuple[Any, Any, Path | None]:
-    """(GPT in eval mode, tokenizer, checkpoint dir or None) from a run dir, a checkpoint/HF dir or a hub id.
-    A model without a tokenizer gptlab can use is refused, or comes with None if need_tokenizer is False."""
-    from .checkpoint import CheckpointError, find_checkpoint
-    from .distributed import resolve_device
-    from .model import GPT
-    from .tokenizer import tokenizer_for_model
-
-    dev = resolve_device(device, flag="--device")
-    path = Path(source).expanduser()
-    directory = None
-    if path.exists():
-        other = "last" if which == "best" else "best"
-        directory = find_checkpoint(path, prefer=(which, other))
-        model = GPT.from_pretrained(directory, device=dev)
-    else:
-        model = GPT.from_pretrained(source, device=dev)  # a Hugging Face hub id (CheckpointError when offline)
-    try:
-        tokenizer = tokenizer_for_model(directory, model.config.vocab_size, source)
-    except ValueError as e:
-        if need_tokenizer:
-            raise CheckpointError(str(e)) from None
-        tokenizer = None
-    return model.eval(), tokenizer, directory
-
-
 # --------------------------------------------------------------------------------------------------------
 # gptlab sample
 # --------------------------------------------------------------------------------------------------------
@@ -224,6 +196,9 @@ def sample_main(argv: list[str]) -> int:
     """`gptlab sample RUN_OR_MODEL --prompt=... --num_samples=... --max_new_tokens=...`."""
     import torch
 
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+
     parsed = _parse_model_command(
         SampleConfig, argv, SAMPLE_ALIASES,
         "usage: gptlab sample RUN_OR_MODEL [--prompt=TEXT] [--num_samples=N] [--max_new_tokens=N] ...\n\n"
@@ -240,7 +215,7 @@ def sample_main(argv: list[str]) -> int:
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UsageError(f"--top_p must be in (0, 1], got {cfg.top_p}")
     prompt = read_prompt(cfg.prompt)
-    model, tokenizer, _ = load_model(source, cfg.checkpoint, cfg.device)
+    model, tokenizer, _ = load_model(source, cfg.checkpoint, resolve_device(cfg.device, flag="--device"))
     try:
         ids = tokenizer.encode(prompt)
     except ValueError as e:
@@ -289,6 +264,7 @@ def export_main(argv: list[str]) -> int:
     import json
     import shutil
 
+    from .checkpoint import load_model
     from .hf import HF_FORMATS, copy_hf_tokenizer, export_format, why_gptlab_format
     from .tokenizer import ASSETS_DIR, ENDOFTEXT, save_tokenizer
 
@@ -308,7 +284,7 @@ def export_main(argv: list[str]) -> int:
     source, dst = positionals[0], Path(positionals[1])
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UsageError(f"{dst} exists and is not empty; export writes a new model directory: pick a new DST")
-    model, tokenizer, _ = load_model(source, cfg.checkpoint, "cpu", need_tokenizer=False)
+    model, tokenizer, _ = load_model(source, cfg.checkpoint, need_tokenizer=False)
     kind = export_format(model.config)
     model.save_pretrained(dst)
     if tokenizer is not None and tokenizer.name == "gpt2":
@@ -477,7 +453,10 @@ def eval_main(argv: list[str]) -> int:
         from .hellaswag import read_hellaswag
 
         items = read_hellaswag(cfg.hellaswag)
-    model, tokenizer, directory = load_model(source, cfg.checkpoint, cfg.device)
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+
+    model, tokenizer, directory = load_model(source, cfg.checkpoint, resolve_device(cfg.device, flag="--device"))
     with _eval_autocast(cfg.dtype, next(model.parameters()).device) as dtype:
         if cfg.hellaswag is not None:
             return _hellaswag(model, tokenizer, items, cfg, str(directory or source), dtype)
@@ -627,4 +606,4 @@ def plot_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["COMMANDS", "EvalConfig", "PlotConfig", "SampleConfig", "load_model", "main"]
+__all__ = ["COMMANDS", "EvalConfig", "PlotConfig", "SampleConfig", "main"]

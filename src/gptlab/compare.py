@@ -35,7 +35,6 @@ from .config import SWITCHES, GPTConfig, modern_changes, switch_variants
 from .convert import convert_main, convert_to_gqa
 from .data import default_data_path, prepare_dataset
 from .distributed import resolve_device
-from .finetune import load_pretrained
 from .matching import MATCHES, match_grid
 from .measure import device_name, eval_loss, measure, measure_speeds
 from .options import (
@@ -251,7 +250,7 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
     up_iters = max(1, round(0.05 * iters))
     eb = preset["eval_batches"]
     bs = preset["trainer"]["batch_size"]
-    mha, tok = load_pretrained(str(base_dir / "last"))
+    mha, tok, _ = ckpt.load_model(base_dir / "last")
     n_kv = max(1, mha.config.n_head // 2)
     gqa = convert_to_gqa(mha, n_kv)
     conv_dir = out / "runs" / "converted-gqa"
@@ -269,14 +268,14 @@ def uptrain_experiment(out: Path, preset: dict[str, Any], data: Any, extra: list
              "--trainer.quiet=True"]
     flags += [f"--trainer.{k}={v}" for k, v in t.items()] + list(extra)
     run_train(flags, up_dir, up_iters)
-    up_model, _ = load_pretrained(str(up_dir / "last"))
+    up_model, _, _ = ckpt.load_model(up_dir / "last")
     loss_up = eval_loss(up_model, data, ctx, eb, bs)
     # GQA from scratch for the same total steps (iters + up_iters).
     scratch_dir = out / "runs" / "scratch-gqa-s0"
     trainer = {**preset["trainer"], "max_iters": iters + up_iters}
     run_train(_train_flags({**preset, "trainer": trainer}, {"n_kv_head": n_kv}, 0, scratch_dir, extra), scratch_dir,
               trainer["max_iters"])
-    scratch, _ = load_pretrained(str(scratch_dir / "last"))
+    scratch, _, _ = ckpt.load_model(scratch_dir / "last")
     loss_scratch = eval_loss(scratch, data, ctx, eb, bs)
     result = {"n_head": mha.config.n_head, "n_kv_head": n_kv, "iters": iters, "uptrain_iters": up_iters,
               "mha": loss_mha, "converted": loss_conv, "uptrained": loss_up, "scratch": loss_scratch}

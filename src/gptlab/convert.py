@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .finetune import load_pretrained
 from .hf import copy_hf_tokenizer
 from .model import GPT
 from .options import UsageError, coerce, options_of, parse_flags, unknown_flags
@@ -100,7 +99,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     n, (src, dst) = _parse_args(argv)
     if Path(dst).exists() and (not Path(dst).is_dir() or any(Path(dst).iterdir())):
         raise UsageError(f"{dst} exists and is not empty; convert writes a new model directory: pick a new DST")
-    model, tokenizer = load_pretrained(src, need_tokenizer=False)
+    model, tokenizer, directory = ckpt.load_model(src, need_tokenizer=False)
     try:
         out = convert_to_gqa(model, n)
     except ValueError as e:
@@ -109,8 +108,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     if tokenizer is not None and getattr(tokenizer, "name", "") == "char":
         save_tokenizer(tokenizer, Path(dst) / "tokenizer.json")
     # The source run's data goes with the model: `gptlab eval DST` measures it on the same val split.
-    src_path = Path(src).expanduser()
-    data = ckpt.data_reference(ckpt.find_checkpoint(src_path)) if src_path.exists() else None
+    data = ckpt.data_reference(directory) if directory is not None else None
     if data is not None:
         (Path(dst) / ckpt.DATA_REF_NAME).write_text(json.dumps({**data, "converted_from": src}, indent=1) + "\n")
     c0, c1 = model.config, out.config

@@ -1,33 +1,15 @@
 """--init: a training run that starts from a pretrained model (a gptlab run or checkpoint, a Hugging Face
-directory or hub id): loading it with its tokenizer, the config changes fine-tuning allows, and cropping a
-learned position table to a smaller block_size (nanoGPT's crop_block_size)."""
+directory or hub id, which checkpoint.load_model loads with its tokenizer): the config changes fine-tuning allows,
+and cropping a learned position table to a smaller block_size (nanoGPT's crop_block_size)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
 from .config import GPTConfig
-from .model import GPT
 from .options import UsageError
-from .tokenizer import tokenizer_for_model
-
-
-def load_pretrained(init: str, need_tokenizer: bool = True) -> tuple[GPT, Any]:
-    """(model on CPU, its tokenizer) for --init: a gptlab run/checkpoint dir, a HF dir, or a hub id.
-    A model without a tokenizer gptlab can use is refused, or comes with None if need_tokenizer is False."""
-    path = Path(init).expanduser()
-    directory = ckpt.find_checkpoint(path) if path.exists() else None
-    model = GPT.from_pretrained(directory or init)
-    try:
-        return model, tokenizer_for_model(directory, model.config.vocab_size, f"--init={init}")
-    except ValueError as e:
-        if not need_tokenizer:
-            return model, None
-        raise UsageError(f"{e}; fine-tune a GPT-2-vocabulary model or a gptlab run") from None
 
 
 def finetune_config(base: GPTConfig, model_flags: dict[str, Any]) -> GPTConfig:

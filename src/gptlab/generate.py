@@ -16,16 +16,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import autotune, hardware
-
-if TYPE_CHECKING:
-    from .model import GPT
+from .model import GPT, keeps_fp32
 
 
 class KVCache(nn.Module):
@@ -244,11 +241,13 @@ def _linear_copy(layer: nn.Linear, dtype: torch.dtype) -> nn.Linear:
     return copy
 
 
-def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def cast_weights(model: GPT, dtype: torch.dtype) -> GPT:
     """The model with its parameters in `dtype`, in place; unlike model.to(dtype), RoPE's frequencies stay fp32
-    (rounded to bf16 they would misplace far positions). Caches made afterwards follow the parameters."""
-    for param in model.parameters():
-        param.data = param.data.to(dtype)
+    (rounded to bf16 they would misplace far positions), and so do DeepSeek-V3's router weight and choice bias
+    (keeps_fp32: rounded, they choose other experts), as loading in a dtype keeps them. Caches made afterwards
+    follow the parameters."""
+    for name, param in model.named_parameters():
+        param.data = param.data.to(torch.float32 if keeps_fp32(model.config, name) else dtype)
     return model
 
 

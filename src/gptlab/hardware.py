@@ -89,7 +89,8 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float, processe
 def machine_kind(threads: int | None = None) -> str:
     """A file-name-safe name for this kind of machine: CPU model, ISA and threads ('amd-epyc-avx2-2t')."""
     threads = threads or torch.get_num_threads()
-    # Trademarks, clock speed and filler words say nothing of the kind: 'Intel(R) Xeon(R) Processor @ 2.60GHz' -> 'intel-xeon'.
+    # Trademarks, clock speed and filler words say nothing of the kind:
+    # 'Intel(R) Xeon(R) Processor @ 2.60GHz' -> 'intel-xeon'.
     model = re.sub(r"\((r|tm)\)|@.*$|\b(processor|cpu)\b", " ", cpu_model().lower())
     return re.sub(r"[^a-z0-9]+", "-", f"{model} {cpu_isa()} {threads}t".lower()).strip("-")
 

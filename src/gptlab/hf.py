@@ -46,7 +46,7 @@ from .config import MOE_ONLY_FIELDS, SIZE_FIELDS, SWITCHES, GPTConfig, gpt2_refe
 from .hf_deepseek import DEEPSEEK_HOLDS, config_deepseek, deepseek_tensors, hf_deepseek_config
 from .hf_files import CONFIG_NAME, HF_TOKENIZER_FILES, SAFETENSORS_NAME, load_weights, one_line, read_config, resolve
 from .hf_moe import MOE_ARCHITECTURES, MOE_FORMATS, MOE_HOLDS, expert_sources, hf_moe_fields, moe_config
-from .model import GPT
+from .model import GPT, keeps_fp32
 
 __all__ = [
     "CheckpointError",
@@ -481,8 +481,8 @@ def _convert(
             parts.append(src[name])
             used.add(name)
         t = combine(parts).reshape(shape)  # experts: concatenated sources, then stacked (n_expert, out, in)
-        # The experts' choice bias stays fp32, as transformers keeps it: rounded, it would choose other experts.
-        t = (t.to(dtype) if t.is_floating_point() and not key.endswith(".choice_bias") else t).contiguous()
+        # DeepSeek-V3's router (its weight and the choice bias) stays fp32, as transformers keeps it (keeps_fp32).
+        t = (t.to(torch.float32 if keeps_fp32(config, key) else dtype) if t.is_floating_point() else t).contiguous()
         # A view into the file's buffer can sit off the 64-byte alignment of torch's own memory, where matmul kernels
         # round differently (experts' small matmuls show it): a copy computes bit for bit what the saved model did.
         out[key] = t.clone() if t.data_ptr() % 64 else t
@@ -630,7 +630,8 @@ def save_pretrained(model: GPT, directory: str | Path) -> None:
     else:
         hf_config = {"model_type": "gptlab", "architectures": ["GPT"], "gptlab": config.to_dict()}
     tensors = _export_tensors(kind, config, state)
-    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    # The model's dtype, as transformers writes it: DeepSeek-V3's router, fp32 in a bf16 model (keeps_fp32), aside.
+    dtypes = {t.dtype for k, t in state.items() if t.is_floating_point() and not keeps_fp32(config, k)}
     if len(dtypes) == 1:
         hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
     _atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))

@@ -269,7 +269,8 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # N tokens, routed independently
         # DeepSeek-V3's sigmoid router runs in fp32 whatever the model's dtype, as transformers' does: logits rounded
-        # to bf16 swap near-equal scores, and so experts. (Mixtral's and Qwen3-MoE's run in the model's dtype.)
+        # to bf16 swap near-equal scores, and so experts. Its weight stays fp32 too (keeps_fp32); .float() covers a
+        # model.to(bf16). (Mixtral's and Qwen3-MoE's run in the model's dtype.)
         logits = F.linear(x.float(), self.router.weight.float()) if self.sigmoid else self.router(x)
         scores = logits.float().sigmoid() if self.sigmoid else logits.float().softmax(dim=-1)
         experts = self.choose(scores)  # (N, k)
@@ -313,6 +314,15 @@ class MoE(nn.Module):
             keep = torch.zeros(n, self.groups, dtype=torch.bool, device=choice.device).scatter_(1, best, True)
             choice = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(n, e)
         return choice.topk(self.top_k, dim=-1).indices
+
+
+def keeps_fp32(config: GPTConfig, name: str) -> bool:
+    """Whether state-dict tensor `name` stays fp32 when the rest of the model is loaded or cast to bf16 (hf.py's loading
+    with a dtype, generate.cast_weights): what DeepSeek-V3's router chooses by, as transformers keeps it
+    (_keep_in_fp32_modules_strict): the experts' choice bias and a sigmoid router's weight. Rounded to bf16 they
+    choose other experts (an fp32 checkpoint's router weight: tens of 20k tokens). Softmax routers (Mixtral's,
+    Qwen3-MoE's) follow the model, as in transformers; model.to(dtype) casts everything, as transformers' does."""
+    return name.endswith(".mlp.choice_bias") or (config.moe_score == "sigmoid" and name.endswith(".mlp.router.weight"))
 
 
 class Block(nn.Module):

@@ -42,7 +42,7 @@ from . import checkpoint as ckpt
 from .batches import Batches, describe_step, estimate_loss, grad_accum_for, steps_for_tokens
 from .config import GPTConfig
 from .data import default_data_path, prepare_dataset
-from .finetune import crop_state, finetune_config, load_pretrained
+from .finetune import crop_state, finetune_config
 from .info import model_stats
 from .model import GPT
 from .options import UsageError, flatten, model_config_from_dict
@@ -70,7 +70,7 @@ from .train_config import (
 __all__ = [
     "RUN_PRESETS", "TRAIN_OPTIONS", "Batches", "DataConfig", "GPTConfig", "Run", "SystemConfig", "TrainConfig",
     "TrainerConfig", "check_config", "command", "data_vocab_size", "default_cache_dir", "estimate_loss",
-    "learning_rate", "load_pretrained", "main", "make_optimizer", "model_config_from_dict", "parse_train_args",
+    "learning_rate", "main", "make_optimizer", "model_config_from_dict", "parse_train_args",
     "plot_losses", "read_metrics", "resume_config", "sample_hint", "sample_text",
     "train", "train_help",
 ]
@@ -361,7 +361,10 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, resumed: ckpt.Checkpoin
            new_config: GPTConfig | None) -> Run:
     """The data and the model (the checkpoint being resumed, pretrained weights, or new), with its optimizer."""
     t, device, work_dir = cfg.trainer, info.device, Path(cfg.system.work_dir)
-    pretrained, pretrained_tok = load_pretrained(cfg.init) if cfg.init and not resumed else (None, None)
+    pretrained, pretrained_tok = None, None
+    if cfg.init and not resumed:
+        hint = "fine-tune a GPT-2-vocabulary model or a gptlab run"
+        pretrained, pretrained_tok, _ = ckpt.load_model(cfg.init, flag="--init", hint=hint)
     if resumed:
         config = resumed.config
     elif pretrained is not None:
