@@ -12,7 +12,7 @@ from conftest import with_switches
 from gptlab import GPT, GPTConfig
 from gptlab.attention import naive_attention
 from gptlab.generate import make_caches, sample
-from gptlab.model import Rotary, apply_rotary
+from gptlab.model import Rotary, activate, apply_rotary
 
 
 @pytest.fixture(autouse=True)
@@ -483,6 +483,25 @@ def test_swiglu_matches_formula():
     gate, up = mlp.c_fc.weight.chunk(2, dim=0)
     ref = (F.silu(x @ gate.T) * (x @ up.T)) @ mlp.c_proj.weight.T
     torch.testing.assert_close(mlp(x), ref)
+
+
+
+@pytest.mark.parametrize("grad_layout", ["contiguous", "transposed"])
+def test_swiglu_gradient_equals_autograds_of_the_formula(grad_layout):
+    # activate's SwiGLU writes both halves of the gradient in place; autograd of the formula is the reference.
+    torch.set_grad_enabled(True)  # this module's tests run under no_grad (its fixture restores it)
+    h = torch.randn(7, 2 * 12, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(7, 12, dtype=torch.float64)
+    if grad_layout == "transposed":  # a gradient with other strides must work as well
+        grad = torch.randn(12, 7, dtype=torch.float64).t()
+    gate, up = h.chunk(2, dim=-1)
+    ref = F.silu(gate) * up
+    ours = activate(h, swiglu=True)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    (g_ours,) = torch.autograd.grad(ours, h, grad)
+    (g_ref,) = torch.autograd.grad(ref, h, grad)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda t: activate(t, swiglu=True), (h.detach().requires_grad_(),))
 
 
 @pytest.mark.parametrize("bias", [True, False])

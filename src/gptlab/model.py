@@ -187,9 +187,30 @@ class LatentAttention(nn.Module):
 def activate(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
     """GPT-2's tanh GELU, or SwiGLU's silu(gate) * up for h = [gate | up]."""
     if swiglu:
-        gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return _SwiGLU.apply(h)
     return F.gelu(h, approximate="tanh")
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up for h = [gate | up], whose backward writes both halves of h's gradient in place, where
+    autograd's would write them apart and concatenate them (one more pass over the largest activation)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, h: torch.Tensor) -> torch.Tensor:
+        gate, up = h.chunk(2, dim=-1)
+        s = F.silu(gate)
+        ctx.save_for_backward(h, s)
+        return s * up
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        h, s = ctx.saved_tensors
+        gate, up = h.chunk(2, dim=-1)
+        grad_h = torch.empty_like(h)
+        grad_gate, grad_up = grad_h.chunk(2, dim=-1)
+        torch.mul(grad, s, out=grad_up)  # d/d up = silu(gate)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)  # d/d gate = up * silu'(gate)
+        return grad_h
 
 
 class MLP(nn.Module):
@@ -226,19 +247,22 @@ class ExpertLinear(nn.Module):
 
 
 class _Permute(torch.autograd.Function):
-    """x[order] for a permutation `order` of x's rows. Its backward gathers by the inverse permutation: indexing's own
-    backward scatter-adds, which is many times slower on CPU."""
+    """x[order // k] for a permutation `order` of the n * k rows of x repeated k times (row p is x's row p // k): with
+    k > 1, each token's row once per expert it chose, without first copying x k times. Its backward gathers by the
+    inverse permutation and sums each token's k rows: indexing's own backward scatter-adds, many times slower on CPU."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, order: torch.Tensor,
-                inverse: torch.Tensor) -> torch.Tensor:
+                inverse: torch.Tensor, k: int = 1) -> torch.Tensor:
         ctx.save_for_backward(inverse)
-        return x.index_select(0, order)
+        ctx.k = k
+        return x.index_select(0, order // k if k > 1 else order)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
+        grad = grad.index_select(0, inverse)
+        return (grad.view(-1, ctx.k, grad.shape[-1]).sum(dim=1) if ctx.k > 1 else grad), None, None, None
 
 
 class MoE(nn.Module):
@@ -293,7 +317,7 @@ class MoE(nn.Module):
         order = experts.flatten().argsort(stable=True)  # pair p is token p // k's choice p % k
         inverse = order.argsort()
         counts = tally.tolist()
-        pairs = _Permute.apply(x.unsqueeze(1).expand(n, k, x.shape[-1]).reshape(n * k, -1), order, inverse)
+        pairs = _Permute.apply(x, order, inverse, k)  # token p // k's row for pair p, in expert order
         hidden = activate(self.c_fc(pairs, counts), self.swiglu)
         out = _Permute.apply(self.c_proj(hidden, counts), inverse, order).view(n, k, -1)  # back to pair order
         # Combine: each token's k outputs, weighted by the router.
