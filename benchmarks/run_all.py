@@ -740,7 +740,8 @@ def main(argv: list[str] | None = None) -> None:
         "mla": lambda: row_mla(repeats, device, context=1024 if args.quick else 4096),
         "gpu": lambda: row_gpu(repeats),
         "nanogpt": lambda: row_nanogpt(args.nanogpt, args.text, 200 if args.quick else 2000),
-        "moe": lambda: importlib.import_module("moe_train").row_moe(repeats, device),  # benchmarks/moe_train.py
+        "moe": lambda: importlib.import_module("moe_train").row_moe(repeats, device)  # benchmarks/moe_train.py
+        + "\n" + choices_table("experts matmul"),
         "bf16": lambda: importlib.import_module("bf16").row_bf16(repeats, 32 if args.quick else 128),  # bf16.py
     }
     out = args.out or RESULTS / f"{machine_name(device)}{'-quick' if args.quick else ''}.md"

@@ -614,7 +614,7 @@ def test_the_experts_run_by_the_path_measured_faster(monkeypatch, winner):
     autotune.reset()
     times = {"plain": 1.0, "grouped": 0.5 if winner == "grouped" else 2.0}
     timed: list[str] = []
-    monkeypatch.setattr(autotune, "median_time", lambda name, fn: timed.append(name) or times[name])
+    monkeypatch.setattr(autotune, "median_time", lambda name, fn, repeats: timed.append(name) or times[name])
     ran: list[str] = []
     for name in EXPERT_PATHS:
         monkeypatch.setitem(EXPERT_PATHS, name,

@@ -83,9 +83,9 @@ def expert_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     key = (*weight.shape, rows, str(dtype), grad, torch.get_num_threads())
     best = autotune.choice("experts matmul", key)
     if best is None:
-        # The median: the two paths are often within 10% and a step's fastest run flatters either.
+        # The median of 9: the two paths are often within 10% of each other, closer than one run's noise.
         best = autotune.choose("experts matmul", key, _timed_paths(x, weight, bias, rows, grad),
-                               timer=autotune.median_time)
+                               timer=lambda name, fn: autotune.median_time(name, fn, repeats=9))
     return EXPERT_PATHS[best](x, weight, bias, counts)
 
 
