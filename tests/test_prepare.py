@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -382,9 +383,10 @@ def test_out_of_other_settings_or_not_ours_is_refused_untouched(tmp_path: Path, 
     assert [p.name for p in foreign.iterdir()] == ["fineweb_val_000000.bin"]
 
 
-def test_a_second_prepare_into_the_same_out_is_refused(tmp_path: Path) -> None:
+def test_a_second_prepare_into_the_same_out_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fcntl
 
+    monkeypatch.setattr(prep, "LOCK_GRACE_S", 0.2)
     (tmp_path / "in.txt").write_text("Some text.\n")
     (tmp_path / "out").mkdir()
     fd = os.open(tmp_path / "out", os.O_RDONLY)
@@ -396,3 +398,24 @@ def test_a_second_prepare_into_the_same_out_is_refused(tmp_path: Path) -> None:
         os.close(fd)
     prepare(str(tmp_path / "in.txt"), tmp_path / "out", conf())
     assert stream(tmp_path / "out") == docs_tokens("Some text.\n")
+
+
+def test_a_rerun_waits_for_a_killed_runs_workers_to_let_go(tmp_path: Path) -> None:
+    # The workers of a run killed outright hold its lock for the moments the kernel takes to end them: a rerun
+    # started at once waits for them instead of refusing. Here a forked process holds the lock for 0.5 s.
+    import fcntl
+
+    (tmp_path / "in.txt").write_text("Some text.\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    holder = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0.5,))
+    holder.start()  # it shares the lock, as a pool worker does
+    os.close(fd)  # this process lets go; the holder keeps it until it exits
+    assert prep.LOCK_GRACE_S > 0.5
+    t0 = time.monotonic()
+    prepare(str(tmp_path / "in.txt"), out, conf())
+    assert time.monotonic() - t0 >= 0.3  # it did wait for the holder
+    holder.join()
+    assert stream(out) == docs_tokens("Some text.\n")

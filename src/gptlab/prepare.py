@@ -338,6 +338,11 @@ def prepare(src: str, out: str | os.PathLike[str], cfg: PrepareConfig | None = N
     return manifest
 
 
+# A run killed outright leaves its pool workers holding its lock (forked, they share it) until the kernel ends them
+# too (_worker_init): a rerun started at once waits this long for them rather than calling them another prepare.
+LOCK_GRACE_S = 3.0
+
+
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold an flock on folder `out` (created if need be): two runs writing one manifest would corrupt it.
@@ -354,11 +359,16 @@ def _exclusive(out: Path) -> Iterator[None]:
         return
     fd = os.open(out, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"another gptlab prepare is writing into {out}; wait for it to finish, or pick "
-                            "another OUT") from None
+        deadline = time.monotonic() + LOCK_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise DataError(f"another gptlab prepare is writing into {out}; wait for it to finish, or pick "
+                                    "another OUT") from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)
