@@ -293,7 +293,7 @@ def test_activation_estimate_matches_tensors_saved_for_backward(kw, dtype, monke
     # bf16 causal attention (the bf16 matmul path also holds the T x T scores: attention._MATMUL_SCORES bounds them).
     autotune.reset()
     monkeypatch.setattr(autotune, "fastest_time", lambda name, fn: 0.1 if name.startswith("flash") else 1.0)
-    monkeypatch.setattr(autotune, "median_time", lambda name, fn: 0.1 if name == "plain" else 1.0)
+    monkeypatch.setattr(autotune, "median_time", lambda name, fn, repeats=5: 0.1 if name == "plain" else 1.0)
     cfg = small(**kw)
     torch.manual_seed(0)
     model = GPT(cfg).to(TORCH_DTYPES[dtype]).train()
