@@ -504,6 +504,24 @@ def test_swiglu_gradient_equals_autograds_of_the_formula(grad_layout):
     assert torch.autograd.gradcheck(lambda t: activate(t, swiglu=True), (h.detach().requires_grad_(),))
 
 
+def test_compiled_swiglu_traces_whole_with_autograds_gradient():
+    # --trainer.compile: torch.compile must trace SwiGLU's forward and backward into the model's one graph (fullgraph
+    # refuses a graph break). The in-place backward's out= into half of a tensor breaks Dynamo's graph (torch 2.13):
+    # once per SwiGLU MLP, with the activation left to eager outside the compiler's fusion.
+    m = model_of(tiny(mlp="swiglu", bias=False))
+    torch.set_grad_enabled(True)  # this module's tests run under no_grad (its fixture restores it)
+    torch._dynamo.reset()
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    mlp = m.transformer.h[0].mlp
+    ours = torch.compile(mlp, backend="aot_eager", fullgraph=True)(x)
+    ref = mlp(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, [x, *mlp.parameters()], g),
+                    torch.autograd.grad(ref, [x, *mlp.parameters()], g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_layernorm_matches_formula_with_config_eps_and_bias(bias):
     eps = 0.1  # large, so an epsilon that is not the config's shows

@@ -186,9 +186,14 @@ class LatentAttention(nn.Module):
 
 def activate(h: torch.Tensor, swiglu: bool) -> torch.Tensor:
     """GPT-2's tanh GELU, or SwiGLU's silu(gate) * up for h = [gate | up]."""
-    if swiglu:
-        return _SwiGLU.apply(h)
-    return F.gelu(h, approximate="tanh")
+    if not swiglu:
+        return F.gelu(h, approximate="tanh")
+    if torch.compiler.is_compiling():
+        # The formula: the compiler fuses its backward itself, and Dynamo cannot trace _SwiGLU's writes into the
+        # halves of one tensor (torch 2.13: a graph break at every SwiGLU MLP).
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return _SwiGLU.apply(h)
 
 
 class _SwiGLU(torch.autograd.Function):
