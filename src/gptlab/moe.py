@@ -5,7 +5,7 @@ The experts' matmuls (`expert_linear`): the layer sorts its (token, expert) pair
 are one slice, and runs each expert's Linear on its slice: one F.linear per expert, or one call of torch's grouped
 matmul (F.grouped_mm, offsets marking the slices). Both compute the same products; which is faster depends on the CPU
 and the shape (grouped: 1.1-1.6x on an AVX-512 Xeon at the MoE benchmark's shapes), so on CPU it is timed
-(autotune op "experts matmul").
+(autotune op "experts matmul") wherever the grouped matmul takes the shape (grouped_fits).
 
 Each time the layer routes in training mode it keeps a `RouterStats` (`router_stats` below); the trainer reads them
 after the forward pass:
@@ -71,6 +71,12 @@ def grouped_experts(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 EXPERT_PATHS = {autotune.PLAIN: looped_experts, "grouped": grouped_experts}
 
 
+def grouped_fits(weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the grouped matmul takes these experts in `dtype`: torch's (2.13, CPU) raises unless every row of its
+    operands, forward and backward, is a multiple of 16 bytes, so in_features and out_features must be."""
+    return all(n * dtype.itemsize % 16 == 0 for n in weight.shape[1:])
+
+
 def expert_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   counts: list[int]) -> torch.Tensor:
     """Each expert's Linear on its slice of x (rows sorted by expert, counts[i] for expert i), by the path that
@@ -79,6 +85,8 @@ def expert_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return looped_experts(x, weight, bias, counts)
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if not grouped_fits(weight, dtype):  # nothing to time: only the loop can run
+        return looped_experts(x, weight, bias, counts)
     rows = 1 << max(x.shape[0] - 1, 0).bit_length()  # timed once per power of two of rows: prompts vary in length
     key = (*weight.shape, rows, str(dtype), grad, torch.get_num_threads())
     best = autotune.choice("experts matmul", key)
