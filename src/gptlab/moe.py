@@ -90,7 +90,7 @@ def expert_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     rows = 1 << max(x.shape[0] - 1, 0).bit_length()  # timed once per power of two of rows: prompts vary in length
     key = (*weight.shape, rows, str(dtype), grad, torch.get_num_threads())
     best = autotune.choice("experts matmul", key)
-    if best is None:
+    if best not in EXPERT_PATHS:  # none yet, or a checkpoint pinned a path this code lacks
         # The median of 9: the two paths are often within 10% of each other, closer than one run's noise.
         best = autotune.choose("experts matmul", key, _timed_paths(x, weight, bias, rows, grad),
                                timer=lambda name, fn: autotune.median_time(name, fn, repeats=9))
