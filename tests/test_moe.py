@@ -580,6 +580,23 @@ def test_layer_equals_the_reference_by_either_matmul_path(name, expert_path):
     test_layer_equals_the_naive_per_token_reference(name)
 
 
+def test_cached_decode_equals_the_uncached_forward_by_either_matmul_path(expert_path):
+    # Decoding routes one token per sequence at a time: a few (token, expert) pairs, most experts empty, under
+    # inference_mode (no autograd: other timing keys). Greedy tokens through the KV cache equal those of the whole
+    # sequence run again for every token.
+    torch.manual_seed(0)
+    model = GPT(small(n_expert=4, expert_top_k=2, mlp="swiglu", n_layer=2)).eval()
+    for block in model.transformer.h:
+        randomised(block.mlp)
+    idx = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        cached = model.generate(idx, 10, temperature=0)
+        uncached = idx
+        for _ in range(10):
+            uncached = torch.cat([uncached, model(uncached)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, uncached)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_grouped_matmul_equals_one_matmul_per_expert(bias):
     torch.manual_seed(0)
