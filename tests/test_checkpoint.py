@@ -292,6 +292,7 @@ def test_load_model_finds_what_model_config_finds(tmp_path: Path) -> None:
     assert C.load_model(run)[2] == C.model_config(run)[1] == run / "best"
     assert C.load_model(run, "last")[2] == C.model_config(run, prefer=("last", "best"))[1] == run / "last"
     assert C.load_model(run / "last")[0].config == C.model_config(run / "last")[0]
+    assert C.load_model(run, device="meta")[0].lm_head.weight.is_meta  # the device asked for (sample's --device)
     with pytest.raises(C.CheckpointError, match="holds no checkpoint"):
         C.load_model(tmp_path)
 

@@ -128,6 +128,7 @@ def test_training_asks_malloc_to_keep_freed_memory(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model, kind", [
     ("Intel(R) Xeon(R) Processor @ 2.60GHz", "intel-xeon-avx-512-2t"),
     ("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "intel-xeon-platinum-8481c-avx-512-2t"),
+    ("Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz", "intel-core-i7-8700-avx-512-2t"),
     ("AMD EPYC", "amd-epyc-avx-512-2t"),
     ("AMD EPYC 7B13 64-Core Processor", "amd-epyc-7b13-64-core-avx-512-2t"),
 ])

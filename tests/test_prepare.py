@@ -419,3 +419,25 @@ def test_a_rerun_waits_for_a_killed_runs_workers_to_let_go(tmp_path: Path) -> No
     assert time.monotonic() - t0 >= 0.3  # it did wait for the holder
     holder.join()
     assert stream(out) == docs_tokens("Some text.\n")
+
+
+def test_a_held_lock_is_refused_after_the_grace_wait_without_spinning(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # While another prepare holds the folder, a run waits LOCK_GRACE_S for it (a killed run's workers let go within
+    # moments), retrying now and then rather than spinning a core, and then refuses.
+    import fcntl
+
+    monkeypatch.setattr(prep, "LOCK_GRACE_S", 0.5)
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running prepare holds it
+        wall, cpu = time.monotonic(), time.process_time()
+        with pytest.raises(DataError, match="another gptlab prepare is writing into"), prep._exclusive(out):
+            pass
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    finally:
+        os.close(fd)
+    assert 0.5 <= wall < 2.5, wall  # LOCK_GRACE_S, not less, and not the default 3 s
+    assert cpu < 0.25, cpu  # asleep between tries: a busy retry would burn the whole wait
