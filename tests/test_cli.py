@@ -418,3 +418,25 @@ def test_eval_says_what_its_loss_covers(run: Path, capsys: pytest.CaptureFixture
     assert "nats/token: val loss (whole split)\n" in capsys.readouterr().out
     assert cli.main(["eval", str(run / "a"), f"--text={run / 'input.txt'}", "--max_tokens=1000", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss_label"] == "loss (first 1,000 tokens of the text)"
+
+
+@pytest.mark.parametrize("command, args", [
+    ("sample", []), ("eval", []), ("export", ["DST"]), ("attention", ["--prompt=ab"]),
+])
+def test_model_commands_load_the_checkpoint_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      command: str, args: list[str]) -> None:
+    # Every command that loads a run's model hands --checkpoint to the one loader (checkpoint.load_model).
+    from gptlab import attention_maps, checkpoint
+
+    asked: list[str] = []
+
+    def loader(source: str, which: str = "best", *rest: object, **kw: object) -> None:
+        asked.append(which)
+        raise checkpoint.CheckpointError("stop here")
+
+    monkeypatch.setattr(checkpoint, "load_model", loader)
+    monkeypatch.setattr(attention_maps, "load_model", loader)
+    args = [str(tmp_path / "dst") if a == "DST" else a for a in args]
+    for which in ("last", "best"):
+        assert cli.main([command, str(tmp_path), *args, f"--checkpoint={which}"]) == 2
+    assert asked == ["last", "best"]
