@@ -706,3 +706,31 @@ def test_a_pinned_choice_of_an_unknown_path_is_timed_again():
     torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-6)  # either path: their rounding differs
     assert {best for op, _, best, _ in autotune.choices() if op == "experts matmul"} <= set(EXPERT_PATHS)
     autotune.reset()
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_the_timing_runs_what_the_layer_runs(monkeypatch, grad):
+    # Each path is timed on its rows shared evenly by the experts and, when autograd will need it, through the
+    # backward into everything the layer's own backward reaches, the bias included: a timing of less would flatter a
+    # path whose backward is the slow part (the grouped matmul's bias gradient is a scatter-add of its rows).
+    autotune.reset()
+    runs: list[dict] = []
+    for name, path in list(EXPERT_PATHS.items()):
+        def spy(x, w, b, counts, path=path, name=name):
+            y = path(x, w, b, counts)
+            run = dict(name=name, counts=list(counts), grads=[t.requires_grad for t in (x, w, b)], backward=False)
+            runs.append(run)
+            if y.requires_grad:
+                y.register_hook(lambda g, run=run: run.update(backward=True))
+            return y
+        monkeypatch.setitem(EXPERT_PATHS, name, spy)
+    monkeypatch.setattr(autotune, "median_time", lambda name, fn, repeats=5: fn() or 1.0)
+    torch.manual_seed(0)
+    layer = randomised(MoE(small(n_expert=4, expert_top_k=2)))  # with biases
+    with torch.set_grad_enabled(grad):
+        layer(torch.randn(2, 3, 32))  # 12 pairs: timed on 16 rows
+    timed = [r for r in runs if sum(r["counts"]) == 16]
+    assert sorted(r["name"] for r in timed) == ["grouped", "grouped", "plain", "plain"]  # c_fc and c_proj
+    assert all(r["counts"] == [4, 4, 4, 4] for r in timed)
+    assert all(r["grads"] == [grad] * 3 and r["backward"] == grad for r in timed), timed
+    autotune.reset()

@@ -100,7 +100,7 @@ def expert_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def _timed_paths(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
                  grad: bool) -> dict[str, Any]:
     """Each path run on `rows` random rows shared evenly by the experts, forward and (if autograd will need it)
-    backward, on detached copies: the timing leaves no gradient behind."""
+    backward into the input, weight and bias, on detached copies: the timing leaves no gradient behind."""
     n = weight.shape[0]
     counts = [rows // n + (i < rows % n) for i in range(n)]
     g = torch.Generator().manual_seed(0)  # private: the global RNG is the dropout stream
@@ -109,12 +109,13 @@ def _timed_paths(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     def timed(path: Any) -> Any:
         def run() -> None:
             y = path(inputs.detach().requires_grad_(grad), weight.detach().requires_grad_(grad),
-                     None if bias is None else bias.detach(), counts)
+                     None if bias is None else bias.detach().requires_grad_(grad), counts)
             if grad:
                 y.backward(torch.ones_like(y))
         return run
 
     return {name: timed(path) for name, path in EXPERT_PATHS.items()}
+
 
 @dataclass
 class RouterStats:
