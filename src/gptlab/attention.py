@@ -129,8 +129,8 @@ def _cpu_bf16_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     key = (*q.shape, k.size(1), v.size(-1), grad, dropout_p > 0, torch.get_num_threads())
     best = autotune.choice("cpu bf16 causal attention", key)
     if best not in _BF16_CAUSAL_PATHS:
-        best = _choose_path("cpu bf16 causal attention", key, _BF16_CAUSAL_PATHS, (q, k, v), grad, dropout_p, scale,
-                            timer=autotune.median_time)
+        best = autotune.choose_path("cpu bf16 causal attention", key, _BF16_CAUSAL_PATHS, (q, k, v), grad,
+                                    dropout_p, scale, timer=autotune.median_time)
     return _BF16_CAUSAL_PATHS[best](q, k, v, dropout_p, scale)
 
 
@@ -190,26 +190,8 @@ def _cpu_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     key = (B, H, k.size(1), T, D, window, str(q.dtype), grad, torch.get_num_threads())
     best = autotune.choice("cpu sliding window", key)
     if best not in paths:
-        best = _choose_path("cpu sliding window", key, paths, (q, k, v), grad, window)
+        best = autotune.choose_path("cpu sliding window", key, paths, (q, k, v), grad, window)
     return paths[best](q, k, v, window)
-
-
-def _choose_path(op: str, key: tuple, paths: dict[str, Callable[..., torch.Tensor]], qkv: tuple[torch.Tensor, ...],
-                 grad: bool, *args: object, timer: autotune.Timer | None = None) -> str:
-    """autotune.choose among attention paths path(q, k, v, *args), each timed on random inputs shaped like qkv,
-    forward and (when autograd will need it) backward."""
-    g = torch.Generator(qkv[0].device).manual_seed(0)  # private: the global RNG is the dropout stream
-    inputs = [torch.empty_like(x).normal_(generator=g) for x in qkv]
-
-    def timed(path: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            y = path(*(x.detach().requires_grad_(grad) for x in inputs), *args)
-            if grad:
-                y.backward(torch.ones_like(y))
-
-        return run
-
-    return autotune.choose(op, key, {name: timed(path) for name, path in paths.items()}, timer=timer)
 
 
 @functools.lru_cache(maxsize=64)

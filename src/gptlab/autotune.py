@@ -79,6 +79,25 @@ def choose(
     return best
 
 
+def choose_path(op: str, key: Hashable, paths: dict[str, Callable[..., torch.Tensor]],
+                like: tuple[torch.Tensor | None, ...], grad: bool, *args: object, timer: Timer | None = None) -> str:
+    """choose() among paths path(*inputs, *args): each run on random inputs shaped like `like` (None stays None),
+    forward and, when autograd will need it, backward into every input, on detached copies, so the timing leaves no
+    gradient behind."""
+    g = torch.Generator(like[0].device).manual_seed(0)  # private: the global RNG is the dropout stream
+    inputs = [None if x is None else torch.empty_like(x).normal_(generator=g) for x in like]
+
+    def timed(path: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            y = path(*(None if x is None else x.detach().requires_grad_(grad) for x in inputs), *args)
+            if grad:
+                y.backward(torch.ones_like(y))
+
+        return run
+
+    return choose(op, key, {name: timed(path) for name, path in paths.items()}, timer)
+
+
 def choice(op: str, key: Hashable) -> str | None:
     """The candidate chosen (or pinned) for (op, key) in this process, None before the first choose(): a hot path
     looks here first and builds its candidates only when there is something to time."""

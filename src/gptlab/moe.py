@@ -91,30 +91,13 @@ def expert_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     key = (*weight.shape, rows, str(dtype), grad, torch.get_num_threads())
     best = autotune.choice("experts matmul", key)
     if best not in EXPERT_PATHS:  # none yet, or a checkpoint pinned a path this code lacks
-        # The median of 9: the two paths are often within 10% of each other, closer than one run's noise.
-        best = autotune.choose("experts matmul", key, _timed_paths(x, weight, bias, rows, grad),
-                               timer=lambda name, fn: autotune.median_time(name, fn, repeats=9))
+        # Timed on `rows` rows shared evenly by the experts; the median of 9: the two paths are often within 10% of
+        # each other, closer than one run's noise.
+        n = weight.shape[0]
+        even = [rows // n + (i < rows % n) for i in range(n)]
+        best = autotune.choose_path("experts matmul", key, EXPERT_PATHS, (x.new_empty(rows, x.shape[1]), weight, bias),
+                                    grad, even, timer=lambda name, fn: autotune.median_time(name, fn, repeats=9))
     return EXPERT_PATHS[best](x, weight, bias, counts)
-
-
-def _timed_paths(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
-                 grad: bool) -> dict[str, Any]:
-    """Each path run on `rows` random rows shared evenly by the experts, forward and (if autograd will need it)
-    backward into the input, weight and bias, on detached copies: the timing leaves no gradient behind."""
-    n = weight.shape[0]
-    counts = [rows // n + (i < rows % n) for i in range(n)]
-    g = torch.Generator().manual_seed(0)  # private: the global RNG is the dropout stream
-    inputs = torch.empty(rows, x.shape[1], dtype=x.dtype).normal_(generator=g)
-
-    def timed(path: Any) -> Any:
-        def run() -> None:
-            y = path(inputs.detach().requires_grad_(grad), weight.detach().requires_grad_(grad),
-                     None if bias is None else bias.detach().requires_grad_(grad), counts)
-            if grad:
-                y.backward(torch.ones_like(y))
-        return run
-
-    return {name: timed(path) for name, path in EXPERT_PATHS.items()}
 
 
 @dataclass
